@@ -1,0 +1,13 @@
+"""Declares the C extension only; all metadata lives in pyproject.toml."""
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "zcsync.delta._rolling",
+            ["zcsync/delta/_rolling.c"],
+            depends=["zcsync/delta/xxhash.h"],
+            extra_compile_args=["-O3"],
+        )
+    ],
+)

@@ -1,0 +1,4 @@
+"""python -m zcsync"""
+from .cli import main
+
+main()

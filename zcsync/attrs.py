@@ -1,0 +1,106 @@
+"""Which attributes of a destination name differ from the source entry, and setting them."""
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from .flist import FileEntry
+from .options import Options
+
+_TYPE_LETTER = {
+    stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "L",
+    stat.S_IFCHR: "D", stat.S_IFBLK: "D", stat.S_IFIFO: "S", stat.S_IFSOCK: "S",
+}
+
+
+def type_letter(mode: int) -> str:
+    return _TYPE_LETTER.get(stat.S_IFMT(mode), "?")
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The final attributes a destination name should get, resolved from options."""
+
+    perms: int
+    uid: int | None
+    gid: int | None
+    mtime_ns: int | None
+
+
+class AttrPolicy:
+    """Turns a source entry into the attributes the destination gets, per the options."""
+
+    def __init__(self, opts: Options, chmod: object | None, chown: tuple[int | None, int | None],
+                 am_root: bool, umask: int) -> None:
+        self.opts = opts
+        self.chmod = chmod
+        self.chown_uid, self.chown_gid = chown
+        self.am_root = am_root
+        self.umask = umask
+
+    def wanted(self, entry: FileEntry, existing: os.stat_result | None) -> Wanted:
+        opts = self.opts
+        perms = entry.perms
+        if self.chmod is not None:
+            perms = self.chmod.apply(perms, entry.is_dir)  # type: ignore[attr-defined]
+        if not opts.perms:
+            if existing is not None and stat.S_IFMT(existing.st_mode) == stat.S_IFMT(entry.mode):
+                perms = stat.S_IMODE(existing.st_mode)
+            else:
+                perms = perms & ~self.umask & 0o777
+        uid = None
+        if self.chown_uid is not None and self.am_root:
+            uid = self.chown_uid
+        elif opts.owner and self.am_root:
+            uid = entry.uid
+        gid = None
+        if self.chown_gid is not None:
+            gid = self.chown_gid
+        elif opts.group:
+            gid = entry.gid
+        keep_time = opts.times and not (entry.is_dir and opts.omit_dir_times)
+        return Wanted(perms, uid, gid, entry.mtime_ns if keep_time else None)
+
+    def same_time(self, a_ns: int, b_ns: int) -> bool:
+        window = self.opts.modify_window
+        if window == 0:
+            return a_ns == b_ns
+        return abs(a_ns // 1_000_000_000 - b_ns // 1_000_000_000) <= window
+
+    def changes(self, entry: FileEntry, st: os.stat_result, want: Wanted) -> str:
+        """The tpog part of an itemize string for an existing name (dots where equal)."""
+        t = "."
+        if want.mtime_ns is not None and not entry.is_link and not self.same_time(st.st_mtime_ns, want.mtime_ns):
+            t = "t"
+        elif want.mtime_ns is not None and entry.is_link and st.st_mtime_ns != want.mtime_ns:
+            t = "t"
+        p = "p" if not entry.is_link and stat.S_IMODE(st.st_mode) != want.perms else "."
+        o = "o" if want.uid is not None and st.st_uid != want.uid else "."
+        g = "g" if want.gid is not None and st.st_gid != want.gid else "."
+        return t + p + o + g
+
+
+def apply_fd(fd: int, want: Wanted, is_dir: bool = False) -> None:
+    """Set owner, permissions and times on an open fd (owner first: chown clears set-id bits)."""
+    if want.uid is not None or want.gid is not None:
+        os.fchown(fd, -1 if want.uid is None else want.uid, -1 if want.gid is None else want.gid)
+    os.fchmod(fd, want.perms)
+    if want.mtime_ns is not None:
+        os.utime(fd, ns=(want.mtime_ns, want.mtime_ns))
+
+
+def apply_name(dir_fd: int, base: bytes, want: Wanted, is_link: bool, times: bool = True) -> None:
+    """Set attributes on a name that cannot be opened (symlinks, devices) without following it."""
+    if want.uid is not None or want.gid is not None:
+        os.chown(base, -1 if want.uid is None else want.uid, -1 if want.gid is None else want.gid,
+                 dir_fd=dir_fd, follow_symlinks=False)
+    if not is_link:
+        # An O_PATH fd pins the inode we checked; chmod through /proc never follows a swapped-in link.
+        fd = os.open(base, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", want.perms)
+        finally:
+            os.close(fd)
+    if times and want.mtime_ns is not None:
+        os.utime(base, ns=(want.mtime_ns, want.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)

@@ -1,0 +1,384 @@
+"""The command line: rsync's options mapped onto Options; results mapped onto rsync's exit codes."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from . import __version__, errors
+from .errors import ZcsyncError
+from .filters import FilterRules
+from .options import Options, from_mapping
+from .stats import Event, Report
+from .units import parse_size
+
+log = logging.getLogger("zcsync")
+
+EXIT_TEXT = {
+    errors.USAGE: "syntax or usage error",
+    errors.PROTOCOL: "protocol incompatibility",
+    errors.FILE_SELECT: "errors selecting input/output files, dirs",
+    errors.STARTUP: "error starting client-server protocol",
+    errors.SOCKET_IO: "error in socket IO",
+    errors.FILE_IO: "error in file IO",
+    errors.STREAM: "error in rsync protocol data stream",
+    errors.SIGNAL: "received SIGINT, SIGTERM, or SIGHUP",
+    errors.PARTIAL: "some files/attrs were not transferred (see previous errors)",
+    errors.VANISHED: "some files vanished before they could be transferred",
+    errors.MAX_DELETE: "the --max-delete limit stopped deletions",
+    errors.TIMEOUT: "timeout in data send/receive",
+    errors.CONNECT_TIMEOUT: "timeout waiting for daemon connection",
+    errors.REMOTE_NOT_FOUND: "remote command not found",
+}
+
+# Short options that take a value: the filter pre-scan must skip their argument.
+_VALUE_SHORTS = set("fe")
+_FILTER_LONG = {"--exclude": "- ", "--include": "+ ", "--filter": "", "--exclude-from": "-",
+                "--include-from": "+"}
+
+
+class RsyncCommand(click.Command):
+    """click, but usage errors exit 1 (rsync's code) and filter rules keep command-line order."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["zcsync.filters"] = ordered_filter_rules(args)
+        return super().parse_args(ctx, args)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D401
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            sys.exit(errors.SIGNAL)
+        except click.UsageError as exc:
+            exc.show()
+            sys.exit(errors.USAGE)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(errors.USAGE)
+
+
+def ordered_filter_rules(args: Sequence[str]) -> list[tuple[str, str]]:
+    """(kind, value) for every filter-ish option, in command-line order.
+
+    kind is a rule prefix ("- ", "+ ", "" for a raw rule) or "-"/"+" for --exclude-from /
+    --include-from (value is then a file), or "F" for -F.
+    """
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            break
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            if name in _FILTER_LONG:
+                if not eq:
+                    if i >= len(args):
+                        break
+                    value = args[i]
+                    i += 1
+                out.append((_FILTER_LONG[name], value))
+            continue
+        if arg.startswith("-") and len(arg) > 1:
+            j = 1
+            while j < len(arg):
+                ch = arg[j]
+                if ch == "F":
+                    out.append(("F", ""))
+                elif ch in _VALUE_SHORTS:
+                    value = arg[j + 1:]
+                    if not value and i < len(args):
+                        value = args[i]
+                        i += 1
+                    if ch == "f":
+                        out.append(("", value))
+                    break
+                j += 1
+    return out
+
+
+def filter_specs(ordered: list[tuple[str, str]], from0: bool) -> tuple[str, ...]:
+    """Expand the ordered filter options into rule strings."""
+    specs: list[str] = []
+    f_count = 0
+    for kind, value in ordered:
+        if kind in ("- ", "+ ", ""):
+            specs.append(kind + value)
+        elif kind in ("-", "+"):
+            specs.extend(FilterRules.rules_from_file(value, kind, from0=from0))
+        elif kind == "F":
+            f_count += 1
+            specs.append(": /.rsync-filter" if f_count == 1 else "- .rsync-filter")
+    return tuple(specs)
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def flag(*decls: str, help: str) -> Any:
+    """A boolean rsync flag with a --no- form; None when not given (so -a can fill it)."""
+    return click.option(*decls, default=None, help=help)
+
+
+def _cmd_options(f: Any) -> Any:
+    opts = [
+        click.option("-v", "--verbose", count=True, help="increase verbosity"),
+        click.option("-q", "--quiet", is_flag=True, default=False, help="suppress non-error messages"),
+        click.option("-a", "--archive", is_flag=True, default=False, help="archive mode; equals -rlptgoD"),
+        flag("-r", "--recursive/--no-recursive", help="recurse into directories"),
+        flag("-d", "--dirs/--no-dirs", help="transfer directories without recursing"),
+        flag("-l", "--links/--no-links", help="copy symlinks as symlinks"),
+        flag("-L", "--copy-links/--no-copy-links", help="transform symlink into referent file/dir"),
+        flag("-p", "--perms/--no-perms", help="preserve permissions"),
+        flag("-t", "--times/--no-times", help="preserve modification times"),
+        flag("-g", "--group/--no-group", help="preserve group"),
+        flag("-o", "--owner/--no-owner", help="preserve owner (super-user only)"),
+        click.option("-D", "devices_specials", is_flag=True, default=False, help="same as --devices --specials"),
+        flag("--devices/--no-devices", help="preserve device files (super-user only)"),
+        flag("--specials/--no-specials", help="preserve special files"),
+        flag("-H", "--hard-links/--no-hard-links", help="preserve hard links"),
+        flag("-A", "--acls/--no-acls", help="preserve ACLs (implies --perms)"),
+        flag("-X", "--xattrs/--no-xattrs", help="preserve extended attributes"),
+        flag("-S", "--sparse/--no-sparse", help="turn sequences of nulls into sparse blocks"),
+        flag("-x", "--one-file-system/--no-one-file-system", help="don't cross filesystem boundaries"),
+        flag("-R", "--relative/--no-relative", help="use relative path names"),
+        click.option("-n", "--dry-run", is_flag=True, default=False, help="perform a trial run with no changes made"),
+        click.option("-c", "--checksum", is_flag=True, default=False, help="skip based on checksum, not mod-time & size"),
+        flag("-W", "--whole-file/--no-whole-file", help="copy files whole (without delta-xfer algorithm)"),
+        click.option("-u", "--update", is_flag=True, default=False, help="skip files that are newer on the receiver"),
+        click.option("--existing", is_flag=True, default=False, help="skip creating new files on receiver"),
+        click.option("--ignore-existing", is_flag=True, default=False, help="skip updating files that exist on receiver"),
+        click.option("--size-only", is_flag=True, default=False, help="skip files that match in size"),
+        click.option("--modify-window", type=int, default=0, metavar="NUM", help="set the accuracy for mod-time comparisons"),
+        click.option("--delete", is_flag=True, default=False, help="delete extraneous files from dest dirs"),
+        click.option("--delete-before", is_flag=True, default=False, help="receiver deletes before transfer"),
+        click.option("--delete-during", is_flag=True, default=False, help="receiver deletes during the transfer"),
+        click.option("--delete-after", is_flag=True, default=False, help="receiver deletes after transfer"),
+        click.option("--delete-excluded", is_flag=True, default=False, help="also delete excluded files from dest dirs"),
+        click.option("--force", is_flag=True, default=False, help="force deletion of dirs even if not empty"),
+        click.option("--max-delete", type=int, default=None, metavar="NUM", help="don't delete more than NUM files"),
+        click.option("--exclude", multiple=True, metavar="PATTERN", help="exclude files matching PATTERN"),
+        click.option("--include", multiple=True, metavar="PATTERN", help="don't exclude files matching PATTERN"),
+        click.option("--exclude-from", multiple=True, metavar="FILE", help="read exclude patterns from FILE"),
+        click.option("--include-from", multiple=True, metavar="FILE", help="read include patterns from FILE"),
+        click.option("-f", "--filter", "filter_", multiple=True, metavar="RULE", help="add a file-filtering RULE"),
+        click.option("-F", "filter_F", count=True, help="same as --filter='dir-merge /.rsync-filter'; repeated: --filter='- .rsync-filter'"),
+        click.option("--files-from", metavar="FILE", default=None, help="read list of source-file names from FILE"),
+        click.option("-0", "--from0", is_flag=True, default=False, help="all *-from/filter files are delimited by 0s"),
+        click.option("--min-size", callback=_size, metavar="SIZE", help="don't transfer any file smaller than SIZE"),
+        click.option("--max-size", callback=_size, metavar="SIZE", help="don't transfer any file larger than SIZE"),
+        click.option("--partial", is_flag=True, default=False, help="keep partially transferred files (in .zcsync-partial/)"),
+        click.option("--partial-dir", metavar="DIR", default=None, help="put a partially transferred file into DIR"),
+        click.option("--inplace", is_flag=True, default=False, help="update destination files in-place"),
+        click.option("-b", "--backup", is_flag=True, default=False, help="make backups (see --suffix & --backup-dir)"),
+        click.option("--backup-dir", metavar="DIR", default=None, help="make backups into hierarchy based in DIR"),
+        click.option("--suffix", metavar="SUFFIX", default=None, help="backup suffix (default ~ w/o --backup-dir)"),
+        click.option("--link-dest", multiple=True, metavar="DIR", help="hardlink to files in DIR when unchanged"),
+        click.option("--compare-dest", multiple=True, metavar="DIR", help="also compare destination files relative to DIR"),
+        click.option("--copy-dest", multiple=True, metavar="DIR", help="... and include copies of unchanged files"),
+        click.option("--numeric-ids", is_flag=True, default=False, help="don't map uid/gid values by user/group name"),
+        click.option("--chmod", multiple=True, metavar="CHMOD", help="affect file and/or directory permissions"),
+        click.option("--chown", metavar="USER:GROUP", default=None, help="simple username/groupname mapping"),
+        click.option("--mkpath", is_flag=True, default=False, help="create destination's missing path components"),
+        flag("-O", "--omit-dir-times/--no-omit-dir-times", help="omit directories from --times"),
+        click.option("--delay-updates", is_flag=True, default=False, help="put all updated files into place at end"),
+        click.option("--remove-source-files", is_flag=True, default=False, help="sender removes synchronized files (non-dir)"),
+        click.option("--list-only", is_flag=True, default=False, help="list the files instead of copying them"),
+        click.option("-i", "--itemize-changes", "itemize", count=True, help="output a change-summary for all updates"),
+        click.option("--stats", is_flag=True, default=False, help="give some file-transfer stats"),
+        click.option("--log-file", metavar="FILE", default=None, help="log what we're doing to the specified FILE"),
+        click.option("--fsync/--no-fsync", default=True, help="fsync every file and directory before it is final (default on)"),
+        click.option("--version", is_flag=True, default=False, help="print the version and exit"),
+    ]
+    for option in reversed(opts):
+        f = option(f)
+    return f
+
+
+@click.command(cls=RsyncCommand, context_settings={"help_option_names": ["-h", "--help"]},
+               no_args_is_help=False)
+@_cmd_options
+@click.argument("paths", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def command(ctx: click.Context, paths: tuple[str, ...], **kw: Any) -> None:
+    """zcsync [OPTION]... SRC [SRC]... DEST  -- fast, safe file tree replication (rsync syntax)."""
+    if kw.pop("version"):
+        click.echo(f"zcsync version {__version__}  (rsync-compatible command line)")
+        return
+    if not paths:
+        click.echo(ctx.get_help())
+        sys.exit(errors.USAGE)
+    opts = build_options(ctx, kw)
+    sys.exit(run_cli(list(paths), opts))
+
+
+def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
+    """Map click's values onto Options (rsync's implications and conflicts)."""
+    values = dict(kw)
+    values["filter_rules"] = filter_specs(ctx.meta.get("zcsync.filters", []), values["from0"])
+    for key in ("exclude", "include", "exclude_from", "include_from", "filter_", "filter_F"):
+        values.pop(key)
+    if values.pop("devices_specials"):
+        values["devices"] = values["devices"] if values["devices"] is not None else True
+        values["specials"] = values["specials"] if values["specials"] is not None else True
+    before, during, after = (values.pop("delete_before"), values.pop("delete_during"),
+                             values.pop("delete_after"))
+    if sum((before, during, after)) > 1:
+        raise click.UsageError("You may not combine multiple --delete-WHEN options.")
+    if before or during or after or values["delete_excluded"]:
+        values["delete"] = True
+    values["delete_mode"] = "before" if before else "after" if after else "during"
+    values["itemize"] = bool(values["itemize"])
+    if kw.get("itemize", 0) > 1:
+        values["verbose"] = max(values["verbose"], 2)
+    values["link_dest"] = tuple(values["link_dest"])
+    values["compare_dest"] = tuple(values["compare_dest"])
+    values["copy_dest"] = tuple(values["copy_dest"])
+    values["chmod"] = tuple(values["chmod"])
+    if values["acls"]:
+        values["perms"] = True
+    try:
+        return from_mapping(values)
+    except ZcsyncError as exc:
+        raise click.UsageError(exc.message) from exc
+
+
+def _format_event(event: Event, opts: Options) -> str | None:
+    if not event.itemize:
+        return event.name if opts.itemize or opts.verbose else None
+    if opts.itemize:
+        if event.itemize == "*deleting":
+            return f"*deleting   {event.name}"
+        return f"{event.itemize} {event.name}{event.extra}"
+    if opts.verbose:
+        kind = event.itemize[:1]
+        if event.itemize == "*deleting":
+            return f"deleting {event.name}"
+        if kind in (">", "c", "h", "<"):
+            return f"{event.name}{event.extra}"
+    return None
+
+
+def _setup_logging(opts: Options) -> list[logging.Handler]:
+    handlers: list[logging.Handler] = []
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("zcsync: %(message)s"))
+    stream.setLevel(logging.ERROR if opts.quiet else (logging.INFO if opts.verbose else logging.WARNING))
+    handlers.append(stream)
+    if opts.log_file:
+        fh = logging.FileHandler(opts.log_file)
+        fh.setFormatter(logging.Formatter(f"%(asctime)s [{os.getpid()}] %(message)s", "%Y/%m/%d %H:%M:%S"))
+        fh.setLevel(logging.INFO)
+        handlers.append(fh)
+    root = logging.getLogger("zcsync")
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    for h in handlers:
+        root.addHandler(h)
+    return handlers
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise errors.Interrupted(signal.Signals(signum).name)
+
+
+def run_cli(paths: list[str], opts: Options) -> int:
+    """Run one transfer for the command line; print what rsync prints; return the exit code."""
+    from .api import run_paths
+
+    handlers = _setup_logging(opts)
+    item_log = logging.getLogger("zcsync.items")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+    out = sys.stdout
+    started = time.monotonic()
+
+    def on_event(event: Event) -> None:
+        line = _format_event(event, opts)
+        if line is not None and not opts.quiet:
+            out.write(line + "\n")
+        if opts.log_file and event.itemize:
+            item_log.info("%s %s%s", event.itemize, event.name, event.extra)
+
+    code = 0
+    try:
+        if opts.verbose and not opts.quiet and not opts.list_only and len(paths) > 1:
+            out.write("sending incremental file list\n")
+        try:
+            result = run_paths(paths, opts, on_event=on_event, out=out)
+        except KeyboardInterrupt:
+            raise errors.Interrupted("SIGINT") from None
+        code = result.exit_code
+        if len(paths) > 1 and not opts.list_only:
+            _summary(result.report, opts, time.monotonic() - started)
+    except ZcsyncError as exc:
+        log.error("%s", exc.message)
+        code = exc.exit_code
+    finally:
+        out.flush()
+        for h in handlers:
+            h.flush()
+    if code:
+        text = EXIT_TEXT.get(code, "unexplained error")
+        sys.stderr.write(f"zcsync error: {text} (code {code})\n")
+    for h in handlers:
+        logging.getLogger("zcsync").removeHandler(h)
+        h.close()
+    return code
+
+
+def _num(n: float) -> str:
+    return f"{n:,}" if isinstance(n, int) else f"{n:,.2f}"
+
+
+def _summary(report: Report, opts: Options, elapsed: float) -> None:
+    s = report.stats
+    out = sys.stdout
+    sent = s.bytes_sent or s.literal_bytes + s.flist_size
+    received = s.bytes_received
+    if opts.stats:
+        def kinds(reg: int, d: int, ln: int, sp: int) -> str:
+            parts = [f"reg: {_num(reg)}", f"dir: {_num(d)}"]
+            if ln:
+                parts.append(f"link: {_num(ln)}")
+            if sp:
+                parts.append(f"special: {_num(sp)}")
+            return ", ".join(parts)
+        out.write(f"\nNumber of files: {_num(s.files)} ({kinds(s.regular_files, s.dirs, s.links, s.specials)})\n")
+        out.write(f"Number of created files: {_num(s.files_created)}\n")
+        out.write(f"Number of deleted files: {_num(s.files_deleted)}\n")
+        out.write(f"Number of regular files transferred: {_num(s.files_transferred)}\n")
+        out.write(f"Total file size: {_num(s.total_size)} bytes\n")
+        out.write(f"Total transferred file size: {_num(s.transferred_size)} bytes\n")
+        out.write(f"Literal data: {_num(s.literal_bytes)} bytes\n")
+        out.write(f"Matched data: {_num(s.matched_bytes)} bytes\n")
+        out.write(f"File list size: {_num(s.flist_size)}\n")
+        out.write(f"Total bytes sent: {_num(sent)}\n")
+        out.write(f"Total bytes received: {_num(received)}\n")
+    if opts.verbose or opts.stats:
+        rate = (sent + received) / elapsed if elapsed > 0 else 0.0
+        speedup = s.total_size / (sent + received) if sent + received else 0.0
+        out.write(f"\nsent {_num(sent)} bytes  received {_num(received)} bytes  {_num(rate)} bytes/sec\n")
+        out.write(f"total size is {_num(s.total_size)}  speedup is {speedup:,.2f}"
+                  f"{' (DRY RUN)' if opts.dry_run else ''}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    command.main(args=list(argv) if argv is not None else sys.argv[1:], prog_name="zcsync")
+

@@ -1,0 +1,221 @@
+"""Sets up one run: source operands, the destination root, the roles, and the transport."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import fastio, meta
+from .attrs import AttrPolicy
+from .commit import DestTree
+from .errors import FileIOError, FileProblem, FileSelectError, UsageError
+from .filters import FilterRules
+from .flist import SourceArg, quote
+from .generator import Generator
+from .options import Options
+from .pathnames import escape
+from .sender import Sender
+from .stats import Event, Report
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports back to the CLI or the library API."""
+
+    exit_code: int
+    report: Report
+    problems: list[FileProblem] = field(default_factory=list)
+
+
+def source_args(operands: list[str], opts: Options) -> list[SourceArg]:
+    """Turn source operands into SourceArgs with rsync's trailing-slash and -R rules."""
+    result = []
+    for text in operands:
+        raw = os.fsencode(text)
+        if opts.files_from is not None:
+            result.extend(_files_from(raw, opts))
+            continue
+        result.append(_one_source(raw, opts))
+    return result
+
+
+def _one_source(raw: bytes, opts: Options, base: bytes | None = None) -> SourceArg:
+    contents = raw.endswith(b"/") or raw in (b".", b"..") or raw.endswith(b"/.")
+    path = raw.rstrip(b"/") or b"/"
+    if path.endswith(b"/."):
+        path = path[:-2] or b"/"
+    fs_path = path if base is None else base + b"/" + path
+    if not opts.relative:
+        if contents:
+            return SourceArg(fs_path, True, b".")
+        return SourceArg(fs_path, False, os.path.basename(path))
+    # -R: the name keeps its path, cut at a "/./" marker, without a leading "/".
+    rel = path
+    if b"/./" in rel:
+        rel = rel.split(b"/./", 1)[1]
+    rel = b"/".join(p for p in rel.split(b"/") if p not in (b"", b"."))
+    if not rel:
+        return SourceArg(fs_path, True, b".")
+    implied = []
+    parts = rel.split(b"/")
+    prefix_fs = fs_path[: len(fs_path) - len(rel)].rstrip(b"/")
+    for i in range(1, len(parts)):
+        name = b"/".join(parts[:i])
+        implied.append((name, (prefix_fs + b"/" if prefix_fs else (b"/" if fs_path.startswith(b"/") else b""))
+                        + name))
+    return SourceArg(fs_path, False, rel, tuple(implied))
+
+
+def _files_from(base: bytes, opts: Options) -> list[SourceArg]:
+    """--files-from: every listed name is a source relative to the one source directory."""
+    assert opts.files_from is not None
+    try:
+        if opts.files_from == "-":
+            import sys
+            data = sys.stdin.buffer.read()
+        else:
+            with open(opts.files_from, "rb") as f:
+                data = f.read()
+    except OSError as exc:
+        raise UsageError(f"failed to open files-from file {opts.files_from}: {exc.strerror}") from exc
+    sep = b"\0" if opts.from0 else b"\n"
+    base = base.rstrip(b"/") or b"/"
+    out = []
+    for line in data.split(sep):
+        line = line.rstrip(b"\r") if not opts.from0 else line
+        if not line or (not opts.from0 and line[:1] in (b"#", b";")):
+            continue
+        rel = line.lstrip(b"/")
+        out.append(_one_source(rel, opts.replace(relative=True), base=base))
+    return out
+
+
+def _is_dir(path: bytes, follow: bool) -> bool | None:
+    try:
+        return stat.S_ISDIR(os.stat(path, follow_symlinks=follow).st_mode)
+    except OSError:
+        return None
+
+
+def open_destination(dest: str, sources: list[SourceArg], opts: Options) -> tuple[DestTree, dict[bytes, bytes], Callable[[], None]]:
+    """Find the destination root as rsync does; returns the tree, root renames, and a cleanup."""
+    raw = os.fsencode(dest)
+    trailing = raw.endswith(b"/")
+    path = raw.rstrip(b"/") or b"/"
+    cleanup: Callable[[], None] = lambda: None
+    single_file = (len(sources) == 1 and opts.files_from is None and not sources[0].contents
+                   and not sources[0].implied_dirs and _is_dir(sources[0].path, True) is False)
+    existing = _is_dir(path, True)
+    if existing is False or (existing is None and single_file and not trailing):
+        if not single_file:
+            raise FileSelectError(f"ERROR: destination must be a directory when copying more than 1 file")
+        root = os.path.dirname(path) or b"."
+        rename = {sources[0].prefix: os.path.basename(path)}
+        if opts.dry_run and _is_dir(root, True) is not True:
+            return _standin(opts), rename, cleanup
+        return _open_tree(root, opts), rename, cleanup
+    if existing is None:
+        if opts.dry_run:
+            tree = _standin(opts)
+            tree.created = True
+            return tree, {}, cleanup
+        try:
+            if opts.mkpath:
+                os.makedirs(path, exist_ok=True)
+            else:
+                os.mkdir(path)
+        except OSError as exc:
+            raise FileIOError(f"mkdir {quote(path)} failed: {exc.strerror} ({exc.errno})") from exc
+        tree = _open_tree(path, opts)
+        tree.created = True
+        return tree, {}, cleanup
+    return _open_tree(path, opts), {}, cleanup
+
+
+def _open_tree(path: bytes, opts: Options) -> DestTree:
+    try:
+        return DestTree.open(path, fsync=opts.fsync and not opts.dry_run)
+    except OSError as exc:
+        raise FileIOError(f"change_dir {quote(path)} failed: {exc.strerror} ({exc.errno})") from exc
+
+
+def _standin(opts: Options) -> DestTree:
+    """A dry run into a destination that does not exist yet: an empty stand-in, never written."""
+    tmp = tempfile.mkdtemp(prefix="zcsync-dry-")
+    tree = DestTree.open(os.fsencode(tmp), fsync=False)
+    shutil.rmtree(tmp)  # the fd stays valid; nothing can be created in a removed directory
+    return tree
+
+
+def run_local(sources_text: list[str], dest: str, opts: Options,
+              on_event: Callable[[Event], None] | None = None) -> RunResult:
+    """One local transfer, rsync semantics."""
+    from .transport import local
+
+    started = time.monotonic()
+    if opts.files_from is not None and len(sources_text) != 1:
+        raise UsageError("--files-from needs exactly one source directory")
+    sources = source_args(sources_text, opts)
+    filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded)
+    report = Report(on_event=on_event)
+    tree, rename, cleanup = open_destination(dest, sources, opts)
+    try:
+        chmod = meta.ChmodRules.parse(opts.chmod) if opts.chmod else None
+        chown = meta.parse_chown(opts.chown) if opts.chown else (None, None)
+        am_root = os.geteuid() == 0
+        umask = os.umask(0)
+        os.umask(umask)
+        policy = AttrPolicy(opts, chmod, chown, am_root, umask)
+        xread = xapply = None
+        if opts.xattrs or opts.acls:
+            def xread(target):  # noqa: E306
+                return meta.read_xattrs(target, xattrs=opts.xattrs, acls=opts.acls)
+
+            def xapply(target, wanted):  # noqa: E306
+                return meta.apply_xattrs(target, wanted, xattrs=opts.xattrs, acls=opts.acls)
+        sender = Sender(sources, opts, filters, read_xattrs=xread, on_problem=report.problem)
+        writer = Writer(opts, tree, policy, report, xattr_apply=xapply)
+        basis_roots = _basis_roots(dest, opts)
+        generator = Generator(opts, tree, policy, report, writer, filters,
+                              io_error=lambda: sender.io_error,
+                              source_digest=sender.digest, dest_digest=fastio.file_digest,
+                              rename_root=rename, basis_roots=basis_roots,
+                              xattr_apply=xapply, xattr_read=xread,
+                              remove_source=sender.remove if opts.remove_source_files else None,
+                              root_created=tree.created)
+        if tree.created:
+            report.note(f"created directory {escape(os.fsencode(dest).rstrip(b'/') or b'/')}")
+        writer.backup = generator.backup if opts.backup else None
+        try:
+            local.run(sender, generator, writer, report)
+        except BaseException:
+            writer.cleanup()
+            raise
+        finally:
+            for _, fd in basis_roots:
+                os.close(fd)
+    finally:
+        tree.close()
+        cleanup()
+    report.stats.elapsed_s = time.monotonic() - started
+    return RunResult(report.exit_code, report, report.problems)
+
+
+def _basis_roots(dest: str, opts: Options) -> list[tuple[str, int]]:
+    """Open --compare-dest/--copy-dest/--link-dest dirs (relative ones are relative to dest)."""
+    roots = []
+    for kind, d in opts.basis_dirs:
+        path = d if os.path.isabs(d) else os.path.join(dest, d)
+        try:
+            roots.append((kind, os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)))
+        except OSError as exc:
+            log.warning("%s %s: %s", f"--{kind}-dest", path, exc.strerror)
+    return roots

@@ -1,0 +1,316 @@
+"""The file list: FileEntry values and the sender's streaming scan of the source."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from .errors import PARTIAL, VANISHED, FileProblem
+from .filters import FilterRules
+from .options import Options
+from .pathnames import escape
+
+log = logging.getLogger(__name__)
+
+ROOT = b"."
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One name in the transfer, relative to the transfer root (b"." is the root)."""
+
+    index: int
+    name: bytes
+    mode: int
+    size: int
+    mtime_ns: int
+    uid: int = 0
+    gid: int = 0
+    rdev: int = 0
+    link: bytes | None = None  # symlink target
+    hlink: int | None = None  # index of the first name of this hard-link group
+    xattrs: dict[bytes, bytes] | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def perms(self) -> int:
+        return stat.S_IMODE(self.mode)
+
+    @property
+    def parent(self) -> bytes:
+        head, _, _ = self.name.rpartition(b"/")
+        return head or ROOT
+
+    @property
+    def basename(self) -> bytes:
+        return self.name.rpartition(b"/")[2]
+
+
+@dataclass(frozen=True, slots=True)
+class DirBatch:
+    """The entries of one directory level, sent together so the receiver can delete per directory.
+
+    `dir_name` is the directory whose complete contents these are, or None when the batch
+    only names top-level sources (no deletion is implied for it).
+    """
+
+    dir_name: bytes | None
+    entries: tuple[FileEntry, ...]
+    expanded: frozenset[bytes] = frozenset()  # directories here whose contents come in a later batch
+
+
+@dataclass(frozen=True)
+class SourceArg:
+    """One source operand as the user wrote it."""
+
+    path: bytes  # filesystem path of the operand, without trailing slash (except "/")
+    contents: bool  # trailing slash (or "."): send the contents, not the directory itself
+    prefix: bytes  # name under which it appears in the transfer (b"." for contents)
+    implied_dirs: tuple[tuple[bytes, bytes], ...] = ()  # (name, fs path) for -R parents
+
+
+def sort_key(entry: FileEntry) -> tuple[bool, bytes]:
+    """rsync's order inside a directory: non-directories first, then directories, by name."""
+    return (entry.is_dir, entry.name)
+
+
+@dataclass
+class ScanState:
+    """What the scan learned that the rest of the run needs."""
+
+    io_error: bool = False
+    on_problem: Callable[[FileProblem], None] | None = None
+    inodes: dict[tuple[int, int], int] = field(default_factory=dict)
+    next_index: int = 0
+    paths: dict[int, bytes] = field(default_factory=dict)  # index -> source path (local reads)
+
+    def problem(self, path: bytes, message: str, code: int = PARTIAL) -> None:
+        problem = FileProblem(escape(path), "[sender] " + message, code)
+        if self.on_problem is not None:
+            self.on_problem(problem)
+        else:
+            log.error("%s", problem.message)
+
+
+class Scanner:
+    """Walks the sources and yields DirBatch values in rsync's order, without building the whole list."""
+
+    def __init__(self, sources: list[SourceArg], options: Options, filters: FilterRules,
+                 state: ScanState | None = None, keep_paths: bool = True,
+                 read_xattrs: Callable[[bytes], dict[bytes, bytes]] | None = None) -> None:
+        self.sources = sources
+        self.opts = options
+        self.filters = filters
+        self.state = state or ScanState()
+        self.keep_paths = keep_paths
+        self.read_xattrs = read_xattrs
+        self._root_dev: int | None = None
+
+    # -- entry construction -------------------------------------------------
+    def _lstat(self, path: bytes, top: bool = False) -> os.stat_result | None:
+        """stat a source name; problems are recorded (a missing operand is an error, 23)."""
+        follow = self.opts.copy_links
+        try:
+            return os.stat(path, follow_symlinks=follow)
+        except FileNotFoundError:
+            if top:
+                self.state.problem(path, f"link_stat {quote(os.path.abspath(path))} failed: "
+                                   f"No such file or directory (2)")
+                self.state.io_error = True
+                return None
+            if follow:
+                try:
+                    os.lstat(path)
+                except OSError:
+                    pass
+                else:
+                    self.state.problem(path, f"symlink has no referent: {quote(path)}")
+                    self.state.io_error = True
+                    return None
+            self.state.problem(path, f"file has vanished: {quote(path)}", VANISHED)
+            return None
+        except OSError as exc:
+            self.state.problem(path, f"link_stat {quote(path)} failed: {exc.strerror} ({exc.errno})")
+            self.state.io_error = True
+            return None
+
+    def make_entry(self, name: bytes, path: bytes, st: os.stat_result) -> FileEntry | None:
+        """Build the entry for one name, or None when the options skip its type."""
+        mode = st.st_mode
+        link = None
+        opts = self.opts
+        if stat.S_ISLNK(mode):
+            if not opts.links:
+                log.info("skipping non-regular file %s", quote(name))
+                return None
+            try:
+                link = os.readlink(path)
+            except OSError as exc:
+                self.state.problem(path, f"readlink {quote(path)} failed: {exc.strerror} ({exc.errno})")
+                self.state.io_error = True
+                return None
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            if not opts.devices:
+                log.info("skipping non-regular file %s", quote(name))
+                return None
+        elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            if not opts.specials:
+                log.info("skipping non-regular file %s", quote(name))
+                return None
+        elif stat.S_ISDIR(mode):
+            pass
+        elif not stat.S_ISREG(mode):
+            return None
+        if stat.S_ISREG(mode):
+            if opts.max_size is not None and st.st_size > opts.max_size:
+                return None
+            if opts.min_size is not None and st.st_size < opts.min_size:
+                return None
+        index = self.state.next_index
+        hlink = None
+        if opts.hard_links and not stat.S_ISDIR(mode) and st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            hlink = self.state.inodes.setdefault(key, index)
+            if hlink == index:
+                hlink = None
+        xattrs = None
+        if self.read_xattrs is not None:
+            try:
+                xattrs = self.read_xattrs(path)
+            except OSError as exc:
+                self.state.problem(path, f"get_xattr_names {quote(path)} failed: {exc.strerror} ({exc.errno})")
+                self.state.io_error = True
+        self.state.next_index = index + 1
+        if self.keep_paths:
+            self.state.paths[index] = path
+        has_size = stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)
+        return FileEntry(index, name, mode, st.st_size if has_size else 0,
+                         st.st_mtime_ns, st.st_uid, st.st_gid,
+                         st.st_rdev if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else 0,
+                         link, hlink, xattrs)
+
+    # -- walking ------------------------------------------------------------
+    def _excluded(self, name: bytes, is_dir: bool, rules: FilterRules) -> bool:
+        return rules.has_rules and rules.excluded(name, is_dir)
+
+    def _list_dir(self, name: bytes, path: bytes, rules: FilterRules) -> list[FileEntry] | None:
+        try:
+            it = os.scandir(path)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                self.state.problem(path, f"file has vanished: {quote(path)}", VANISHED)
+            else:
+                self.state.problem(path, f"opendir {quote(path)} failed: {exc.strerror} ({exc.errno})")
+                self.state.io_error = True
+            return None
+        entries: list[FileEntry] = []
+        prefix = b"" if name == ROOT else name + b"/"
+        with it:
+            for de in it:
+                child = prefix + de.name
+                child_path = de.path
+                try:
+                    st = os.stat(child_path) if self.opts.copy_links \
+                        else de.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    st = self._lstat(child_path)
+                    if st is None:
+                        continue
+                except OSError as exc:
+                    self.state.problem(child_path, f"link_stat {quote(child_path)} failed: {exc.strerror} ({exc.errno})")
+                    self.state.io_error = True
+                    continue
+                if rules.has_rules and rules.excluded(child, stat.S_ISDIR(st.st_mode)):
+                    continue
+                entry = self.make_entry(child, child_path, st)
+                if entry is not None:
+                    entries.append(entry)
+        entries.sort(key=sort_key)
+        return entries
+
+    def batches(self) -> Iterator[DirBatch]:
+        """Yield the whole transfer as DirBatch values, in the order rsync would send them."""
+        opts = self.opts
+        top: list[tuple[FileEntry, bytes, bool]] = []  # entry, fs path, recurse into it
+        seen_implied: set[bytes] = set()
+        for src in self.sources:
+            for iname, ipath in src.implied_dirs:
+                if iname in seen_implied:
+                    continue
+                seen_implied.add(iname)
+                st = self._lstat(ipath)
+                if st is None:
+                    continue
+                entry = self.make_entry(iname, ipath, st)
+                if entry is not None:
+                    top.append((entry, ipath, False))
+            st = self._lstat(src.path, top=True)
+            if st is None:
+                continue
+            if stat.S_ISDIR(st.st_mode) and not (opts.recursive or opts.dirs):
+                log.info("skipping directory %s", quote(src.prefix))
+                continue
+            if self._root_dev is None:
+                self._root_dev = st.st_dev
+            entry = self.make_entry(src.prefix, src.path, st)
+            if entry is None:
+                continue
+            top.append((entry, src.path, entry.is_dir and (src.contents or opts.recursive)))
+        yield DirBatch(None, tuple(e for e, _, _ in top),
+                       frozenset(e.name for e, _, recurse in top if recurse))
+        for entry, path, recurse in top:
+            if recurse:
+                rules = self.filters
+                if rules.has_rules and entry.name != ROOT:
+                    rules = rules.enter_dir(ROOT, _merge_reader(os.path.dirname(path) or b"."))
+                yield from self._walk(entry, path, rules)
+
+    def _walk(self, dir_entry: FileEntry, path: bytes, rules: FilterRules) -> Iterator[DirBatch]:
+        """Yield dir_entry's contents, then recurse (depth first) into its subdirectories."""
+        rules = rules.enter_dir(dir_entry.name, _merge_reader(path)) if rules.has_rules else rules
+        entries = self._list_dir(dir_entry.name, path, rules)
+        if entries is None:
+            return
+        subdirs = [(e, path + b"/" + e.basename) for e in entries if e.is_dir] if self.opts.recursive else []
+        if self.opts.one_file_system:
+            subdirs = [(e, p) for e, p in subdirs if self._same_fs(p)]
+        yield DirBatch(dir_entry.name, tuple(entries), frozenset(e.name for e, _ in subdirs))
+        for entry, child_path in subdirs:
+            yield from self._walk(entry, child_path, rules)
+
+    def _same_fs(self, path: bytes) -> bool:
+        """-x: is this directory on the file system the transfer started on?"""
+        try:
+            return os.stat(path, follow_symlinks=False).st_dev == self._root_dev
+        except OSError:
+            return False
+
+
+def _merge_reader(dir_path: bytes) -> Callable[[bytes], bytes | None]:
+    def read(name: bytes) -> bytes | None:
+        try:
+            fd = os.open(dir_path + b"/" + name, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+    return read
+
+
+def quote(name: bytes) -> str:
+    """A name as rsync prints it in messages: double-quoted and escaped."""
+    return f'"{escape(name)}"'

@@ -1,0 +1,631 @@
+"""The generator role: compares each source entry with the destination and decides what to do.
+
+It creates directories, symlinks, devices and hard links itself, deletes extraneous names,
+and asks the sender (through a Request) only for files whose data must move.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from . import commit
+from .attrs import AttrPolicy, Wanted, apply_fd, apply_name, type_letter
+from .commit import DestTree
+from .errors import MAX_DELETE, PARTIAL, FileProblem
+from .filters import FilterRules
+from .flist import ROOT, DirBatch, FileEntry
+from .options import Options
+from .pathnames import escape, join, split
+from .stats import Event, Report
+from .writer import PARTIAL_DIR, FATAL_ERRNOS, Request, Writer
+
+log = logging.getLogger(__name__)
+
+NEW = "+++++++++"
+
+
+@dataclass
+class _DirFix:
+    name: bytes
+    want: Wanted
+
+
+@dataclass
+class Generator:
+    """Receiver-side decisions, one entry at a time, in file-list order."""
+
+    opts: Options
+    tree: DestTree
+    policy: AttrPolicy
+    report: Report
+    writer: Writer
+    filters: FilterRules
+    io_error: Callable[[], bool]  # has the sender hit a read error? (then: no deletions)
+    source_digest: Callable[[FileEntry], bytes | None]  # for -c
+    dest_digest: Callable[[int, int], bytes]  # (fd, size) -> digest
+    rename_root: dict[bytes, bytes] = field(default_factory=dict)  # source name -> dest name
+    basis_roots: list[tuple[str, int]] = field(default_factory=list)  # (kind, dir fd)
+    xattr_apply: Callable | None = None
+    xattr_read: Callable | None = None
+    dir_fixes: list[_DirFix] = field(default_factory=list)
+    hl_done: dict[int, bytes] = field(default_factory=dict)  # leader index -> dest name, once final
+    hl_waiting: dict[int, list[FileEntry]] = field(default_factory=dict)
+    remove_source: Callable[[FileEntry], None] | None = None  # --remove-source-files
+    deleted: int = 0
+    delete_skipped: int = 0
+    root_created: bool = False  # the destination directory was made by this run
+    _virtual_dirs: set[bytes] = field(default_factory=set)  # created only in a dry run
+    _pending_dirs: dict[bytes, FileEntry] = field(default_factory=dict)
+    _after: list[tuple[bytes, frozenset[bytes]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.writer.on_commit = self._committed
+
+    # -- per batch ------------------------------------------------------------
+    def process(self, batch: DirBatch) -> Iterator[Request]:
+        """Handle one directory's entries; yield the files whose data must be sent.
+
+        A directory that will get a batch of its own is handled when that batch arrives,
+        just before its contents (rsync's order).
+        """
+        if batch.dir_name is not None:
+            pending = self._pending_dirs.pop(batch.dir_name, None)
+            if pending is not None:
+                self.entry(pending)
+            if self.opts.delete:
+                names = frozenset(e.basename for e in batch.entries)
+                if self.opts.delete_mode == "during":
+                    self.delete_extraneous(batch.dir_name, names)
+                elif self.opts.delete_mode == "after":
+                    self._after.append((batch.dir_name, names))
+        for entry in batch.entries:
+            if entry.name in batch.expanded:
+                self._pending_dirs[entry.name] = entry
+                continue
+            request = self.entry(entry)
+            if request is not None:
+                yield request
+
+    def delete_all(self, batches: list[DirBatch]) -> None:
+        """--delete-before: delete extraneous names before anything is transferred."""
+        for batch in batches:
+            if batch.dir_name is not None:
+                self.delete_extraneous(batch.dir_name, frozenset(e.basename for e in batch.entries))
+
+    # -- one entry ------------------------------------------------------------
+    def dest_name(self, entry: FileEntry) -> bytes:
+        return self.rename_root.get(entry.name, entry.name)
+
+    def lookup(self, name: bytes) -> os.stat_result | None:
+        parent = split(name)[0]
+        if self._under_virtual(parent):
+            return None
+        try:
+            return self.tree.lstat(name)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+
+    def _under_virtual(self, name: bytes) -> bool:
+        while self._virtual_dirs and name != ROOT:
+            if name in self._virtual_dirs:
+                return True
+            name = split(name)[0]
+        return False
+
+    def entry(self, entry: FileEntry) -> Request | None:
+        name = self.dest_name(entry)
+        try:
+            st = self.lookup(name)
+            if self.opts.existing and st is None:
+                return None
+            if self.opts.ignore_existing and st is not None and not (
+                    entry.is_dir and stat.S_ISDIR(st.st_mode)):
+                return None
+            if entry.is_dir:
+                self._dir(entry, name, st)
+                return None
+            if entry.hlink is not None:
+                return self._hard_link(entry, name, st)
+            if entry.is_reg:
+                return self._file(entry, name, st)
+            if entry.is_link:
+                self._symlink(entry, name, st)
+            else:
+                self._special(entry, name, st)
+        except OSError as exc:
+            if exc.errno in FATAL_ERRNOS:
+                raise
+            self._problem(name, f"recv_generator: failed to update {escape(name)!r}: {exc.strerror} ({exc.errno})")
+        return None
+
+    def _problem(self, name: bytes, message: str, code: int = PARTIAL) -> None:
+        self.report.problem(FileProblem(escape(name), message, code))
+
+    def _event(self, itemize: str, name: bytes, entry: FileEntry, extra: str = "") -> None:
+        shown = b"./" if name == ROOT else name + (b"/" if entry.is_dir else b"")
+        self.report.event(Event(itemize, escape(shown), extra, entry.size))
+
+    def _attr_only(self, entry: FileEntry, name: bytes, st: os.stat_result, prefix: str) -> None:
+        """Bring attributes of an up-to-date name in line; itemize if anything differs."""
+        want = self.policy.wanted(entry, st)
+        changes = self.policy.changes(entry, st, want)
+        xchange = self._xattr_differs(entry, name)
+        if changes == "...." and not xchange:
+            if self.opts.itemize and self.opts.verbose > 1:
+                self._event(prefix + "." * 9, name, entry)
+            return
+        self._event(prefix + "." + ("." if not entry.is_reg else ".") + changes + ".." +
+                    ("x" if xchange else "."), name, entry)
+        if self.opts.dry_run:
+            return
+        parent, base = split(name)
+        pfd = self.tree.dir_fd(parent)
+        if entry.is_dir:
+            self.dir_fixes.append(_DirFix(name, want))
+            return
+        if entry.is_reg:
+            fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            try:
+                if xchange:
+                    self.xattr_apply(fd, entry.xattrs)
+                apply_fd(fd, want)
+            finally:
+                os.close(fd)
+        else:
+            apply_name(pfd, base, want, entry.is_link)
+
+    def _xattr_differs(self, entry: FileEntry, name: bytes) -> bool:
+        if entry.xattrs is None or self.xattr_read is None or entry.is_link:
+            return False
+        parent, base = split(name)
+        return self.xattr_read((self.tree.dir_fd(parent), base)) != entry.xattrs
+
+    def make_way(self, entry: FileEntry, name: bytes, st: os.stat_result) -> bool:
+        """Remove a name of another type so entry can take its place; False (reported) if not allowed."""
+        if self.opts.dry_run:
+            return True
+        parent, base = split(name)
+        pfd = self.tree.dir_fd(parent)
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                os.rmdir(base, dir_fd=pfd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                if not (self.opts.delete or self.opts.force):
+                    self._problem(name, f"cannot delete non-empty directory: {escape(name)}")
+                    self._problem(name, f"could not make way for new {_kind(entry)}: {escape(name)}")
+                    return False
+                self._backup_or_remove(pfd, base, name, st)
+            self.tree.forget(name)
+        else:
+            self._backup_or_remove(pfd, base, name, st)
+        self.tree.mark_dirty(parent)
+        return True
+
+    def _backup_or_remove(self, pfd: int, base: bytes, name: bytes, st: os.stat_result) -> None:
+        if not self.opts.backup:
+            commit.remove_tree(pfd, base)
+        elif not stat.S_ISDIR(st.st_mode):
+            self.backup(pfd, base, name, move=True)
+        else:
+            # rsync backs up each file of a deleted directory, then removes what became empty.
+            dfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            try:
+                for child in sorted(commit.listdir(dfd)):
+                    cst = os.stat(child, dir_fd=dfd, follow_symlinks=False)
+                    self._backup_or_remove(dfd, child, join(name, child), cst)
+            finally:
+                os.close(dfd)
+            try:
+                os.rmdir(base, dir_fd=pfd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                self.report.note(f"cannot delete non-empty directory: {escape(name)}")
+
+    # -- directories ----------------------------------------------------------
+    def _dir(self, entry: FileEntry, name: bytes, st: os.stat_result | None) -> None:
+        if name == ROOT and self.root_created:
+            self._event("cd" + NEW, name, entry)
+            self.dir_fixes.append(_DirFix(name, self.policy.wanted(entry, None)))
+            return
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            self._attr_only(entry, name, st, ".d")
+            want = self.policy.wanted(entry, st)
+            if not self.opts.dry_run and (want.mtime_ns is not None or
+                                          want.perms != stat.S_IMODE(st.st_mode)):
+                self.dir_fixes.append(_DirFix(name, want))
+            return
+        if st is not None and not self.make_way(entry, name, st):
+            return
+        self._event("cd" + NEW, name, entry)
+        self.report.stats.files_created += 1
+        if self.opts.dry_run:
+            self._virtual_dirs.add(name)
+            return
+        parent, base = split(name)
+        pfd = self.tree.dir_fd(parent)
+        want = self.policy.wanted(entry, None)
+        os.mkdir(base, 0o700, dir_fd=pfd)
+        self.tree.mark_dirty(parent)
+        fd = self.tree.dir_fd(name)
+        if self.xattr_apply is not None and entry.xattrs is not None:
+            self.xattr_apply(fd, entry.xattrs)
+        # Writable for us until the end; the exact mode and times are set when it is complete.
+        apply_fd(fd, Wanted(want.perms | 0o700, want.uid, want.gid, None))
+        self.dir_fixes.append(_DirFix(name, want))
+
+    # -- regular files --------------------------------------------------------
+    def _same(self, entry: FileEntry, name: bytes, st: os.stat_result) -> bool:
+        """rsync's quick check (or -c / --size-only) against the destination name."""
+        parent, base = split(name)
+        return self._same_in(entry, self.tree.dir_fd(parent), base, st)
+
+    def _file(self, entry: FileEntry, name: bytes, st: os.stat_result | None) -> Request | None:
+        opts = self.opts
+        if st is not None and stat.S_ISREG(st.st_mode):
+            if opts.update and st.st_mtime_ns // 1_000_000_000 > entry.mtime_ns // 1_000_000_000 + opts.modify_window:
+                return None
+            if self._same(entry, name, st):
+                self._attr_only(entry, name, st, ".f")
+                self._final(entry, name)
+                return None
+            want = self.policy.wanted(entry, st)
+            changes = self.policy.changes(entry, st, want)
+            size = "s" if st.st_size != entry.size else "."
+            csum = "c" if opts.checksum else "."
+            return self._request(entry, name, st, ">f" + csum + size + changes + "...")
+        if st is None:
+            handled = self._alt_basis(entry, name)
+            if handled:
+                return None
+        elif not self.make_way(entry, name, st):
+            return None
+        return self._request(entry, name, st if st is not None and stat.S_ISREG(st.st_mode) else None,
+                             ">f" + NEW)
+
+    def _request(self, entry: FileEntry, name: bytes, st: os.stat_result | None, itemize: str) -> Request | None:
+        self._event(itemize, name, entry)
+        if st is None:
+            self.report.stats.files_created += 1
+        self.report.stats.files_transferred += 1
+        self.report.stats.transferred_size += entry.size
+        if self.opts.dry_run:
+            self.hl_done[entry.index] = name
+            return None
+        return Request(entry, name, st, itemize)
+
+    def _committed(self, entry: FileEntry, name: bytes) -> None:
+        """The writer committed entry: finish what waited on it."""
+        self._final(entry, name)
+
+    def _final(self, entry: FileEntry, name: bytes) -> None:
+        """entry is final under name: hard links to it can be made; the source may be removed."""
+        if self.opts.hard_links:
+            self.hl_done[entry.index] = name
+            for follower in self.hl_waiting.pop(entry.index, ()):
+                self._link_to(follower, self.dest_name(follower), name, self.lookup(self.dest_name(follower)))
+        if self.opts.remove_source_files and self.remove_source is not None:
+            self.remove_source(entry)
+
+    # -- alternate basis dirs -------------------------------------------------
+    def _alt_basis(self, entry: FileEntry, name: bytes) -> bool:
+        """--compare-dest / --copy-dest / --link-dest: True if entry was settled from there."""
+        parent, base = split(name)
+        for kind, root_fd in self.basis_roots:
+            try:
+                pfd = commit.open_beneath(root_fd, parent)
+            except OSError:
+                continue
+            try:
+                try:
+                    st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if not self._same_in(entry, pfd, base, st):
+                    continue
+                same_attrs = self.policy.changes(entry, st, self.policy.wanted(entry, None)) == "...."
+                if kind == "compare":
+                    return True
+                if kind == "link" and same_attrs:
+                    if not self.opts.dry_run:
+                        os.link(base, split(name)[1], src_dir_fd=pfd,
+                                dst_dir_fd=self.tree.dir_fd(parent), follow_symlinks=False)
+                        self.tree.mark_dirty(parent)
+                    if self.opts.verbose > 1 and self.opts.itemize:
+                        self._event("hf" + "." * 9, name, entry)
+                    self._final(entry, name)
+                    return True
+                if not entry.is_reg:
+                    return False  # made afresh, like any new symlink or device
+                self._event("cf" + NEW, name, entry)
+                self.report.stats.files_created += 1
+                if not self.opts.dry_run:
+                    self._copy_local(entry, name, pfd, base, st)
+                self._final(entry, name)
+                return True
+            finally:
+                os.close(pfd)
+        return False
+
+    def _same_in(self, entry: FileEntry, pfd: int, base: bytes, st: os.stat_result) -> bool:
+        """Is the basis-dir name the same as entry (type, and content by the quick check)?"""
+        if stat.S_IFMT(st.st_mode) != stat.S_IFMT(entry.mode):
+            return False
+        if entry.is_link:
+            return os.readlink(base, dir_fd=pfd) == entry.link
+        if not entry.is_reg:
+            return st.st_rdev == entry.rdev
+        if st.st_size != entry.size:
+            return False
+        if self.opts.size_only:
+            return True
+        if self.opts.checksum:
+            fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            try:
+                return self.dest_digest(fd, st.st_size) == self.source_digest(entry)
+            finally:
+                os.close(fd)
+        return self.policy.same_time(st.st_mtime_ns, entry.mtime_ns)
+
+    def _copy_local(self, entry: FileEntry, name: bytes, pfd: int, base: bytes, st: os.stat_result) -> None:
+        from .transport.local import LocalFile  # the same data path the local transport uses
+        fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        try:
+            self.writer.write(Request(entry, name, None, "cf" + NEW), LocalFile(fd, st.st_size))
+        finally:
+            os.close(fd)
+
+    # -- hard links -----------------------------------------------------------
+    def _hard_link(self, entry: FileEntry, name: bytes, st: os.stat_result | None) -> Request | None:
+        leader = entry.hlink
+        assert leader is not None
+        target = self.hl_done.get(leader)
+        if target is None:
+            # The leader's data is still on its way (or failed): wait for its commit.
+            self.hl_waiting.setdefault(leader, []).append(entry)
+            return None
+        self._link_to(entry, name, target, st)
+        return None
+
+    def _link_to(self, entry: FileEntry, name: bytes, target: bytes, st: os.stat_result | None) -> None:
+        tst = self.lookup(target) if not self.opts.dry_run else None
+        if st is not None and tst is not None and st.st_ino == tst.st_ino and st.st_dev == tst.st_dev:
+            return
+        self._event("hf" + (NEW if st is None else "." * 9), name, entry, " => " + escape(target))
+        if self.opts.dry_run:
+            return
+        if st is not None and stat.S_ISDIR(st.st_mode) and not self.make_way(entry, name, st):
+            return
+        parent, base = split(name)
+        tparent, tbase = split(target)
+        pfd = self.tree.dir_fd(parent)
+        tmp = commit.temp_name(base)
+        os.link(tbase, tmp, src_dir_fd=self.tree.dir_fd(tparent), dst_dir_fd=pfd, follow_symlinks=False)
+        if st is not None and self.opts.backup:
+            self.backup(pfd, base, name)
+        os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
+        self.tree.mark_dirty(parent)
+        if self.opts.remove_source_files and self.remove_source is not None:
+            self.remove_source(entry)
+
+    def finish_hard_links(self) -> None:
+        """Followers whose leader never committed: report them."""
+        for leader, followers in self.hl_waiting.items():
+            for f in followers:
+                self._problem(self.dest_name(f), f"Cannot link {escape(self.dest_name(f))!r}: its first name failed")
+        self.hl_waiting.clear()
+
+    # -- symlinks, devices, fifos -----------------------------------------------
+    def _symlink(self, entry: FileEntry, name: bytes, st: os.stat_result | None) -> None:
+        assert entry.link is not None
+        parent, base = split(name)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            current = os.readlink(base, dir_fd=self.tree.dir_fd(parent))
+            if current == entry.link:
+                self._attr_only(entry, name, st, ".L")
+                self._final(entry, name)
+                return
+            itemize = "cLc." + self.policy.changes(entry, st, self.policy.wanted(entry, st)) + "..."
+        else:
+            itemize = "cL" + NEW
+            if st is None and self.basis_roots and self._alt_basis(entry, name):
+                return
+            if st is not None and not self.make_way(entry, name, st):
+                return
+            self.report.stats.files_created += 1
+        self._event(itemize, name, entry, " -> " + escape(entry.link))
+        if self.opts.dry_run:
+            return
+        pfd = self.tree.dir_fd(parent)
+        tmp = commit.temp_name(base)
+        os.symlink(entry.link, tmp, dir_fd=pfd)
+        try:
+            apply_name(pfd, tmp, self.policy.wanted(entry, None), is_link=True)
+            if st is not None and self.opts.backup:
+                self.backup(pfd, base, name)
+            os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
+        except BaseException:
+            commit.unlink_quietly(pfd, tmp)
+            raise
+        self.tree.mark_dirty(parent)
+        self._final(entry, name)
+
+    def _special(self, entry: FileEntry, name: bytes, st: os.stat_result | None) -> None:
+        parent, base = split(name)
+        if st is not None and stat.S_IFMT(st.st_mode) == stat.S_IFMT(entry.mode) \
+                and st.st_rdev == entry.rdev:
+            self._attr_only(entry, name, st, "." + type_letter(entry.mode))
+            self._final(entry, name)
+            return
+        if st is not None and stat.S_IFMT(st.st_mode) == stat.S_IFMT(entry.mode):
+            itemize = "c" + type_letter(entry.mode) + "c" + "." * 8
+        else:
+            if st is None and self.basis_roots and self._alt_basis(entry, name):
+                return
+            if st is not None and not self.make_way(entry, name, st):
+                return
+            itemize = "c" + type_letter(entry.mode) + NEW
+            self.report.stats.files_created += 1
+        self._event(itemize, name, entry)
+        if self.opts.dry_run:
+            return
+        pfd = self.tree.dir_fd(parent)
+        tmp = commit.temp_name(base)
+        os.mknod(tmp, stat.S_IFMT(entry.mode) | 0o600, entry.rdev, dir_fd=pfd)
+        try:
+            apply_name(pfd, tmp, self.policy.wanted(entry, None), is_link=False)
+            os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
+        except BaseException:
+            commit.unlink_quietly(pfd, tmp)
+            raise
+        self.tree.mark_dirty(parent)
+        self._final(entry, name)
+
+    # -- backups --------------------------------------------------------------
+    def backup(self, pfd: int, base: bytes, name: bytes, move: bool = False) -> None:
+        """Keep the old version of name as rsync's --backup does (link, so the name never vanishes)."""
+        opts = self.opts
+        suffix = os.fsencode(opts.backup_suffix)
+        if opts.backup_dir:
+            broot = os.fsencode(opts.backup_dir)
+            bparent, bbase = split(join(broot, name)) if not broot.startswith(b"/") else split(broot + b"/" + name)
+            start = self.tree.root_fd if not broot.startswith(b"/") else None
+            if start is None:
+                os.makedirs(bparent, exist_ok=True)
+                bfd = os.open(bparent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            else:
+                bfd = commit.makedirs_beneath(start, bparent, 0o755)
+            target_fd, target = bfd, bbase + suffix
+        else:
+            bfd = None
+            target_fd, target = pfd, base + suffix
+        try:
+            st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+            try:
+                existing = os.stat(target, dir_fd=target_fd, follow_symlinks=False)
+                if stat.S_ISDIR(existing.st_mode):
+                    commit.remove_tree(target_fd, target)
+            except FileNotFoundError:
+                pass
+            if move or stat.S_ISDIR(st.st_mode):
+                os.rename(base, target, src_dir_fd=pfd, dst_dir_fd=target_fd)
+            else:
+                tmp = commit.temp_name(target)
+                try:
+                    os.link(base, tmp, src_dir_fd=pfd, dst_dir_fd=target_fd, follow_symlinks=False)
+                except OSError:
+                    os.rename(base, target, src_dir_fd=pfd, dst_dir_fd=target_fd)
+                else:
+                    os.rename(tmp, target, src_dir_fd=target_fd, dst_dir_fd=target_fd)
+            if opts.verbose > 1:
+                log.info("backed up %s to %s", escape(name), escape(target))
+        finally:
+            if bfd is not None:
+                os.close(bfd)
+
+    # -- deletion -------------------------------------------------------------
+    def delete_extraneous(self, dir_name: bytes, keep: frozenset[bytes]) -> None:
+        """Delete names in dest dir_name that the source does not have (rsync --delete)."""
+        if self.io_error():
+            return
+        dest_dir = self.rename_root.get(dir_name, dir_name)
+        if self._under_virtual(dest_dir) or dest_dir in self._virtual_dirs:
+            return
+        try:
+            fd = self.tree.dir_fd(dest_dir)
+            names = sorted(commit.listdir(fd))
+        except OSError:
+            return
+        partial_dir = os.fsencode(self.opts.partial_dir or PARTIAL_DIR)
+        for base in names:
+            if base in keep or base == partial_dir or base.endswith(commit.TEMP_SUFFIX):
+                continue
+            rel = join(dest_dir, base)
+            try:
+                st = os.stat(base, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if self.filters.has_rules and self.filters.excluded(join(dir_name, base), is_dir, side="receiver"):
+                continue
+            self._delete(fd, base, rel, is_dir)
+
+    def _delete(self, fd: int, base: bytes, rel: bytes, is_dir: bool) -> None:
+        names: list[tuple[bytes, bool]] = []
+        if is_dir:
+            _walk_names(fd, base, rel, names)
+        else:
+            names.append((rel, False))
+        limit = self.opts.max_delete
+        if limit is not None and self.deleted + len(names) > limit:
+            self.delete_skipped += len(names)
+            return
+        self.deleted += len(names)
+        self.report.stats.files_deleted += len(names)
+        for name, isdir in names:
+            self.report.event(Event("*deleting", escape(name + (b"/" if isdir else b""))))
+        if self.opts.dry_run:
+            return
+        self._backup_or_remove(fd, base, rel, os.stat(base, dir_fd=fd, follow_symlinks=False))
+        self.tree.forget(rel)
+        self.tree.mark_dirty(split(rel)[0])
+
+    def finish(self) -> None:
+        """Deletions after the transfer, then directory modes and times, deepest first."""
+        for name in sorted(self._pending_dirs):
+            self.entry(self._pending_dirs[name])
+        self._pending_dirs.clear()
+        for dir_name, names in self._after:
+            self.delete_extraneous(dir_name, names)
+        self._after.clear()
+        self.finish_hard_links()
+        if self.delete_skipped:
+            log.warning("Deletions stopped due to --max-delete limit (%d skipped)", self.delete_skipped)
+            self.report.outcome(MAX_DELETE)
+        if self.io_error() and self.opts.delete:
+            log.warning("IO error encountered -- skipping file deletion")
+        for fix in sorted(self.dir_fixes, key=lambda f: f.name.count(b"/"), reverse=True):
+            try:
+                fd = self.tree.dir_fd(fix.name)
+                apply_fd(fd, fix.want)
+            except OSError as exc:
+                self._problem(fix.name, f"Cannot set attributes of {escape(fix.name)!r}: {exc.strerror}")
+        self.dir_fixes.clear()
+
+
+def _walk_names(fd: int, base: bytes, rel: bytes, out: list[tuple[bytes, bool]]) -> None:
+    """Names below a directory, deepest first, the directory itself last (rsync's order)."""
+    try:
+        dfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    except OSError:
+        out.append((rel, True))
+        return
+    try:
+        for child in sorted(commit.listdir(dfd), reverse=True):
+            st = os.stat(child, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                _walk_names(dfd, child, rel + b"/" + child, out)
+            else:
+                out.append((rel + b"/" + child, False))
+    finally:
+        os.close(dfd)
+    out.append((rel, True))
+
+
+def _kind(entry: FileEntry) -> str:
+    if entry.is_reg:
+        return "regular file"
+    if entry.is_link:
+        return "symlink"
+    if entry.is_dir:
+        return "directory"
+    return "special file"
+

@@ -1,0 +1,134 @@
+"""Frozen Options: every rsync-style switch the engine understands, validated once."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+# -a is -rlptgoD: each of these is filled only when the user left it unset.
+ARCHIVE_FLAGS = ("recursive", "links", "perms", "times", "group", "owner", "devices", "specials")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to transfer and how; shared by the CLI, the library API and the server."""
+
+    recursive: bool = False
+    dirs: bool = False
+    links: bool = False
+    copy_links: bool = False
+    perms: bool = False
+    times: bool = False
+    group: bool = False
+    owner: bool = False
+    devices: bool = False
+    specials: bool = False
+    hard_links: bool = False
+    acls: bool = False
+    xattrs: bool = False
+    sparse: bool = False
+    one_file_system: bool = False
+    relative: bool = False
+    dry_run: bool = False
+    verbose: int = 0
+    quiet: bool = False
+    checksum: bool = False
+    whole_file: bool | None = None
+    update: bool = False
+    existing: bool = False
+    ignore_existing: bool = False
+    size_only: bool = False
+    modify_window: int = 0
+    delete: bool = False
+    delete_mode: str = "during"  # before | during | after
+    delete_excluded: bool = False
+    force: bool = False
+    max_delete: int | None = None
+    filter_rules: tuple[str, ...] = ()
+    files_from: str | None = None
+    from0: bool = False
+    min_size: int | None = None
+    max_size: int | None = None
+    partial: bool = False
+    partial_dir: str | None = None
+    inplace: bool = False
+    backup: bool = False
+    backup_dir: str | None = None
+    suffix: str | None = None
+    link_dest: tuple[str, ...] = ()
+    compare_dest: tuple[str, ...] = ()
+    copy_dest: tuple[str, ...] = ()
+    numeric_ids: bool = False
+    chmod: tuple[str, ...] = ()
+    chown: str | None = None
+    mkpath: bool = False
+    omit_dir_times: bool = False
+    delay_updates: bool = False
+    remove_source_files: bool = False
+    list_only: bool = False
+    itemize: bool = False
+    stats: bool = False
+    log_file: str | None = None
+    fsync: bool = True
+    json: bool = False
+
+    def replace(self, **changes: object) -> Options:
+        """Return a copy with some fields changed (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def backup_suffix(self) -> str:
+        if self.suffix is not None:
+            return self.suffix
+        return "" if self.backup_dir else "~"
+
+    @property
+    def basis_dirs(self) -> tuple[tuple[str, str], ...]:
+        """Alternate basis directories as (kind, dir), in the order rsync tries them."""
+        return (tuple(("compare", d) for d in self.compare_dest)
+                + tuple(("copy", d) for d in self.copy_dest)
+                + tuple(("link", d) for d in self.link_dest))
+
+    def __post_init__(self) -> None:
+        if self.delete_mode not in ("before", "during", "after"):
+            raise UsageError(f"Unknown delete mode {self.delete_mode!r}")
+        if self.max_delete is not None and self.max_delete < 0:
+            raise UsageError("--max-delete must not be negative")
+        if self.modify_window < 0:
+            raise UsageError("--modify-window must not be negative")
+        for name in ("min_size", "max_size"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+        if self.inplace and (self.delay_updates or self.partial_dir):
+            raise UsageError("--inplace cannot be used with --delay-updates or --partial-dir")
+        if sum(map(bool, (self.compare_dest, self.copy_dest, self.link_dest))) > 1:
+            raise UsageError("You may not mix --compare-dest, --copy-dest, and --link-dest")
+
+
+def from_mapping(values: dict[str, object]) -> Options:
+    """Build Options from keyword values (library API and CLI share this)."""
+    values = dict(values)
+    archive = bool(values.pop("archive", False))
+    if archive:
+        for name in ARCHIVE_FLAGS:
+            if name == "recursive" and values.get("files_from") is not None:
+                continue  # rsync: with --files-from, -a does not imply -r
+            if values.get(name) is None:
+                values[name] = True
+    if values.get("files_from") is not None:
+        for name in ("relative", "dirs"):  # rsync: --files-from implies -R and -d
+            if values.get(name) is None:
+                values[name] = True
+    if values.get("backup") and not values.get("backup_dir"):
+        values["omit_dir_times"] = True  # rsync forces -O for backups beside the files
+    names = {f.name for f in dataclasses.fields(Options)}
+    unknown = set(values) - names
+    if unknown:
+        raise UsageError(f"Unknown option(s): {', '.join(sorted(unknown))}")
+    clean = {k: v for k, v in values.items() if v is not None}
+    for key in ("filter_rules", "link_dest", "compare_dest", "copy_dest", "chmod"):
+        if key in clean and isinstance(clean[key], (list, str)):
+            clean[key] = tuple([clean[key]] if isinstance(clean[key], str) else clean[key])
+    return Options(**clean)  # type: ignore[arg-type]

@@ -1,0 +1,86 @@
+"""The sender role: walks the source, opens requested files safely, removes sent sources."""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterator
+
+from . import fastio
+from .errors import PARTIAL, VANISHED
+from .filters import FilterRules
+from .flist import DirBatch, FileEntry, Scanner, ScanState, SourceArg, quote
+from .options import Options
+
+log = logging.getLogger(__name__)
+
+
+class SourceChanged(Exception):
+    """A source file is not what the scan saw (vanished, replaced or resized)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Sender:
+    """Produces the file list and the bytes of requested files."""
+
+    def __init__(self, sources: list[SourceArg], opts: Options, filters: FilterRules,
+                 read_xattrs=None, on_problem=None) -> None:
+        self.opts = opts
+        self.state = ScanState(on_problem=on_problem)
+        self.scanner = Scanner(sources, opts, filters, self.state, read_xattrs=read_xattrs)
+
+    @property
+    def io_error(self) -> bool:
+        return self.state.io_error
+
+    def batches(self) -> Iterator[DirBatch]:
+        return self.scanner.batches()
+
+    def path(self, entry: FileEntry) -> bytes:
+        return self.state.paths[entry.index]
+
+    def open(self, entry: FileEntry) -> int:
+        """Open a regular source file for reading; it must still be the file the scan saw."""
+        path = self.path(entry)
+        flags = os.O_RDONLY | os.O_CLOEXEC | (0 if self.opts.copy_links else os.O_NOFOLLOW)
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            raise SourceChanged(f"file has vanished: {quote(path)}", VANISHED) from None
+        except OSError as exc:
+            raise SourceChanged(f"send_files failed to open {quote(path)}: {exc.strerror} ({exc.errno})",
+                                PARTIAL) from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
+            os.close(fd)
+            raise SourceChanged(f"file has changed during the transfer: {quote(path)}", VANISHED)
+        return fd
+
+    def digest(self, entry: FileEntry) -> bytes | None:
+        """xxh3-128 of a source file (for -c); None if it cannot be read."""
+        try:
+            fd = self.open(entry)
+        except SourceChanged:
+            return None
+        try:
+            return fastio.file_digest(fd, entry.size)
+        finally:
+            os.close(fd)
+
+    def remove(self, entry: FileEntry) -> None:
+        """--remove-source-files: unlink a sent non-directory if it is still the one we sent."""
+        if entry.is_dir:
+            return
+        path = self.path(entry)
+        try:
+            st = os.lstat(path)
+            if stat.S_IFMT(st.st_mode) != stat.S_IFMT(entry.mode) or \
+                    (entry.is_reg and (st.st_size != entry.size or st.st_mtime_ns != entry.mtime_ns)):
+                log.warning("Skipping sender remove for changed file: %s", quote(path))
+                return
+            os.unlink(path)
+        except OSError as exc:
+            log.warning("sender failed to remove %s: %s", quote(path), exc.strerror)

@@ -1,0 +1,78 @@
+"""Run statistics and the per-run report (itemize events, problems, exit code)."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from . import errors
+from .errors import FileProblem
+
+log = logging.getLogger("zcsync")
+
+
+@dataclass
+class Stats:
+    """Counters in rsync's --stats vocabulary."""
+
+    files: int = 0
+    regular_files: int = 0
+    dirs: int = 0
+    links: int = 0
+    specials: int = 0
+    files_created: int = 0
+    files_deleted: int = 0
+    files_transferred: int = 0
+    total_size: int = 0
+    transferred_size: int = 0
+    literal_bytes: int = 0
+    matched_bytes: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    flist_size: int = 0
+    elapsed_s: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of -i / -v output: what happened to a name."""
+
+    itemize: str  # rsync's YXcstpoguax string, or "*deleting" and the like
+    name: str  # escaped, directories with a trailing "/"
+    extra: str = ""  # " -> target" for symlinks, " => target" for hard links
+    size: int = 0
+
+
+@dataclass
+class Report:
+    """Collects events and problems from every role; thread-safe; decides the exit code."""
+
+    on_event: Callable[[Event], None] | None = None
+    stats: Stats = field(default_factory=Stats)
+    problems: list[FileProblem] = field(default_factory=list)
+    exit_code: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def event(self, event: Event) -> None:
+        if self.on_event is not None:
+            with self._lock:
+                self.on_event(event)
+
+    def note(self, text: str) -> None:
+        """An informational line for the user (rsync prints these with -v or -i)."""
+        self.event(Event("", text))
+
+    def problem(self, problem: FileProblem) -> None:
+        """Record (and log) a per-file problem; the run goes on."""
+        log.error("%s", problem.message)
+        with self._lock:
+            self.problems.append(problem)
+            self.exit_code = errors.worst(self.exit_code, problem.code)
+
+    def outcome(self, code: int) -> None:
+        with self._lock:
+            self.exit_code = errors.worst(self.exit_code, code)

@@ -1,0 +1,204 @@
+"""The whole transport contract: a byte stream to the peer, and the error mapping around it.
+
+The engine frames its messages on a :class:`Stream` and never imports paramiko,
+socket or subprocess. Each transport translates its foreign exceptions in one
+place, raising ours ``from`` the original.
+"""
+from __future__ import annotations
+
+import contextlib
+import shlex
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from ..errors import StreamError, Timeout, ZcsyncError
+
+Buffer = bytes | bytearray | memoryview
+
+
+@runtime_checkable
+class Stream(Protocol):
+    """A reliable, ordered byte stream to the remote ``zcsync --server``."""
+
+    #: Idle timeout in seconds (rsync's --timeout): a read or write that makes no
+    #: progress for this long raises errors.Timeout. None waits forever.
+    timeout: float | None
+
+    def read(self, n: int) -> bytes:
+        """Return exactly n bytes; fewer only when the peer closed the stream (EOF)."""
+        ...
+
+    def write(self, data: Buffer) -> None:
+        """Send all of data."""
+        ...
+
+    def write_eof(self) -> None:
+        """Tell the peer we will send nothing more (half close)."""
+        ...
+
+    def close(self) -> None:
+        """Tear the stream down and collect the peer's exit status; idempotent."""
+        ...
+
+    @property
+    def exit_status(self) -> int | None:
+        """The remote command's exit status once known (255 is ssh's own failure)."""
+        ...
+
+    def __enter__(self) -> Stream: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class BaseStream:
+    """Shared plumbing: exact reads over a partial-read primitive, context manager.
+
+    Subclasses implement ``_recv(n)`` (at least one byte, or b"" at EOF),
+    ``_send(data)`` (all of it), ``_shutdown_write()`` and ``_close()``, and
+    raise our errors (use :func:`map_stream_errors`).
+    """
+
+    def __init__(self, peer: str, timeout: float | None = None) -> None:
+        self.peer = peer
+        self._timeout = timeout
+        self._closed = False
+        self._eof_sent = False
+        self.bytes_read = 0
+        self.bytes_written = 0
+
+    @property
+    def timeout(self) -> float | None:
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        if value is not None and value <= 0:
+            raise ValueError("timeout must be positive or None")
+        self._timeout = value
+        self._timeout_changed()
+
+    def _timeout_changed(self) -> None:
+        """Hook for subclasses that push the timeout down to a socket."""
+
+    def read(self, n: int) -> bytes:
+        """Return exactly n bytes; fewer only when the peer closed the stream (EOF)."""
+        if self._closed:
+            raise StreamError(f"stream to {self.peer} is closed")
+        if n <= 0:
+            return b""
+        first = self._recv(n)
+        if len(first) == n or not first:
+            self.bytes_read += len(first)
+            return first
+        parts = [first]
+        got = len(first)
+        while got < n:
+            chunk = self._recv(n - got)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        self.bytes_read += got
+        return b"".join(parts)
+
+    def write(self, data: Buffer) -> None:
+        """Send all of data."""
+        if self._closed:
+            raise StreamError(f"stream to {self.peer} is closed")
+        if self._eof_sent:
+            raise StreamError(f"write to {self.peer} after write_eof()")
+        if len(data):
+            self._send(data)
+            self.bytes_written += len(data)
+
+    def write_eof(self) -> None:
+        """Tell the peer we will send nothing more (half close)."""
+        if not self._eof_sent and not self._closed:
+            self._eof_sent = True
+            self._shutdown_write()
+
+    def close(self) -> None:
+        """Tear the stream down and collect the peer's exit status; idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> BaseStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- for subclasses -------------------------------------------------
+    def _recv(self, n: int) -> bytes:
+        raise NotImplementedError
+
+    def _send(self, data: Buffer) -> None:
+        raise NotImplementedError
+
+    def _shutdown_write(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+@contextlib.contextmanager
+def map_stream_errors(peer: str, timeout: float | None, doing: str = "reading from") -> Iterator[None]:
+    """Translate OS-level failures of an established stream into our errors."""
+    try:
+        yield
+    except ZcsyncError:
+        raise
+    except TimeoutError as exc:  # socket.timeout is TimeoutError since 3.10
+        raise Timeout(f"no progress {doing} {peer} for {timeout:g} seconds") from exc
+    except EOFError as exc:
+        raise StreamError(f"{peer} closed the connection") from exc
+    except OSError as exc:
+        raise StreamError(f"{doing} {peer}: {exc.strerror or exc}") from exc
+
+
+def remote_command(argv: Sequence[str], program: str | None = None) -> str:
+    """Build the command line the remote shell runs.
+
+    Every element of argv is shell-quoted. ``program`` (``--zcsync-path``) goes
+    in verbatim, like rsync's --rsync-path, so it may be a command prefix such
+    as ``env PYTHONPATH=/opt/z python3 -m zcsync`` or ``cd /x && zcsync``.
+    """
+    joined = shlex.join(argv)
+    if program:
+        return f"{program} {joined}" if joined else program
+    return joined
+
+
+# Remote stderr that means our program never started, seen before the first
+# protocol byte. Shells and env(1) also exit 127, which is the main signal; the
+# text catches shells that don't, and ``python -m zcsync`` without the package.
+NOT_FOUND_MARKERS = (b"command not found", b"No module named zcsync")
+
+
+def looks_like_not_found(exit_status: int | None, stderr_head: bytes) -> bool:
+    """True when the remote side evidently never started our program."""
+    if exit_status == 127:
+        return True
+    return any(m in stderr_head for m in NOT_FOUND_MARKERS)
+
+
+def not_found_message(host: str | None) -> str:
+    """The one line the user sees when the remote zcsync is missing."""
+    return f"zcsync not found on {host or 'the remote host'} (install it there or pass --zcsync-path)"

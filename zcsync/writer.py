@@ -1,0 +1,186 @@
+"""The writer role: receives a file's data, verifies it, and commits it (shared/DESIGN.md, per file)."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from . import commit
+from .attrs import AttrPolicy, apply_fd
+from .commit import DestTree
+from .errors import FileIOError, FileProblem
+from .flist import FileEntry
+from .options import Options
+from .pathnames import escape, join, split
+from .stats import Event, Report
+
+log = logging.getLogger(__name__)
+
+PARTIAL_DIR = ".zcsync-partial"  # where --partial keeps data: never under the final name
+
+# Errors that mean the destination itself is broken: stop the run (rsync exits 11 on these).
+FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+
+
+class DataSource(Protocol):
+    """A file's bytes as the transport delivers them."""
+
+    size: int
+
+    def write_into(self, fd: int, sparse: bool) -> bytes:
+        """Write all bytes into fd (at offset 0) and return the xxh3-128 digest of what was written."""
+
+    def digest(self) -> bytes:
+        """The digest the sender vouches for; valid after write_into."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """The generator asks for one file's data; the writer will commit it under dest_name."""
+
+    entry: FileEntry
+    dest_name: bytes
+    existing: os.stat_result | None
+    itemize: str
+
+
+class Writer:
+    """Writes requested files into temp files and commits them; thread-safe per file."""
+
+    def __init__(self, opts: Options, tree: DestTree, policy: AttrPolicy, report: Report,
+                 xattr_apply=None, backup=None) -> None:
+        self.opts = opts
+        self.tree = tree
+        self.policy = policy
+        self.report = report
+        self.xattr_apply = xattr_apply
+        self.backup = backup  # callable(parent_fd, base, name) or None
+        self.delayed: list[tuple[bytes, bytes, bytes]] = []  # (parent, temp, base)
+        self.on_commit = None  # callable(entry, dest_name) -> None, set by the generator
+        self._lock = threading.Lock()
+        self.temps: set[tuple[bytes, bytes, bytes]] = set()  # (parent, temp, base) still uncommitted
+
+    def write(self, req: Request, source: DataSource) -> bool:
+        """Write, verify and commit one file; per-file problems are reported, fatal ones raised."""
+        entry, name = req.entry, req.dest_name
+        parent, base = split(name)
+        try:
+            committed = self._write(req, source, parent, base)
+        except OSError as exc:
+            if exc.errno in FATAL_ERRNOS:
+                raise FileIOError(f"Cannot write {escape(name)!r}: {exc.strerror}") from exc
+            self.report.problem(FileProblem(escape(name), f"Cannot write {escape(name)!r}: {exc.strerror}"))
+            return False
+        if committed:
+            if self.on_commit is not None:
+                self.on_commit(entry, name)
+        return committed
+
+    def _write(self, req: Request, source: DataSource, parent: bytes, base: bytes) -> bool:
+        opts = self.opts
+        entry = req.entry
+        pfd = self.tree.dir_fd(parent)
+        inplace = opts.inplace and req.existing is not None and stat.S_ISREG(req.existing.st_mode)
+        if inplace:
+            fd = os.open(base, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            tmp = None
+        else:
+            fd, tmp = commit.create_temp(pfd, base)
+            with self._lock:
+                self.temps.add((parent, tmp, base))
+        ok = False
+        try:
+            for attempt in (1, 2):
+                got = source.write_into(fd, opts.sparse and not inplace)
+                if got == source.digest():
+                    break
+                log.warning("%s: checksum mismatch, retrying", escape(req.dest_name))
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+            else:
+                self.report.problem(FileProblem(
+                    escape(req.dest_name), f"File {escape(req.dest_name)!r} failed verification: "
+                    "data changed in transit or during the transfer"))
+                return False
+            if inplace:
+                os.ftruncate(fd, source.size)
+            if opts.fsync:
+                os.fsync(fd)
+            want = self.policy.wanted(entry, req.existing)
+            if self.xattr_apply is not None and entry.xattrs is not None:
+                self.xattr_apply(fd, entry.xattrs)
+            apply_fd(fd, want)
+            ok = True
+        finally:
+            os.close(fd)
+            if not ok and tmp is not None:
+                self._discard(pfd, parent, tmp, base)
+        if tmp is None:
+            return True
+        if req.existing is not None and self.backup is not None:
+            self.backup(pfd, base, req.dest_name)
+        if req.existing is not None and stat.S_ISDIR(req.existing.st_mode):
+            commit.remove_tree(pfd, base)
+            self.tree.forget(req.dest_name)
+        if opts.delay_updates:
+            with self._lock:
+                self.delayed.append((parent, tmp, base))
+            return True
+        os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
+        with self._lock:
+            self.temps.discard((parent, tmp, base))
+        self.tree.mark_dirty(parent)
+        return True
+
+    def _discard(self, pfd: int, parent: bytes, tmp: bytes, base: bytes) -> None:
+        """Drop a temp file, or keep it in the partial dir when --partial asks for that."""
+        with self._lock:
+            self.temps.discard((parent, tmp, base))
+        if self.opts.partial or self.opts.partial_dir:
+            try:
+                self._keep_partial(pfd, tmp, base)
+                return
+            except OSError as exc:
+                log.warning("Cannot keep partial file for %r: %s", escape(join(parent, base)), exc.strerror)
+        commit.unlink_quietly(pfd, tmp)
+
+    def _keep_partial(self, pfd: int, tmp: bytes, base: bytes) -> None:
+        """Move a partial temp file into the partial dir, never under its final name."""
+        pdir = os.fsencode(self.opts.partial_dir or PARTIAL_DIR)
+        if pdir.startswith(b"/"):
+            raise OSError(errno.EINVAL, "absolute --partial-dir is not supported")
+        fd = commit.makedirs_beneath(pfd, pdir, 0o700)
+        try:
+            os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    def finish_delayed(self) -> None:
+        """--delay-updates: put every delayed file in place at the end."""
+        for parent, tmp, base in self.delayed:
+            pfd = self.tree.dir_fd(parent)
+            os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
+            with self._lock:
+                self.temps.discard((parent, tmp, base))
+            self.tree.mark_dirty(parent)
+        self.delayed.clear()
+
+    def cleanup(self) -> None:
+        """Remove temp files left by an interrupted run (no partial file under a final name)."""
+        with self._lock:
+            temps = list(self.temps)
+            self.temps.clear()
+        for parent, tmp, base in temps:
+            try:
+                pfd = self.tree.dir_fd(parent)
+            except OSError:
+                continue
+            self._discard(pfd, parent, tmp, base)
+
+    def event(self, itemize: str, name: bytes, size: int = 0, extra: str = "") -> None:
+        self.report.event(Event(itemize, escape(name), extra, size))
+
