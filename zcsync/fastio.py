@@ -12,15 +12,24 @@ reused per-thread buffer. File offsets are always explicit (pread-style), so the
 positions of the descriptors passed in are unspecified afterwards, except for
 ``splice_to_file``, which appends at (and advances) the file position.
 
-Measured on this project's build VM (Linux 6.18, 2 vCPUs, hot page cache, 1 GiB file;
-``python bench/fastio_micro.py``), see docs/benchmarks.md for the full table:
+Measured with ``python bench/fastio_micro.py`` on the build VM (Linux 6.18, ext4 root,
+2 vCPUs shared with other benchmarks, so +-30%): 1 GiB file, MiB/s, best of 7 (3 for
+the cold runs), methods interleaved round by round:
 
-- tmpfs -> tmpfs and ext4 -> ext4 run at the same speed with every copy method
-  (page-cache memory bandwidth bound, about 2.7 GiB/s on tmpfs and 4.2-4.7 GiB/s on
-  ext4); copy_file_range stays first because it uses the least CPU, never touches
-  user memory, and becomes a reflink or a server-side copy on XFS, btrfs, NFS and SMB.
-- FICLONE on XFS (reflink=1) copies 1 GiB in a few milliseconds.
-- Across filesystems, copy_file_range fails with EXDEV on this kernel; sendfile works.
+                          tmpfs   ext4 hot   ext4 cold src   ext4 cold + fsync
+    copy_file_range        2202      4037        2354             1470
+    sendfile               1952      4085        2535             1145
+    readwrite (1 MiB)      1605      4578        1054              673
+    cp (coreutils 9.1)     1890      3910        2390             1502
+
+    tmpfs -> ext4: copy_file_range EXDEV; sendfile 3161, readwrite 3440, cp 3721
+    XFS reflink=1: clone ~30 us for 1 GiB; copy_file_range also remaps (~0.2 ms)
+
+So the ladder keeps the design's order: with a hot cache every method runs at
+page-cache speed (readwrite's 1 MiB writes even win on hot ext4), but with the source
+on disk copy_file_range/sendfile are twice as fast as read/write and use less than
+half the CPU, and copy_file_range turns into a reflink or a server-side copy where the
+filesystem has one (XFS, btrfs, NFS 4.2, SMB).
 """
 from __future__ import annotations
 
@@ -69,8 +78,8 @@ FICLONE = getattr(fcntl, "FICLONE", 0x40049409)
 KERNEL_CHUNK = 64 << 20
 # Buffer for the user-space steps (read/write fallback, sparse zero scan).
 COPY_CHUNK = 1 << 20
-# pread chunk for file_digest; 4 MiB and 8 MiB measured the same, 1 MiB ~8% slower.
-DIGEST_CHUNK = 4 << 20
+# pread chunk for file_digest: 8 MiB beat 4 MiB by a few per cent and 1 MiB by ~10%.
+DIGEST_CHUNK = 8 << 20
 # Below this a digest is one plain pread: no buffer bookkeeping at all.
 DIGEST_SMALL = 64 << 10
 # Sparse granularity when the filesystem cannot report holes: the page size, which is
@@ -327,6 +336,9 @@ def _copy_zero_scan(src: int, dst: int, size: int) -> None:
 def _copy_sparse(src: int, dst: int, size: int, steps: list[str],
                  key: tuple[int, int], forced: bool) -> str:
     used = steps[0]
+    # Size first, so no write extends the file: XFS would preallocate past EOF on an
+    # extending write and the blocks after a data extent would stop being a hole.
+    os.ftruncate(dst, size)
     try:
         for start, end in _data_extents(src, size):
             used = _copy_range(src, dst, start, end, steps, key, size, forced)
@@ -337,7 +349,6 @@ def _copy_sparse(src: int, dst: int, size: int, steps: list[str],
     got = os.fstat(src).st_size
     if got < size:  # a shrunken tail reads as a hole; don't turn it into zeros
         raise SourceChanged(size, got)
-    os.ftruncate(dst, size)  # trailing hole
     return used
 
 
@@ -388,19 +399,20 @@ def copy_data(src_fd: int, dst_fd: int, size: int, *, sparse: bool = False,
 def file_digest(fd: int, size: int) -> bytes:
     """Return the xxh3-128 digest of bytes [0, size) of fd; SourceChanged if the file is shorter.
 
-    pread into a reused buffer, not mmap: a file truncated under a mapping kills the
-    process with SIGBUS, and pread was measured faster anyway (1 GiB, hot cache,
-    best of 5; mmap = whole-file map + MADV_SEQUENTIAL + one update of a memoryview):
+    pread into a reused 8 MiB buffer, not mmap: a file truncated under a mapping kills
+    the process with SIGBUS, and pread is as fast or faster except on ext4 page cache
+    filled by large buffered writes (large folios map cheaply). 1 GiB, hot cache, MiB/s,
+    best / median of 10 interleaved; mmap = whole-file map + MADV_SEQUENTIAL + one
+    update over a memoryview:
 
-                      tmpfs (/dev/shm)   ext4 (/)
-        mmap              7.8 GiB/s      17.2 GiB/s
-        mmap+POPULATE     7.2 GiB/s      12.2 GiB/s
-        pread 1 MiB      13.2 GiB/s      18.1 GiB/s
-        pread 4 MiB      14.5 GiB/s      19.3 GiB/s
-        pread 8 MiB      14.5 GiB/s      19.9 GiB/s
+                                       mmap            pread 8 MiB
+        tmpfs, written by write(16M)    6841 /  4299   12942 /  8689
+        tmpfs, written by cp            4990 /  3747    8599 /  5563
+        ext4,  written by write(16M)   28824 / 14910   15328 /  9404
+        ext4,  written by cp           10697 /  7073   17140 / 15641
 
-    (tmpfs maps 4 KiB pages one fault at a time; the copy out of the page cache is
-    cheaper than that.) xxhash releases the GIL while hashing large buffers.
+    Both hash several times faster than any copy method runs, so safety wins.
+    xxhash releases the GIL while hashing large buffers.
     """
     if size < 0:
         raise ValueError(f"size must be >= 0, not {size}")

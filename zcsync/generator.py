@@ -231,9 +231,38 @@ class Generator:
                 self.report.note(f"cannot delete non-empty directory: {escape(name)}")
 
     # -- directories ----------------------------------------------------------
+    def _new_itemize(self, entry: FileEntry, name: bytes, prefix: str) -> str | None:
+        """Itemize a new name as rsync does: against the same name in a --*-dest dir if one
+        has it (None: nothing differs, so nothing is shown), else as all new."""
+        bst = self._basis_stat(name) if self.basis_roots else None
+        if bst is None or stat.S_IFMT(bst.st_mode) != stat.S_IFMT(entry.mode):
+            return prefix + NEW
+        changes = self.policy.changes(entry, bst, self.policy.wanted(entry, None))
+        size = "s" if entry.is_reg and bst.st_size != entry.size else "."
+        if changes == "...." and size == "." and not (self.opts.itemize and self.opts.verbose > 1):
+            return None
+        return prefix + "." + size + changes + "..."
+
+    def _basis_stat(self, name: bytes) -> os.stat_result | None:
+        parent, base = split(name)
+        for _, root_fd in self.basis_roots:
+            try:
+                pfd = commit.open_beneath(root_fd, parent)
+            except OSError:
+                continue
+            try:
+                return os.stat(base, dir_fd=pfd, follow_symlinks=False)
+            except OSError:
+                continue
+            finally:
+                os.close(pfd)
+        return None
+
     def _dir(self, entry: FileEntry, name: bytes, st: os.stat_result | None) -> None:
         if name == ROOT and self.root_created:
-            self._event("cd" + NEW, name, entry)
+            itemize = self._new_itemize(entry, name, "cd")
+            if itemize is not None:
+                self._event(itemize, name, entry)
             self.dir_fixes.append(_DirFix(name, self.policy.wanted(entry, None)))
             return
         if st is not None and stat.S_ISDIR(st.st_mode):
@@ -245,7 +274,9 @@ class Generator:
             return
         if st is not None and not self.make_way(entry, name, st):
             return
-        self._event("cd" + NEW, name, entry)
+        itemize = self._new_itemize(entry, name, "cd")
+        if itemize is not None:
+            self._event(itemize, name, entry)
         self.report.stats.files_created += 1
         if self.opts.dry_run:
             self._virtual_dirs.add(name)
@@ -283,13 +314,15 @@ class Generator:
             csum = "c" if opts.checksum else "."
             return self._request(entry, name, st, ">f" + csum + size + changes + "...")
         if st is None:
-            handled = self._alt_basis(entry, name)
-            if handled:
+            if self.basis_roots and self._alt_basis(entry, name):
                 return None
-        elif not self.make_way(entry, name, st):
-            return None
-        return self._request(entry, name, st if st is not None and stat.S_ISREG(st.st_mode) else None,
-                             ">f" + NEW)
+        elif stat.S_ISDIR(st.st_mode):
+            if not self.make_way(entry, name, st):
+                return None
+            st = None
+        # Any other type is replaced by the final rename (after its backup).
+        return self._request(entry, name, st, (self._new_itemize(entry, name, ">f") or ">f" + NEW)
+                             if st is None else ">f" + NEW)
 
     def _request(self, entry: FileEntry, name: bytes, st: os.stat_result | None, itemize: str) -> Request | None:
         self._event(itemize, name, entry)
@@ -345,7 +378,9 @@ class Generator:
                     return True
                 if not entry.is_reg:
                     return False  # made afresh, like any new symlink or device
-                self._event("cf" + NEW, name, entry)
+                if not same_attrs:
+                    self._event(">f.." + self.policy.changes(entry, st, self.policy.wanted(entry, None))
+                                + "...", name, entry)
                 self.report.stats.files_created += 1
                 if not self.opts.dry_run:
                     self._copy_local(entry, name, pfd, base, st)
@@ -402,8 +437,10 @@ class Generator:
         self._event("hf" + (NEW if st is None else "." * 9), name, entry, " => " + escape(target))
         if self.opts.dry_run:
             return
-        if st is not None and stat.S_ISDIR(st.st_mode) and not self.make_way(entry, name, st):
-            return
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            if not self.make_way(entry, name, st):
+                return
+            st = None
         parent, base = split(name)
         tparent, tbase = split(target)
         pfd = self.tree.dir_fd(parent)
@@ -436,12 +473,17 @@ class Generator:
             itemize = "cLc." + self.policy.changes(entry, st, self.policy.wanted(entry, st)) + "..."
         else:
             itemize = "cL" + NEW
-            if st is None and self.basis_roots and self._alt_basis(entry, name):
-                return
-            if st is not None and not self.make_way(entry, name, st):
-                return
+            if st is None and self.basis_roots:
+                if self._alt_basis(entry, name):
+                    return
+                itemize = self._new_itemize(entry, name, "cL")
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                if not self.make_way(entry, name, st):
+                    return
+                st = None
             self.report.stats.files_created += 1
-        self._event(itemize, name, entry, " -> " + escape(entry.link))
+        if itemize is not None:
+            self._event(itemize, name, entry, " -> " + escape(entry.link))
         if self.opts.dry_run:
             return
         pfd = self.tree.dir_fd(parent)
@@ -470,11 +512,14 @@ class Generator:
         else:
             if st is None and self.basis_roots and self._alt_basis(entry, name):
                 return
-            if st is not None and not self.make_way(entry, name, st):
-                return
-            itemize = "c" + type_letter(entry.mode) + NEW
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                if not self.make_way(entry, name, st):
+                    return
+                st = None
+            itemize = self._new_itemize(entry, name, "c" + type_letter(entry.mode))
             self.report.stats.files_created += 1
-        self._event(itemize, name, entry)
+        if itemize is not None:
+            self._event(itemize, name, entry)
         if self.opts.dry_run:
             return
         pfd = self.tree.dir_fd(parent)
@@ -482,6 +527,8 @@ class Generator:
         os.mknod(tmp, stat.S_IFMT(entry.mode) | 0o600, entry.rdev, dir_fd=pfd)
         try:
             apply_name(pfd, tmp, self.policy.wanted(entry, None), is_link=False)
+            if st is not None and self.opts.backup:
+                self.backup(pfd, base, name)
             os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
         except BaseException:
             commit.unlink_quietly(pfd, tmp)
@@ -490,20 +537,43 @@ class Generator:
         self._final(entry, name)
 
     # -- backups --------------------------------------------------------------
+    def _backup_parent(self, parent: bytes) -> int:
+        """Open (making as needed) the --backup-dir directory for parent; new levels copy the
+        destination directory's mode and owner, as rsync does. The caller closes the fd."""
+        broot = os.fsencode(self.opts.backup_dir or "")
+        if broot.startswith(b"/"):
+            os.makedirs(broot, exist_ok=True)
+            fd = os.open(broot, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            fd = commit.makedirs_beneath(self.tree.root_fd, broot, 0o755)
+        done = b"."
+        try:
+            for part in ([] if parent == ROOT else parent.split(b"/")):
+                done = join(done, part) if done != ROOT else part
+                try:
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                    made = True
+                except FileExistsError:
+                    made = False
+                new = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = new
+                st = self.tree.lstat(done) if made else None
+                if st is not None:
+                    os.fchown(fd, st.st_uid, st.st_gid)
+                    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
     def backup(self, pfd: int, base: bytes, name: bytes, move: bool = False) -> None:
         """Keep the old version of name as rsync's --backup does (link, so the name never vanishes)."""
         opts = self.opts
         suffix = os.fsencode(opts.backup_suffix)
         if opts.backup_dir:
-            broot = os.fsencode(opts.backup_dir)
-            bparent, bbase = split(join(broot, name)) if not broot.startswith(b"/") else split(broot + b"/" + name)
-            start = self.tree.root_fd if not broot.startswith(b"/") else None
-            if start is None:
-                os.makedirs(bparent, exist_ok=True)
-                bfd = os.open(bparent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            else:
-                bfd = commit.makedirs_beneath(start, bparent, 0o755)
-            target_fd, target = bfd, bbase + suffix
+            bfd = self._backup_parent(split(name)[0])
+            target_fd, target = bfd, base + suffix
         else:
             bfd = None
             target_fd, target = pfd, base + suffix

@@ -123,9 +123,6 @@ class Writer:
             return True
         if req.existing is not None and self.backup is not None:
             self.backup(pfd, base, req.dest_name)
-        if req.existing is not None and stat.S_ISDIR(req.existing.st_mode):
-            commit.remove_tree(pfd, base)
-            self.tree.forget(req.dest_name)
         if opts.delay_updates:
             with self._lock:
                 self.delayed.append((parent, tmp, base))

@@ -137,10 +137,14 @@ def _timed_out(exc: BaseException) -> bool:
     return False
 
 
+def _where(host: str, port: int) -> str:
+    return host if port == SSH_PORT else f"{host} port {port}"
+
+
 @contextlib.contextmanager
 def map_ssh_errors(host: str, port: int = SSH_PORT, connect_timeout: float | None = None) -> Iterator[None]:
     """Translate failures while connecting to and logging into host into our errors."""
-    where = host if port == SSH_PORT else f"{host} port {port}"
+    where = _where(host, port)
     try:
         yield
     except ZcsyncError:
@@ -547,9 +551,14 @@ class _Connector:
             self._set_preferences(t, hop)
             try:
                 t.start_client(timeout=timeout)
-            except paramiko.SSHException:
+            except (paramiko.SSHException, EOFError, OSError):
                 self._raise_if_proxy_died(hop)
                 raise
+            if not t.initial_kex_done:
+                # start_client() returns quietly when its timeout expires.
+                raise ConnectTimeout(
+                    f"SSH handshake with {_where(hop.hostname, hop.port)} did not finish within {timeout:g} seconds"
+                )
             self._verify_host_key(t, hop)
             self._authenticate(t, hop)
             alive = hop.get("serveraliveinterval")
@@ -611,7 +620,6 @@ class _Connector:
             raise SocketIOError(f"Cannot run ProxyCommand '{command}': {exc.strerror}") from exc
         finally:
             theirs.close()
-        proc.zcsync_command = command  # type: ignore[attr-defined]
         self.resources.append(proc)
         return ours
 
@@ -622,10 +630,8 @@ class _Connector:
                     status = res.wait(0.5)
                 except subprocess.TimeoutExpired:
                     continue
-                raise SocketIOError(
-                    f"ProxyCommand '{getattr(res, 'zcsync_command', res.args)}' for {hop.hostname} "
-                    f"exited with status {status}"
-                )
+                command = res.args[-1].removeprefix("exec ")
+                raise SocketIOError(f"ProxyCommand '{command}' for {hop.hostname} exited with status {status}")
 
     def _known_hosts_files(self, hop: _Hop) -> list[str]:
         if self.options.known_hosts is not None:
@@ -746,7 +752,9 @@ class _Connector:
             return None
         try:
             return paramiko.PKey.from_path(path)
-        except paramiko.PasswordRequiredException:
+        except (paramiko.PasswordRequiredException, TypeError):
+            # paramiko 3 raises the former; from 4 on, cryptography's TypeError
+            # ("password-protected, but password was not provided") comes through.
             pass
         except (paramiko.SSHException, ValueError, OSError) as exc:
             notes.append(f"cannot load '{path}': {exc}")
@@ -760,7 +768,7 @@ class _Connector:
                 break
             try:
                 return paramiko.PKey.from_path(path, passphrase)
-            except (paramiko.SSHException, ValueError):
+            except (paramiko.SSHException, ValueError, TypeError):
                 continue
         notes.append(f"no valid passphrase for '{path}'")
         return None
@@ -782,6 +790,11 @@ class _Connector:
                     t.auth_publickey(user, key)
                 except paramiko.AuthenticationException:
                     continue
+                except paramiko.SSHException:
+                    if t.is_active():
+                        raise
+                    notes.append("the server hung up (too many authentication failures?)")
+                    break
                 if t.is_authenticated():
                     return
         if self.interactive and not batch and ("password" in allowed or "keyboard-interactive" in allowed):
@@ -793,17 +806,21 @@ class _Connector:
                     continue
                 if t.is_authenticated():
                     return
-        where = hop.hostname if hop.port == SSH_PORT else f"{hop.hostname} port {hop.port}"
+        where = _where(hop.hostname, hop.port)
         extra = f"; {'; '.join(notes)}" if notes else ""
         raise StartupError(f"Permission denied for {user}@{where} ({','.join(allowed)}){extra}")
 
     def _candidate_keys(self, hop: _Hop, notes: list[str], batch: bool) -> Iterator[paramiko.PKey]:
         if self.options.use_agent and not hop.yes("identitiesonly") and os.environ.get("SSH_AUTH_SOCK"):
-            agent = paramiko.Agent()
             try:
-                yield from agent.get_keys()
-            finally:
-                agent.close()
+                agent = paramiko.Agent()
+            except (paramiko.SSHException, OSError) as exc:
+                notes.append(f"ssh-agent unreachable: {exc}")
+            else:
+                try:
+                    yield from agent.get_keys()
+                finally:
+                    agent.close()
         for path, named in self._identity_files(hop):
             key = self._load_key(path, named, notes, batch)
             if key is not None:
