@@ -8,6 +8,7 @@ setup(
             ["zcsync/delta/_rolling.c"],
             depends=["zcsync/delta/xxhash.h"],
             extra_compile_args=["-O3"],
-        )
+        ),
+        Extension("zcsync._fsscan", ["zcsync/_fsscan.c"]),
     ],
 )

@@ -38,6 +38,19 @@ class AttrPolicy:
         self.chown_uid, self.chown_gid = chown
         self.am_root = am_root
         self.umask = umask
+        # What the quick no-change test must compare (None: it cannot decide, take the slow path).
+        simple = chmod is None and self.chown_uid is None and self.chown_gid is None
+        self._fast = simple and opts.times and opts.modify_window == 0
+        self._perm_mask = 0o7777 if opts.perms else 0
+        self._check_uid = opts.owner and am_root
+        self._check_gid = opts.group
+
+    def unchanged(self, entry: FileEntry, st: os.stat_result) -> bool:
+        """True when st already has entry's size, mtime, permissions and owner (the common case)."""
+        return (self._fast and st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns
+                and (st.st_mode ^ entry.mode) & self._perm_mask == 0
+                and (not self._check_uid or st.st_uid == entry.uid)
+                and (not self._check_gid or st.st_gid == entry.gid))
 
     def wanted(self, entry: FileEntry, existing: os.stat_result | None) -> Wanted:
         opts = self.opts

@@ -320,7 +320,8 @@ def run_cli(paths: list[str], opts: Options) -> int:
         if opts.verbose and not opts.quiet and not opts.list_only and len(paths) > 1:
             out.write("sending incremental file list\n")
         try:
-            result = run_paths(paths, opts, on_event=on_event, out=out)
+            listening = opts.itemize or opts.verbose or opts.log_file
+            result = run_paths(paths, opts, on_event=on_event if listening else None, out=out)
         except KeyboardInterrupt:
             raise errors.Interrupted("SIGINT") from None
         code = result.exit_code

@@ -5,6 +5,7 @@ import errno
 import os
 import secrets
 import stat
+import threading
 from collections import OrderedDict
 
 from .pathnames import split
@@ -29,6 +30,8 @@ class DestTree:
         self._cache_size = cache_size
         self._dirty: set[bytes] = set()
         self.created = False  # made by this run (rsync itemizes it as new)
+        self._lock = threading.Lock()
+        self._retired: list[tuple[bytes, int]] = []  # evicted while writers may still use them
 
     @classmethod
     def open(cls, path: bytes, fsync: bool = True) -> DestTree:
@@ -40,17 +43,33 @@ class DestTree:
         """The fd of the destination directory `name` (b"." is the root); raises OSError."""
         if name == b".":
             return self.root_fd
-        fd = self._cache.get(name)
-        if fd is not None:
-            self._cache.move_to_end(name)
-            return fd
+        with self._lock:
+            fd = self._cache.get(name)
+            if fd is not None:
+                self._cache.move_to_end(name)
+                return fd
         parent, base = split(name)
         fd = os.open(base, _DIR_FLAGS, dir_fd=self.dir_fd(parent))
-        self._cache[name] = fd
-        if len(self._cache) > self._cache_size:
-            old_name, old_fd = self._cache.popitem(last=False)
-            self._release(old_name, old_fd)
+        with self._lock:
+            if name in self._cache:  # another thread opened it meanwhile
+                os.close(fd)
+                return self._cache[name]
+            self._cache[name] = fd
+            if len(self._cache) > self._cache_size:
+                # Not closed yet: a writer thread may hold it; see close_retired().
+                self._retired.append(self._cache.popitem(last=False))
         return fd
+
+    @property
+    def retired(self) -> int:
+        return len(self._retired)
+
+    def close_retired(self) -> None:
+        """Close evicted directory fds; only when no writer thread is using any fd."""
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for name, fd in retired:
+            self._release(name, fd)
 
     def _release(self, name: bytes, fd: int) -> None:
         if name in self._dirty:
@@ -62,9 +81,10 @@ class DestTree:
     def forget(self, name: bytes) -> None:
         """Drop cached fds of `name` and everything below it (after it was removed or replaced)."""
         prefix = name + b"/"
-        for key in [k for k in self._cache if k == name or k.startswith(prefix)]:
-            os.close(self._cache.pop(key))
-            self._dirty.discard(key)
+        with self._lock:
+            for key in [k for k in self._cache if k == name or k.startswith(prefix)]:
+                self._retired.append((key, self._cache.pop(key)))
+                self._dirty.discard(key)
 
     def lstat(self, name: bytes) -> os.stat_result | None:
         """lstat a destination name without following symlinks; None if it does not exist."""
@@ -93,6 +113,7 @@ class DestTree:
         try:
             self.sync_dirs()
         finally:
+            self.close_retired()
             for fd in self._cache.values():
                 os.close(fd)
             self._cache.clear()

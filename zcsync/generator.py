@@ -64,6 +64,11 @@ class Generator:
 
     def __post_init__(self) -> None:
         self.writer.on_commit = self._committed
+        o = self.opts
+        self._plain_final = not (o.hard_links or o.remove_source_files)
+        # May an up-to-date file be recognised from its stat alone?
+        self._quick = not (o.checksum or o.size_only or o.ignore_existing or o.xattrs or o.acls
+                           or (o.itemize and o.verbose > 1))
 
     # -- per batch ------------------------------------------------------------
     def process(self, batch: DirBatch) -> Iterator[Request]:
@@ -148,6 +153,8 @@ class Generator:
         self.report.problem(FileProblem(escape(name), message, code))
 
     def _event(self, itemize: str, name: bytes, entry: FileEntry, extra: str = "") -> None:
+        if self.report.on_event is None:
+            return
         shown = b"./" if name == ROOT else name + (b"/" if entry.is_dir else b"")
         self.report.event(Event(itemize, escape(shown), extra, entry.size))
 
@@ -301,6 +308,9 @@ class Generator:
 
     def _file(self, entry: FileEntry, name: bytes, st: os.stat_result | None) -> Request | None:
         opts = self.opts
+        if st is not None and self._quick and stat.S_ISREG(st.st_mode) and self.policy.unchanged(entry, st):
+            self._final(entry, name)
+            return None
         if st is not None and stat.S_ISREG(st.st_mode):
             if opts.update and st.st_mtime_ns // 1_000_000_000 > entry.mtime_ns // 1_000_000_000 + opts.modify_window:
                 return None
@@ -341,6 +351,8 @@ class Generator:
 
     def _final(self, entry: FileEntry, name: bytes) -> None:
         """entry is final under name: hard links to it can be made; the source may be removed."""
+        if self._plain_final:
+            return
         if self.opts.hard_links:
             self.hl_done[entry.index] = name
             for follower in self.hl_waiting.pop(entry.index, ()):

@@ -24,7 +24,7 @@ from zcsync.errors import (
 )
 from zcsync.transport import Stream
 from zcsync.transport.rsh import open_rsh, rsh_argv
-from zcsync.transport.ssh import SshOptions, open_ssh
+from zcsync.transport.ssh import DEFAULT_WINDOW_SIZE, SshOptions, auto_window, open_ssh
 
 EP = parse_endpoint("zcs-test:")
 
@@ -389,9 +389,10 @@ def test_server_alive_and_compression(sshd: Sshd, tmp_path: Path) -> None:
     options = write_config(
         sshd, tmp_path / "cfg", sshd.host_block("zcs-alive", ServerAliveInterval="1", Compression="yes")
     )
-    with open_ssh(parse_endpoint("zcs-alive:"), ["sh", "-c", "sleep 1.5; head -c 100000 /dev/zero"], options=options) as s:
-        assert s.transport.remote_compression.startswith("zlib")
-        assert read_all(s) == bytes(100000)
+    command = ["sh", "-c", "sleep 1.5; head -c 100000 /dev/zero"]
+    with open_ssh(parse_endpoint("zcs-alive:"), command, options=options) as stream:
+        assert stream.transport.remote_compression.startswith("zlib")
+        assert read_all(stream) == bytes(100000)
 
 
 # -- rsh (-e) -------------------------------------------------------------------------
@@ -455,6 +456,22 @@ def test_rsh_large_round_trip(sshd: Sshd) -> None:
         got = read_all(stream)
         writer.join()
     assert got == payload
+
+
+def test_window_follows_round_trip_time(opts: SshOptions, sshd: Sshd, tmp_path: Path) -> None:
+    mib = 1 << 20
+    assert auto_window(0.0001) == 2 * mib  # LAN: ssh's default
+    assert auto_window(0.020) == 21 * mib  # 20 ms: 1 GiB/s needs ~20 MiB in flight
+    assert auto_window(1.0) == 64 * mib
+    assert auto_window(None) == DEFAULT_WINDOW_SIZE
+    with open_ssh(EP, ["true"], options=opts) as stream:
+        assert stream.channel.in_window_size == 2 * mib  # loopback
+    options = write_config(sshd, tmp_path / "cfg", sshd.host_block("zcs-jumpwin", ProxyJump="zcs-test"))
+    with open_ssh(parse_endpoint("zcs-jumpwin:"), ["true"], options=options) as stream:
+        assert stream.channel.in_window_size == DEFAULT_WINDOW_SIZE  # RTT unknown behind a jump
+    fixed = SshOptions(**{**vars(opts), "window_size": 5 * mib})
+    with open_ssh(EP, ["true"], options=fixed) as stream:
+        assert stream.channel.in_window_size == 5 * mib
 
 
 # -- speed ----------------------------------------------------------------------------

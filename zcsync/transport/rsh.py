@@ -42,7 +42,9 @@ def rsh_argv(command: str, endpoint: Endpoint, remote_cmdline: str) -> list[str]
 class PipeStream(BaseStream):
     """A Stream over a child's stdin/stdout pipes; close() reaps the child."""
 
-    def __init__(self, proc: subprocess.Popen, peer: str, timeout: float | None = None, close_wait: float = 5.0) -> None:
+    def __init__(
+        self, proc: subprocess.Popen, peer: str, timeout: float | None = None, close_wait: float = 5.0
+    ) -> None:
         super().__init__(peer, timeout)
         assert proc.stdin is not None and proc.stdout is not None
         self.proc = proc
@@ -50,6 +52,7 @@ class PipeStream(BaseStream):
         self._wfd = proc.stdin.fileno()
         self._close_wait = close_wait
         self._got_data = False
+        self._eof_seen = False
         self._exit_status: int | None = None
         for fd in (self._rfd, self._wfd):
             os.set_blocking(fd, False)
@@ -77,7 +80,9 @@ class PipeStream(BaseStream):
                     self._wait_fd(self._rfd, False, "reading from")
         if data:
             self._got_data = True
-        elif not self._got_data:
+            return data
+        self._eof_seen = True
+        if not self._got_data:
             # EOF before the first byte: did the remote program even start?
             status = self._reap(self._close_wait)
             if looks_like_not_found(status, b""):
@@ -121,7 +126,10 @@ class PipeStream(BaseStream):
         # Closing our read end makes a child still writing get EPIPE and quit.
         with contextlib.suppress(OSError):
             self.proc.stdout.close()  # type: ignore[union-attr]
-        if self._reap(self._close_wait) is None:
+        # After an orderly end the child exits by itself; after an error or a
+        # timeout it may never, so it gets only a moment before SIGTERM.
+        orderly = self._eof_sent or self._eof_seen
+        if self._reap(self._close_wait if orderly else min(self._close_wait, 0.5)) is None:
             for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, None)):
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.send_signal(sig)

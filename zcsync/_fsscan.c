@@ -1,0 +1,397 @@
+/*
+ * zcsync._fsscan: list a directory and lstat its entries in one call, with the
+ * GIL released around every syscall.
+ *
+ *   list_dir(dir_fd, follow_symlinks=False) -> list of
+ *       (name, mode, size, mtime_ns, uid, gid, ino, dev, nlink, rdev)
+ *   stat_names(dir_fd, names) -> list of
+ *       (mode, size, mtime_ns, uid, gid, ino, dev, nlink, rdev) or None
+ *
+ * The directory is read through a fresh open file description,
+ * openat(dir_fd, "."), so the caller's descriptor keeps its offset and two
+ * threads may list through the same dir_fd.  Where that open is refused with
+ * EACCES (a directory with read but no search permission) the listing goes
+ * through a dup of dir_fd instead, from offset 0, and the caller's offset is
+ * put back afterwards; then every entry reports -EACCES, as rsync does.
+ *
+ * Each name is stat-ed with fstatat(dir_fd, name), AT_SYMLINK_NOFOLLOW unless
+ * follow_symlinks.  A failed stat is not an exception; the tuple carries it
+ * in the mode field, with every other field 0:
+ *     mode == 0       ENOENT: the name vanished between readdir and stat
+ *                     (stat_names returns None instead of a tuple)
+ *     mode == -errno  any other error; with follow_symlinks a dangling
+ *                     symlink (lstat works, stat says ENOENT) is -ENOENT
+ * Field conversions are those of os.stat_result, so that the pure-Python
+ * fallback in zcsync/fsscan.py gives equal tuples.
+ *
+ * Everything happens in two passes: with the GIL released, read the names
+ * into one buffer and stat them into a C array; then, with the GIL held,
+ * build the Python objects.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#ifdef __APPLE__
+#  define ST_MTIM st_mtimespec
+#else
+#  define ST_MTIM st_mtim
+#endif
+
+#define NS_PER_SEC 1000000000LL
+
+typedef struct {
+    int mode;                   /* st_mode, 0 for ENOENT, -errno on error */
+    long nsec;
+    long long sec;
+    long long size;
+    unsigned long long ino, dev, rdev, nlink;
+    uid_t uid;
+    gid_t gid;
+} rec_t;
+
+typedef struct {
+    rec_t st;
+    size_t name_off;            /* into the names buffer, NUL-terminated */
+    size_t name_len;
+} ent_t;
+
+static void
+rec_fill(rec_t *r, const struct stat *st)
+{
+    r->mode = (int)st->st_mode;
+    r->size = (long long)st->st_size;
+    r->sec = (long long)st->ST_MTIM.tv_sec;
+    r->nsec = (long)st->ST_MTIM.tv_nsec;
+    r->uid = st->st_uid;
+    r->gid = st->st_gid;
+    r->ino = (unsigned long long)st->st_ino;
+    r->dev = (unsigned long long)st->st_dev;
+    r->nlink = (unsigned long long)st->st_nlink;
+    r->rdev = (unsigned long long)st->st_rdev;
+}
+
+/* fstatat one name into r; never fails (errors go into r->mode). */
+static void
+stat_one(int dir_fd, const char *name, int follow, rec_t *r)
+{
+    struct stat st;
+
+    if (fstatat(dir_fd, name, &st, follow ? 0 : AT_SYMLINK_NOFOLLOW) == 0) {
+        rec_fill(r, &st);
+        return;
+    }
+    int err = errno;
+    memset(r, 0, sizeof(*r));
+    if (err == ENOENT) {
+        /* With follow, ENOENT may mean a dangling link rather than a vanished name. */
+        if (follow && fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+            r->mode = -ENOENT;
+        return;
+    }
+    r->mode = -err;
+}
+
+/* ---- Python objects, as os.stat_result makes them ---------------------- */
+
+static PyObject *
+long_from_id(unsigned long long id, unsigned long long all_ones)
+{
+    /* CPython maps (uid_t)-1, (gid_t)-1 and NODEV to -1. */
+    if (id == all_ones)
+        return PyLong_FromLong(-1);
+    return PyLong_FromUnsignedLongLong(id);
+}
+
+static PyObject *
+ns_from_timespec(long long sec, long nsec)
+{
+    long long ns;
+
+    if (!__builtin_mul_overflow(sec, NS_PER_SEC, &ns) &&
+        !__builtin_add_overflow(ns, (long long)nsec, &ns))
+        return PyLong_FromLongLong(ns);
+
+    /* Beyond year 2262 (or before 1677): exact arithmetic in Python ints. */
+    PyObject *s = NULL, *b = NULL, *m = NULL, *n = NULL, *res = NULL;
+    if ((s = PyLong_FromLongLong(sec)) && (b = PyLong_FromLongLong(NS_PER_SEC)) &&
+        (m = PyNumber_Multiply(s, b)) && (n = PyLong_FromLong(nsec)))
+        res = PyNumber_Add(m, n);
+    Py_XDECREF(s);
+    Py_XDECREF(b);
+    Py_XDECREF(m);
+    Py_XDECREF(n);
+    return res;
+}
+
+/* Set the 9 stat fields of r into tuple t from position at on; -1 on error. */
+static int
+set_fields(PyObject *t, Py_ssize_t at, const rec_t *r)
+{
+    PyObject *v[9];
+
+    v[0] = PyLong_FromLong(r->mode);
+    v[1] = PyLong_FromLongLong(r->size);
+    v[2] = ns_from_timespec(r->sec, r->nsec);
+    v[3] = long_from_id(r->uid, (unsigned long long)(uid_t)-1);
+    v[4] = long_from_id(r->gid, (unsigned long long)(gid_t)-1);
+    v[5] = PyLong_FromUnsignedLongLong(r->ino);
+    v[6] = long_from_id(r->dev, (unsigned long long)(dev_t)-1);
+    v[7] = PyLong_FromUnsignedLongLong(r->nlink);
+    v[8] = long_from_id(r->rdev, (unsigned long long)(dev_t)-1);
+    int ok = 1;
+    for (int i = 0; i < 9; i++) {
+        if (v[i] == NULL)
+            ok = 0;
+        PyTuple_SET_ITEM(t, at + i, v[i]);  /* NULL slots are fine for Py_DECREF(t) */
+    }
+    return ok ? 0 : -1;
+}
+
+/* ---- list_dir ----------------------------------------------------------- */
+
+typedef struct {
+    ent_t *ents;
+    size_t n, cap;
+    char *names;
+    size_t names_len, names_cap;
+} listing_t;
+
+static void
+listing_free(listing_t *l)
+{
+    free(l->ents);
+    free(l->names);
+    memset(l, 0, sizeof(*l));
+}
+
+static int
+listing_add(listing_t *l, const char *name)
+{
+    size_t len = strlen(name);
+
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 256;
+        ent_t *e = realloc(l->ents, cap * sizeof(*e));
+        if (e == NULL)
+            return ENOMEM;
+        l->ents = e;
+        l->cap = cap;
+    }
+    if (l->names_cap - l->names_len < len + 1) {
+        size_t cap = l->names_cap ? 2 * l->names_cap : 16384;
+        while (cap - l->names_len < len + 1)
+            cap *= 2;
+        char *p = realloc(l->names, cap);
+        if (p == NULL)
+            return ENOMEM;
+        l->names = p;
+        l->names_cap = cap;
+    }
+    memcpy(l->names + l->names_len, name, len + 1);
+    l->ents[l->n].name_off = l->names_len;
+    l->ents[l->n].name_len = len;
+    l->n++;
+    l->names_len += len + 1;
+    return 0;
+}
+
+/* Read all names except . and .. from dir_fd; 0 or an errno. Runs without the GIL. */
+static int
+read_names(int dir_fd, listing_t *l)
+{
+    off_t saved = -1;
+    int fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    if (fd < 0 && errno == EACCES) {
+        /* No search permission: list through the caller's own description. */
+        saved = lseek(dir_fd, 0, SEEK_CUR);
+        fd = fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
+    }
+    if (fd < 0)
+        return errno;
+    DIR *d = fdopendir(fd);
+    if (d == NULL) {
+        int err = errno;
+        close(fd);
+        return err;
+    }
+    if (saved >= 0)
+        rewinddir(d);
+
+    int err = 0;
+    for (;;) {
+        errno = 0;
+        struct dirent *de = readdir(d);
+        if (de == NULL) {
+            err = errno;
+            break;
+        }
+        const char *nm = de->d_name;
+        if (nm[0] == '.' && (nm[1] == '\0' || (nm[1] == '.' && nm[2] == '\0')))
+            continue;
+        if ((err = listing_add(l, nm)) != 0)
+            break;
+    }
+    closedir(d);
+    if (saved >= 0)
+        lseek(dir_fd, saved, SEEK_SET);
+    return err;
+}
+
+PyDoc_STRVAR(list_dir_doc,
+"list_dir(dir_fd, follow_symlinks=False) -> list[tuple]\n\n"
+"Read the directory open as dir_fd (without moving its offset) and stat every\n"
+"entry but . and .. relative to it. Returns, in directory order,\n"
+"(name: bytes, mode, size, mtime_ns, uid, gid, ino, dev, nlink, rdev) tuples;\n"
+"mode is 0 for a name that vanished before its stat and -errno for any other\n"
+"stat error (all other fields 0). Raises OSError if the directory cannot be read.");
+
+static PyObject *
+py_list_dir(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"dir_fd", "follow_symlinks", NULL};
+    int dir_fd, follow = 0;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "i|p:list_dir", kwlist, &dir_fd, &follow))
+        return NULL;
+
+    listing_t l = {0};
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    err = read_names(dir_fd, &l);
+    if (err == 0)
+        for (size_t i = 0; i < l.n; i++)
+            stat_one(dir_fd, l.names + l.ents[i].name_off, follow, &l.ents[i].st);
+    Py_END_ALLOW_THREADS
+
+    if (err != 0) {
+        listing_free(&l);
+        errno = err;
+        return err == ENOMEM ? PyErr_NoMemory() : PyErr_SetFromErrno(PyExc_OSError);
+    }
+
+    PyObject *list = PyList_New((Py_ssize_t)l.n);
+    if (list == NULL)
+        goto fail;
+    for (size_t i = 0; i < l.n; i++) {
+        const ent_t *e = &l.ents[i];
+        PyObject *t = PyTuple_New(10);
+        if (t == NULL)
+            goto fail;
+        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+        PyObject *name = PyBytes_FromStringAndSize(l.names + e->name_off, (Py_ssize_t)e->name_len);
+        PyTuple_SET_ITEM(t, 0, name);
+        if (name == NULL || set_fields(t, 1, &e->st) < 0)
+            goto fail;
+    }
+    listing_free(&l);
+    return list;
+
+fail:
+    Py_XDECREF(list);
+    listing_free(&l);
+    return NULL;
+}
+
+/* ---- stat_names --------------------------------------------------------- */
+
+PyDoc_STRVAR(stat_names_doc,
+"stat_names(dir_fd, names) -> list[tuple | None]\n\n"
+"lstat each name (bytes; AT_SYMLINK_NOFOLLOW applies to the last component)\n"
+"relative to dir_fd. Returns (mode, size, mtime_ns, uid, gid, ino, dev, nlink,\n"
+"rdev) per name, None where it does not exist, or a tuple (-errno, 0, ...) for\n"
+"any other error.");
+
+static PyObject *
+py_stat_names(PyObject *self, PyObject *args)
+{
+    int dir_fd;
+    PyObject *seq;
+
+    if (!PyArg_ParseTuple(args, "iO:stat_names", &dir_fd, &seq))
+        return NULL;
+    /* A private tuple: nothing can free the names while the GIL is released. */
+    PyObject *names = PySequence_Tuple(seq);
+    if (names == NULL)
+        return NULL;
+
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    const char **ptrs = PyMem_Malloc((n ? n : 1) * sizeof(*ptrs));
+    rec_t *recs = PyMem_Malloc((n ? n : 1) * sizeof(*recs));
+    PyObject *list = NULL;
+    if (ptrs == NULL || recs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = PyTuple_GET_ITEM(names, i);
+        if (!PyBytes_Check(o)) {
+            PyErr_Format(PyExc_TypeError, "stat_names: names must be bytes, not %.200s",
+                         Py_TYPE(o)->tp_name);
+            goto done;
+        }
+        ptrs[i] = PyBytes_AS_STRING(o);
+        if (strlen(ptrs[i]) != (size_t)PyBytes_GET_SIZE(o)) {
+            PyErr_SetString(PyExc_ValueError, "embedded null byte");
+            goto done;
+        }
+    }
+
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        stat_one(dir_fd, ptrs[i], 0, &recs[i]);
+    Py_END_ALLOW_THREADS
+
+    if ((list = PyList_New(n)) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (recs[i].mode == 0) {
+            Py_INCREF(Py_None);
+            PyList_SET_ITEM(list, i, Py_None);
+            continue;
+        }
+        PyObject *t = PyTuple_New(9);
+        if (t == NULL) {
+            Py_CLEAR(list);
+            goto done;
+        }
+        PyList_SET_ITEM(list, i, t);
+        if (set_fields(t, 0, &recs[i]) < 0) {
+            Py_CLEAR(list);
+            goto done;
+        }
+    }
+
+done:
+    PyMem_Free(ptrs);
+    PyMem_Free(recs);
+    Py_DECREF(names);
+    return list;
+}
+
+static PyMethodDef methods[] = {
+    {"list_dir", (PyCFunction)(void (*)(void))py_list_dir, METH_VARARGS | METH_KEYWORDS, list_dir_doc},
+    {"stat_names", (PyCFunction)py_stat_names, METH_VARARGS, stat_names_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "zcsync._fsscan",
+    "Directory listing with bulk lstat, GIL released (see zcsync.fsscan).",
+    -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__fsscan(void)
+{
+    return PyModule_Create(&moduledef);
+}
