@@ -75,18 +75,13 @@ class Generator:
         """Handle one directory's entries; yield the files whose data must be sent.
 
         A directory that will get a batch of its own is handled when that batch arrives,
-        just before its contents (rsync's order).
+        just before its contents (rsync's order); --delete-during removes extraneous names
+        once the batch is through.
         """
         if batch.dir_name is not None:
             pending = self._pending_dirs.pop(batch.dir_name, None)
             if pending is not None:
                 self.entry(pending)
-            if self.opts.delete:
-                names = frozenset(e.basename for e in batch.entries)
-                if self.opts.delete_mode == "during":
-                    self.delete_extraneous(batch.dir_name, names)
-                elif self.opts.delete_mode == "after":
-                    self._after.append((batch.dir_name, names))
         for entry in batch.entries:
             if entry.name in batch.expanded:
                 self._pending_dirs[entry.name] = entry
@@ -94,6 +89,14 @@ class Generator:
             request = self.entry(entry)
             if request is not None:
                 yield request
+        if batch.dir_name is not None and self.opts.delete:
+            names = frozenset(e.basename for e in batch.entries)
+            if self.opts.delete_mode == "during":
+                # After the directory's files were read (the local driver copies each request
+                # before asking for the next), so a read error there suppresses its deletions.
+                self.delete_extraneous(batch.dir_name, names)
+            elif self.opts.delete_mode == "after":
+                self._after.append((batch.dir_name, names))
 
     def delete_all(self, batches: list[DirBatch]) -> None:
         """--delete-before: delete extraneous names before anything is transferred."""

@@ -51,8 +51,9 @@ class Sender:
         except FileNotFoundError:
             raise SourceChanged(f"file has vanished: {quote(path)}", VANISHED) from None
         except OSError as exc:
-            raise SourceChanged(f"send_files failed to open {quote(path)}: {exc.strerror} ({exc.errno})",
-                                PARTIAL) from None
+            self.state.io_error = True  # a read error on the sender: no deletions from here on
+            raise SourceChanged(f"[sender] send_files failed to open {quote(os.path.abspath(path))}: "
+                                f"{exc.strerror} ({exc.errno})", PARTIAL) from None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
             os.close(fd)

@@ -1,0 +1,1161 @@
+"""The wire protocol: frames, messages, bounds checked at receipt, and the handshake.
+
+Everything here is documented byte for byte in ``docs/protocol.md``. The peer is
+untrusted: every length, count and index is checked against a bound *before* it is
+used or anything is allocated for it, and any violation is a :class:`ProtocolError`
+(exit 2). Our own programming errors on the sending side are ``ValueError``.
+"""
+from __future__ import annotations
+
+import re
+import stat
+import struct
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Union
+
+from .errors import ProtocolError, StartupError, StreamError
+from .flist import DirBatch, FileEntry
+from .pathnames import escape, is_safe_name
+from .transport.base import Buffer, Stream
+
+__all__ = [
+    "MAGIC", "PROTOCOL_VERSION", "MIN_PROTOCOL_VERSION", "DEFAULT_FRAME_MAX", "DEFAULT_CAPS",
+    "MAX_NAME", "MAX_LINK", "MAX_ENTRIES", "MAX_XATTRS", "MAX_XATTR_NAME", "MAX_XATTR_VALUE",
+    "MAX_TEXT", "MAX_PATH_TEXT", "MAX_OWNER_NAME", "DIGEST_SIZE",
+    "Message", "FlistBatch", "EntryExtras", "FlistEnd", "Request", "FileBegin", "Data", "FileEnd",
+    "FileSkip", "Done", "Committed", "Problem", "Log", "Stats", "Heartbeat", "Goodbye",
+    "Negotiated", "Connection", "ConnectionClosed", "Decoder", "handshake", "entry_problem",
+]
+
+# -- constants ---------------------------------------------------------------
+
+MAGIC = b"ZCSYNC\x00\x01"  # the last two bytes name the HELLO layout, which never changes
+PROTOCOL_VERSION = 1  # newest version we speak
+MIN_PROTOCOL_VERSION = 1  # oldest version we speak
+
+DEFAULT_FRAME_MAX = 1024 * 1024 + 64 * 1024  # a 1 MiB data chunk plus room for a full batch
+MIN_FRAME_MAX = 64 * 1024  # must hold the largest fixed-bound message (a Problem: ~29 KiB)
+MAX_FRAME_MAX = 64 * 1024 * 1024
+
+MAX_NAME = 4096  # bytes of a relative name (PATH_MAX)
+MAX_LINK = 4096  # bytes of a symlink target
+MAX_ENTRIES = 65536  # entries in one FlistBatch message
+MAX_XATTRS = 256  # xattrs per entry
+MAX_XATTR_NAME = 255  # XATTR_NAME_MAX
+MAX_XATTR_VALUE = 65536  # XATTR_SIZE_MAX
+MAX_TEXT = 8192  # bytes of a Log / Problem / FileSkip message text
+MAX_PATH_TEXT = 5 * MAX_NAME  # an escaped name: every byte may become "\#ooo"
+MAX_OWNER_NAME = 255  # bytes of a user or group name
+DIGEST_SIZE = 16  # xxh3-128
+MAX_STATS = 64  # counters in a Stats message
+MAX_STAT_KEY = 32
+MAX_CAPS = 64  # capabilities in a HELLO
+MAX_CAPS_BYTES = 8192
+MAX_CAP_KEY = 32
+MAX_CAP_VALUE = 1024
+MAX_CAP_LIST = 16  # items in a comma-separated capability value
+
+_U64_LIMIT = 1 << 63  # sizes are off_t on both ends
+_SMALL_DATA = 16 * 1024  # DATA payloads below this are copied into the send buffer
+_BUFFER_SIZE = 64 * 1024  # flush the send buffer when it reaches this
+_BANNER_SHOW = 60  # bytes of foreign text quoted in the "protocol mismatch" error
+
+DEFAULT_CAPS: Mapping[str, str] = {
+    "checksums": "xxh3-128",
+    "compress": "none",
+    "frame-max": str(DEFAULT_FRAME_MAX),
+}
+
+_HEADER = struct.Struct(">BI")  # frame: type, payload length
+_HELLO = struct.Struct(">HHH")  # after the magic: min version, max version, caps length
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_ENTRY = struct.Struct(">IBIQqIIQH")  # index flags mode size mtime_ns uid gid rdev name_len
+_XATTR = struct.Struct(">B")
+_REQUEST = struct.Struct(">IBI")  # index, flags, signature length
+_FILE_BEGIN = struct.Struct(">IQ")
+_FILE_END = struct.Struct(">I16s")
+_FILE_SKIP = struct.Struct(">IBH")
+_PROBLEM = struct.Struct(">BH")
+_LOG = struct.Struct(">BH")
+_STAT = struct.Struct(">Q")
+
+# FlistBatch flags
+_B_DIR = 0x01
+_B_MORE = 0x02
+# entry flags
+_E_LINK = 0x01
+_E_HLINK = 0x02
+_E_XATTRS = 0x04
+_E_DIGEST = 0x08
+_E_UNAME = 0x10
+_E_GNAME = 0x20
+_E_EXPANDED = 0x40
+_E_KNOWN = 0x7F
+# Request flags
+_R_SIGNATURE = 0x01
+
+_FILE_TYPES = frozenset({stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR,
+                         stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK})
+_LOG_LEVELS = frozenset({10, 20, 30, 40, 50})  # logging.DEBUG .. logging.CRITICAL
+_CAP_KEY = re.compile(r"[a-z][a-z0-9-]{0,31}\Z")
+_CAP_VALUE = re.compile(r"[\x20-\x7e]*\Z")
+_CAP_ITEM = re.compile(r"[a-z0-9][a-z0-9-]{0,31}\Z")
+_STAT_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
+# Control characters a peer could use to forge log lines or drive the terminal.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+# -- messages ----------------------------------------------------------------
+
+class Message:
+    """Base of every framed message; TYPE is its one-byte frame type."""
+
+    __slots__ = ()
+    TYPE: ClassVar[int]
+    NAME: ClassVar[str]
+
+
+@dataclass(frozen=True, slots=True)
+class EntryExtras:
+    """Per-entry wire fields FileEntry does not carry: -c digest and owner names for mapping."""
+
+    digest: bytes | None = None  # xxh3-128 of a regular file's contents (-c)
+    uname: bytes | None = None  # owner name, for uid mapping without --numeric-ids
+    gname: bytes | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.digest is None and self.uname is None and self.gname is None
+
+
+@dataclass(frozen=True, slots=True)
+class FlistBatch(Message):
+    """One directory level of the file list (see flist.DirBatch), or one part of it.
+
+    ``extras`` is empty or parallel to ``entries``. ``more`` says the next FlistBatch
+    continues the same directory: the receiver must not act on the directory as
+    complete (deletions) until a part with ``more=False`` arrives. Connection.send
+    splits big batches into parts itself.
+    """
+
+    TYPE: ClassVar[int] = 0x10
+    NAME: ClassVar[str] = "FlistBatch"
+    dir_name: bytes | None
+    expanded: frozenset[bytes]
+    entries: tuple[FileEntry, ...]
+    extras: tuple[EntryExtras | None, ...] = ()
+    more: bool = False
+
+    def __post_init__(self) -> None:
+        extras = tuple(None if x is None or x.empty else x for x in self.extras)
+        if extras and len(extras) != len(self.entries):
+            raise ValueError("FlistBatch.extras must be empty or parallel to entries")
+        object.__setattr__(self, "extras", extras if any(x is not None for x in extras) else ())
+        object.__setattr__(self, "entries", tuple(self.entries))
+        object.__setattr__(self, "expanded", frozenset(self.expanded))
+
+    @classmethod
+    def from_dir_batch(cls, batch: DirBatch, extras: tuple[EntryExtras | None, ...] = ()) -> FlistBatch:
+        return cls(batch.dir_name, batch.expanded, batch.entries, extras)
+
+    def to_dir_batch(self) -> DirBatch:
+        return DirBatch(self.dir_name, self.entries, self.expanded)
+
+    def extras_of(self, i: int) -> EntryExtras | None:
+        """The extras of entries[i], or None."""
+        return self.extras[i] if self.extras else None
+
+
+@dataclass(frozen=True, slots=True)
+class FlistEnd(Message):
+    """The file list is complete; io_error suppresses deletions on the receiver."""
+
+    TYPE: ClassVar[int] = 0x11
+    NAME: ClassVar[str] = "FlistEnd"
+    io_error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Request(Message):
+    """Generator -> sender: send me this file (signature: opaque delta basis, None = whole file)."""
+
+    TYPE: ClassVar[int] = 0x20
+    NAME: ClassVar[str] = "Request"
+    index: int
+    signature: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Message):
+    """Generator -> sender: no more requests."""
+
+    TYPE: ClassVar[int] = 0x21
+    NAME: ClassVar[str] = "Done"
+
+
+@dataclass(frozen=True, slots=True)
+class FileBegin(Message):
+    """Sender -> writer: the data of file `index` follows (size: bytes the scan saw)."""
+
+    TYPE: ClassVar[int] = 0x30
+    NAME: ClassVar[str] = "FileBegin"
+    index: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Data(Message):
+    """A chunk of the open file's data (the whole payload of the frame)."""
+
+    TYPE: ClassVar[int] = 0x31
+    NAME: ClassVar[str] = "Data"
+    payload: bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class FileEnd(Message):
+    """The open file's data is complete; digest is xxh3-128 of what the sender read."""
+
+    TYPE: ClassVar[int] = 0x32
+    NAME: ClassVar[str] = "FileEnd"
+    index: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FileSkip(Message):
+    """Sender -> writer: file `index` will not come (or the open one is abandoned)."""
+
+    TYPE: ClassVar[int] = 0x33
+    NAME: ClassVar[str] = "FileSkip"
+    index: int
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Committed(Message):
+    """Receiver -> sender: file `index` is durably in place (for --remove-source-files)."""
+
+    TYPE: ClassVar[int] = 0x40
+    NAME: ClassVar[str] = "Committed"
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Problem(Message):
+    """A per-file problem on the peer: the run goes on, `code` counts toward the exit code."""
+
+    TYPE: ClassVar[int] = 0x50
+    NAME: ClassVar[str] = "Problem"
+    path: str
+    message: str
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class Log(Message):
+    """A log line from the peer; level is a logging level number (10..50)."""
+
+    TYPE: ClassVar[int] = 0x51
+    NAME: ClassVar[str] = "Log"
+    level: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stats(Message):
+    """The peer's counters, as (name, value) pairs of u64."""
+
+    TYPE: ClassVar[int] = 0x60
+    NAME: ClassVar[str] = "Stats"
+    counters: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def of(cls, mapping: Mapping[str, int]) -> Stats:
+        return cls(tuple((k, int(v)) for k, v in mapping.items()))
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.counters)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """Keeps an idle connection under --timeout alive."""
+
+    TYPE: ClassVar[int] = 0x70
+    NAME: ClassVar[str] = "Heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye(Message):
+    """Last message of a side: its exit code. Nothing may follow it."""
+
+    TYPE: ClassVar[int] = 0x7F
+    NAME: ClassVar[str] = "Goodbye"
+    exit_code: int = 0
+
+
+AnyMessage = Union[FlistBatch, FlistEnd, Request, Done, FileBegin, Data, FileEnd, FileSkip,
+                   Committed, Problem, Log, Stats, Heartbeat, Goodbye]
+
+_TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in (
+    FlistBatch, FlistEnd, Request, Done, FileBegin, Data, FileEnd, FileSkip,
+    Committed, Problem, Log, Stats, Heartbeat, Goodbye)}
+# Exact payload sizes of fixed-layout messages, checked from the header alone.
+_FIXED_SIZE: dict[int, int] = {
+    FlistEnd.TYPE: 1, Done.TYPE: 0, FileBegin.TYPE: _FILE_BEGIN.size, FileEnd.TYPE: _FILE_END.size,
+    Committed.TYPE: 4, Heartbeat.TYPE: 0, Goodbye.TYPE: 1,
+}
+_COMMON = frozenset({Problem, Log, Stats, Heartbeat, Goodbye})
+#: What each side accepts from its peer; the rest is a protocol error.
+ACCEPTS: dict[str, frozenset[type[Message]]] = {
+    "sender": _COMMON | {Request, Done, Committed},
+    "receiver": _COMMON | {FlistBatch, FlistEnd, FileBegin, Data, FileEnd, FileSkip},
+}
+
+
+# -- helpers -----------------------------------------------------------------
+
+def _q(name: bytes) -> str:
+    """A name quoted for an error message."""
+    return "'" + escape(name) + "'"
+
+
+def _show(data: bytes) -> str:
+    """Foreign bytes shown safely: printable ASCII as is, the rest as Python escapes."""
+    return repr(bytes(data))[2:-1]
+
+
+def _encode_text(text: str, limit: int) -> bytes:
+    """UTF-8, cut to `limit` bytes on a character boundary (logs are not worth failing over)."""
+    raw = text.encode("utf-8", "backslashreplace")
+    if len(raw) > limit:
+        raw = raw[:limit].decode("utf-8", "ignore").encode("utf-8")
+    return raw
+
+
+def _clean_text(raw: bytes, what: str) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"peer sent {what} that is not UTF-8") from None
+    return _CONTROL.sub(lambda m: "\\#%03o" % ord(m.group()), text)
+
+
+def _name_problem(base: bytes, what: str = "an unsafe name") -> str:
+    return f"{what}: {_q(base)}"
+
+
+def _semantic_problem(e: FileEntry, x: EntryExtras | None) -> str | None:
+    """What is wrong with an entry's values, bounds on lengths aside (checked while parsing)."""
+    if e.mode > 0o177777 or stat.S_IFMT(e.mode) not in _FILE_TYPES:
+        return f"an unknown file type (mode 0o{e.mode:o}) for {_q(e.name)}"
+    if e.name == b"." and not stat.S_ISDIR(e.mode):
+        return "a non-directory named '.'"
+    if not 0 <= e.size < _U64_LIMIT:
+        return f"an impossible size {e.size} for {_q(e.name)}"
+    if stat.S_ISLNK(e.mode):
+        if not e.link or b"\0" in e.link:
+            return f"a bad symlink target for {_q(e.name)}"
+    elif e.link is not None:
+        return f"a symlink target on non-symlink {_q(e.name)}"
+    if e.hlink is not None and not 0 <= e.hlink < e.index:
+        return f"a hard link of {_q(e.name)} to index {e.hlink}, which is not an earlier entry"
+    if e.xattrs:
+        for key in e.xattrs:
+            if not key or b"\0" in key:
+                return f"a bad xattr name on {_q(e.name)}"
+    if x is not None:
+        if x.digest is not None and len(x.digest) != DIGEST_SIZE:
+            return f"a digest of {len(x.digest)} bytes for {_q(e.name)}"
+        for owner in (x.uname, x.gname):
+            if owner is not None and (not owner or b"\0" in owner):
+                return f"a bad owner name for {_q(e.name)}"
+    return None
+
+
+def entry_problem(entry: FileEntry, extras: EntryExtras | None = None) -> str | None:
+    """Why this entry cannot be sent (the sender skips it with this text), or None.
+
+    Names longer than MAX_NAME, xattrs beyond the bounds and the like would make
+    the peer end the session; the sender should report them per file instead.
+    """
+    if len(entry.name) > MAX_NAME:
+        return f"name too long ({len(entry.name)} bytes, limit {MAX_NAME})"
+    if not is_safe_name(entry.name):
+        return _name_problem(entry.name)
+    if entry.link is not None and len(entry.link) > MAX_LINK:
+        return f"symlink target too long ({len(entry.link)} bytes, limit {MAX_LINK})"
+    if entry.xattrs:
+        if len(entry.xattrs) > MAX_XATTRS:
+            return f"too many xattrs ({len(entry.xattrs)}, limit {MAX_XATTRS})"
+        total = 0
+        for key, value in entry.xattrs.items():
+            if len(key) > MAX_XATTR_NAME:
+                return f"xattr name too long ({len(key)} bytes)"
+            if len(value) > MAX_XATTR_VALUE:
+                return f"xattr value too large ({len(value)} bytes, limit {MAX_XATTR_VALUE})"
+            total += 5 + len(key) + len(value)
+        if total > MIN_FRAME_MAX // 2:
+            # Must fit a frame of any size a peer may negotiate, with the rest of the entry.
+            return f"xattrs too large to send ({total} bytes, limit {MIN_FRAME_MAX // 2})"
+    if extras is not None:
+        for owner in (extras.uname, extras.gname):
+            if owner is not None and len(owner) > MAX_OWNER_NAME:
+                return f"owner name too long ({len(owner)} bytes)"
+    return _semantic_problem(entry, extras)
+
+
+# -- encoding ----------------------------------------------------------------
+
+def _encode_entry(e: FileEntry, x: EntryExtras | None, base: bytes, expanded: bool) -> bytes:
+    flags = _E_EXPANDED if expanded else 0
+    tail: list[bytes] = []
+    if e.link is not None:
+        flags |= _E_LINK
+        tail += (_U16.pack(len(e.link)), e.link)
+    if e.hlink is not None:
+        flags |= _E_HLINK
+        tail.append(_U32.pack(e.hlink))
+    if e.xattrs is not None:
+        flags |= _E_XATTRS
+        tail.append(_U16.pack(len(e.xattrs)))
+        for key, value in e.xattrs.items():
+            tail += (_XATTR.pack(len(key)), key, _U32.pack(len(value)), value)
+    if x is not None:
+        if x.digest is not None:
+            flags |= _E_DIGEST
+            tail.append(x.digest)
+        if x.uname is not None:
+            flags |= _E_UNAME
+            tail += (_U8.pack(len(x.uname)), x.uname)
+        if x.gname is not None:
+            flags |= _E_GNAME
+            tail += (_U8.pack(len(x.gname)), x.gname)
+    head = _ENTRY.pack(e.index, flags, e.mode, e.size, e.mtime_ns, e.uid, e.gid, e.rdev, len(base))
+    return b"".join((head, base, *tail))
+
+
+def _encode_flist(batch: FlistBatch, frame_max: int, next_index: int) -> tuple[list[bytes], int]:
+    """Encode a batch as one or more FlistBatch payloads, each within frame_max and MAX_ENTRIES."""
+    d = batch.dir_name
+    if d is None:
+        head = b""
+        prefix = None
+    else:
+        if not is_safe_name(d) or len(d) > MAX_NAME:
+            raise ValueError(f"cannot send the unsafe directory name {_q(d)}")
+        head = _U16.pack(len(d)) + d
+        prefix = b"" if d == b"." else d + b"/"
+    flags = _B_DIR if d is not None else 0
+    budget = frame_max - (1 + len(head) + 4)
+    dirs = {e.name for e in batch.entries if e.is_dir}
+    if not batch.expanded <= dirs:
+        raise ValueError(f"expanded names that are not directories of the batch: "
+                         f"{sorted(batch.expanded - dirs)[:3]!r}")
+    parts: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 0
+    seen: set[bytes] = set()
+    for i, e in enumerate(batch.entries):
+        x = batch.extras[i] if batch.extras else None
+        problem = entry_problem(e, x)
+        if problem is not None:
+            raise ValueError(f"cannot send {_q(e.name)}: {problem}")
+        if e.index < next_index:
+            raise ValueError(f"entry index {e.index} of {_q(e.name)} is not above {next_index - 1}")
+        next_index = e.index + 1
+        if e.name in seen:
+            raise ValueError(f"duplicate name {_q(e.name)} in a batch")
+        seen.add(e.name)
+        if prefix is None:
+            base = e.name
+        else:
+            base = e.name[len(prefix):]
+            if not e.name.startswith(prefix) or not base or b"/" in base or base in (b".", b".."):
+                raise ValueError(f"{_q(e.name)} is not directly inside {_q(d or b'')}")
+        try:
+            enc = _encode_entry(e, x, base, e.name in batch.expanded)
+        except struct.error as exc:
+            raise ValueError(f"cannot encode {_q(e.name)}: {exc}") from None
+        if len(enc) > budget:
+            raise ValueError(f"entry {_q(e.name)} does not fit in a frame ({len(enc)} bytes)")
+        if len(chunk) == MAX_ENTRIES or size + len(enc) > budget:
+            parts.append(b"".join((_U8.pack(flags | _B_MORE), head, _U32.pack(len(chunk)), *chunk)))
+            chunk, size = [], 0
+        chunk.append(enc)
+        size += len(enc)
+    last = flags | (_B_MORE if batch.more else 0)
+    parts.append(b"".join((_U8.pack(last), head, _U32.pack(len(chunk)), *chunk)))
+    return parts, next_index
+
+
+def encode_payload(msg: Message, frame_max: int = DEFAULT_FRAME_MAX) -> bytes:
+    """The payload of one frame for a message other than FlistBatch (which may need several)."""
+    try:
+        if isinstance(msg, Request):
+            sig = msg.signature
+            if sig is None:
+                return _REQUEST.pack(msg.index, 0, 0)
+            if len(sig) > frame_max - _REQUEST.size:
+                raise ValueError(f"signature of {len(sig)} bytes does not fit in a frame")
+            return _REQUEST.pack(msg.index, _R_SIGNATURE, len(sig)) + sig
+        if isinstance(msg, FileBegin):
+            if not 0 <= msg.size < _U64_LIMIT:
+                raise ValueError(f"impossible file size {msg.size}")
+            return _FILE_BEGIN.pack(msg.index, msg.size)
+        if isinstance(msg, Data):
+            return bytes(msg.payload)
+        if isinstance(msg, FileEnd):
+            if len(msg.digest) != DIGEST_SIZE:
+                raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
+            return _FILE_END.pack(msg.index, msg.digest)
+        if isinstance(msg, FileSkip):
+            text = _encode_text(msg.message, MAX_TEXT)
+            return _FILE_SKIP.pack(msg.index, msg.code, len(text)) + text
+        if isinstance(msg, FlistEnd):
+            return _U8.pack(1 if msg.io_error else 0)
+        if isinstance(msg, (Done, Heartbeat)):
+            return b""
+        if isinstance(msg, Committed):
+            return _U32.pack(msg.index)
+        if isinstance(msg, Problem):
+            path = _encode_text(msg.path, MAX_PATH_TEXT)
+            text = _encode_text(msg.message, MAX_TEXT)
+            return b"".join((_PROBLEM.pack(msg.code, len(path)), path, _U16.pack(len(text)), text))
+        if isinstance(msg, Log):
+            if msg.level not in _LOG_LEVELS:
+                raise ValueError(f"log level must be one of {sorted(_LOG_LEVELS)}")
+            text = _encode_text(msg.text, MAX_TEXT)
+            return _LOG.pack(msg.level, len(text)) + text
+        if isinstance(msg, Stats):
+            if len(msg.counters) > MAX_STATS:
+                raise ValueError(f"more than {MAX_STATS} counters")
+            out = [_U16.pack(len(msg.counters))]
+            keys: set[str] = set()
+            for key, value in msg.counters:
+                if not _STAT_KEY.match(key) or key in keys:
+                    raise ValueError(f"bad or duplicate counter name {key!r}")
+                keys.add(key)
+                out += (_U8.pack(len(key)), key.encode("ascii"), _STAT.pack(value))
+            return b"".join(out)
+        if isinstance(msg, Goodbye):
+            return _U8.pack(msg.exit_code)
+    except struct.error as exc:
+        raise ValueError(f"cannot encode {msg.NAME}: {exc}") from None
+    raise ValueError(f"not a message with a single-frame encoding: {msg!r}")
+
+
+# -- decoding ----------------------------------------------------------------
+
+class _Reader:
+    """Bounds-checked cursor over one payload."""
+
+    __slots__ = ("buf", "pos", "what")
+
+    def __init__(self, buf: bytes, what: str) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.what = what
+
+    def remaining(self) -> int:
+        return len(self.buf) - self.pos
+
+    def unpack(self, st: struct.Struct) -> tuple:
+        end = self.pos + st.size
+        if end > len(self.buf):
+            raise ProtocolError(f"peer sent a truncated {self.what} message")
+        values = st.unpack_from(self.buf, self.pos)
+        self.pos = end
+        return values
+
+    def take(self, n: int, limit: int, what: str) -> bytes:
+        if n > limit:
+            raise ProtocolError(f"peer sent {what} of {n} bytes (limit {limit})")
+        end = self.pos + n
+        if end > len(self.buf):
+            raise ProtocolError(f"peer sent a truncated {self.what} message")
+        data = self.buf[self.pos:end]
+        self.pos = end
+        return data
+
+    def finish(self) -> None:
+        if self.pos != len(self.buf):
+            raise ProtocolError(f"peer sent {len(self.buf) - self.pos} trailing bytes in a {self.what} message")
+
+
+_NOTHING = object()
+
+
+class Decoder:
+    """Turns frames into messages and enforces the session rules that need memory.
+
+    ``side`` ("sender" or "receiver") limits what the peer may send us; None allows
+    every message (tests, tools). ``sent_next_index`` is kept up to date by the
+    Connection so that Request/Committed indexes can be checked on the sender.
+    """
+
+    def __init__(self, side: str | None = None, frame_max: int = DEFAULT_FRAME_MAX) -> None:
+        if side is not None and side not in ACCEPTS:
+            raise ValueError(f"side must be one of {sorted(ACCEPTS)} or None")
+        self.accepts = ACCEPTS.get(side) if side else None
+        self.frame_max = frame_max
+        self.next_index = 0  # every received entry index must be at least this
+        self.sent_next_index = 0  # the same for entries we sent
+        self.entries_received = 0
+        self.flist_done = False
+        self.requests_done = False
+        self.goodbye = False
+        self.open_file: int | None = None
+        self.pending_dirs: set[bytes] = set()  # expanded, contents not yet listed
+        self._cont: object = _NOTHING  # dir_name of a batch whose next part must follow
+        self._cont_names: set[bytes] = set()
+
+    @property
+    def index_limit(self) -> int:
+        """File indexes a peer may name are below this."""
+        return max(self.next_index, self.sent_next_index)
+
+    def check_header(self, mtype: int, length: int) -> type[Message]:
+        """Validate a frame header before its payload is read (or allocated)."""
+        cls = _TYPES.get(mtype)
+        if cls is None:
+            raise ProtocolError(f"peer sent an unknown message type 0x{mtype:02x}")
+        if self.goodbye:
+            raise ProtocolError(f"peer sent {cls.NAME} after Goodbye")
+        if self.accepts is not None and cls not in self.accepts:
+            raise ProtocolError(f"peer sent {cls.NAME}, which this side never accepts")
+        if length > self.frame_max:
+            raise ProtocolError(f"peer sent a {cls.NAME} frame of {length} bytes (limit {self.frame_max})")
+        fixed = _FIXED_SIZE.get(mtype)
+        if fixed is not None and length != fixed:
+            raise ProtocolError(f"peer sent a {cls.NAME} message of {length} bytes (expected {fixed})")
+        return cls
+
+    def decode(self, mtype: int, payload: bytes) -> Message:
+        """Decode and validate one frame (header checks included)."""
+        return self.decode_payload(self.check_header(mtype, len(payload)), payload)
+
+    def decode_payload(self, cls: type[Message], payload: bytes) -> Message:
+        """Decode and validate a payload whose header check_header() accepted."""
+        r = _Reader(payload, cls.NAME)
+        msg = getattr(self, "_d_" + cls.NAME)(r)
+        r.finish()
+        return msg
+
+    def _index(self, index: int, what: str) -> None:
+        if index >= self.index_limit:
+            raise ProtocolError(f"peer sent {what} for index {index}, which is not in the file list")
+
+    # one method per message type ---------------------------------------------
+    def _d_FlistBatch(self, r: _Reader) -> FlistBatch:
+        if self.flist_done:
+            raise ProtocolError("peer sent a FlistBatch after FlistEnd")
+        (flags,) = r.unpack(_U8)
+        if flags & ~(_B_DIR | _B_MORE):
+            raise ProtocolError(f"peer sent unknown FlistBatch flags 0x{flags:02x}")
+        dir_name: bytes | None = None
+        if flags & _B_DIR:
+            (n,) = r.unpack(_U16)
+            dir_name = r.take(n, MAX_NAME, "a directory name")
+            if not is_safe_name(dir_name):
+                raise ProtocolError(f"peer sent an unsafe name: {_q(dir_name)}")
+        (count,) = r.unpack(_U32)
+        if count > MAX_ENTRIES:
+            raise ProtocolError(f"peer sent a FlistBatch of {count} entries (limit {MAX_ENTRIES})")
+        if count * (_ENTRY.size + 1) > r.remaining():
+            raise ProtocolError("peer sent a truncated FlistBatch message")
+        if self._cont is not _NOTHING:
+            if dir_name != self._cont:
+                raise ProtocolError(f"peer interrupted the file list of {_q(self._cont or b'(top)')} "  # type: ignore[arg-type]
+                                    f"with {_q(dir_name or b'(top)')}")
+            names = self._cont_names
+        else:
+            if dir_name is not None:
+                if dir_name not in self.pending_dirs:
+                    raise ProtocolError(f"peer sent the contents of {_q(dir_name)}, "
+                                        "which it did not announce as an expanded directory")
+                self.pending_dirs.discard(dir_name)
+            names = set()
+        prefix = None if dir_name is None else (b"" if dir_name == b"." else dir_name + b"/")
+        entries: list[FileEntry] = []
+        extras: list[EntryExtras | None] = []
+        expanded: list[bytes] = []
+        next_index = self.next_index
+        for _ in range(count):
+            index, ef, mode, size, mtime_ns, uid, gid, rdev, nlen = r.unpack(_ENTRY)
+            if ef & ~_E_KNOWN:
+                raise ProtocolError(f"peer sent unknown entry flags 0x{ef:02x}")
+            raw = r.take(nlen, MAX_NAME, "a name")
+            if prefix is None:
+                name = raw
+                if not is_safe_name(name):
+                    raise ProtocolError(f"peer sent an unsafe name: {_q(name)}")
+            else:
+                if raw in (b"", b".", b"..") or b"\0" in raw:
+                    raise ProtocolError(f"peer sent an unsafe name: {_q(prefix + raw)}")
+                if b"/" in raw:
+                    raise ProtocolError(f"peer sent {_q(prefix + raw)}, which is not directly inside "
+                                        f"{_q(dir_name)}")  # type: ignore[arg-type]
+                name = prefix + raw
+                if len(name) > MAX_NAME:
+                    raise ProtocolError(f"peer sent a name of {len(name)} bytes (limit {MAX_NAME})")
+            if name in names:
+                raise ProtocolError(f"peer sent the name {_q(name)} twice")
+            names.add(name)
+            if index < next_index:
+                raise ProtocolError(f"peer sent entry index {index} for {_q(name)} after index {next_index - 1}")
+            next_index = index + 1
+            link = hlink = xattrs = None
+            if ef & _E_LINK:
+                (n,) = r.unpack(_U16)
+                link = r.take(n, MAX_LINK, "a symlink target")
+            if ef & _E_HLINK:
+                (hlink,) = r.unpack(_U32)
+            if ef & _E_XATTRS:
+                (n,) = r.unpack(_U16)
+                if n > MAX_XATTRS:
+                    raise ProtocolError(f"peer sent {n} xattrs for {_q(name)} (limit {MAX_XATTRS})")
+                xattrs = {}
+                for _ in range(n):
+                    (klen,) = r.unpack(_XATTR)
+                    key = r.take(klen, MAX_XATTR_NAME, "an xattr name")
+                    (vlen,) = r.unpack(_U32)
+                    value = r.take(vlen, MAX_XATTR_VALUE, "an xattr value")
+                    if key in xattrs:
+                        raise ProtocolError(f"peer sent xattr {_q(key)} twice for {_q(name)}")
+                    xattrs[key] = value
+            x = None
+            if ef & (_E_DIGEST | _E_UNAME | _E_GNAME):
+                digest = r.take(DIGEST_SIZE, DIGEST_SIZE, "a digest") if ef & _E_DIGEST else None
+                uname = gname = None
+                if ef & _E_UNAME:
+                    (n,) = r.unpack(_U8)
+                    uname = r.take(n, MAX_OWNER_NAME, "a user name")
+                if ef & _E_GNAME:
+                    (n,) = r.unpack(_U8)
+                    gname = r.take(n, MAX_OWNER_NAME, "a group name")
+                x = EntryExtras(digest, uname, gname)
+            entry = FileEntry(index, name, mode, size, mtime_ns, uid, gid, rdev, link, hlink, xattrs)
+            problem = _semantic_problem(entry, x)
+            if problem is not None:
+                raise ProtocolError("peer sent " + problem)
+            if ef & _E_EXPANDED:
+                if not stat.S_ISDIR(mode):
+                    raise ProtocolError(f"peer marked non-directory {_q(name)} as expanded")
+                expanded.append(name)
+            entries.append(entry)
+            extras.append(x)
+        # Commit the session state only once the whole message is known to be good.
+        self.next_index = next_index
+        self.entries_received += count
+        self.pending_dirs.update(expanded)
+        if flags & _B_MORE:
+            self._cont, self._cont_names = dir_name, names
+        else:
+            self._cont, self._cont_names = _NOTHING, set()
+        return FlistBatch(dir_name, frozenset(expanded), tuple(entries), tuple(extras), bool(flags & _B_MORE))
+
+    def _d_FlistEnd(self, r: _Reader) -> FlistEnd:
+        (flag,) = r.unpack(_U8)
+        if flag > 1:
+            raise ProtocolError(f"peer sent a bad FlistEnd flag {flag}")
+        if self.flist_done:
+            raise ProtocolError("peer sent FlistEnd twice")
+        if self._cont is not _NOTHING:
+            raise ProtocolError("peer sent FlistEnd in the middle of a directory's file list")
+        self.flist_done = True
+        self.pending_dirs.clear()  # directories that failed to list never come
+        return FlistEnd(bool(flag))
+
+    def _d_Request(self, r: _Reader) -> Request:
+        index, flags, n = r.unpack(_REQUEST)
+        if self.requests_done:
+            raise ProtocolError("peer sent a Request after Done")
+        if flags & ~_R_SIGNATURE:
+            raise ProtocolError(f"peer sent unknown Request flags 0x{flags:02x}")
+        self._index(index, "a Request")
+        signature = None
+        if flags & _R_SIGNATURE:
+            signature = r.take(n, self.frame_max - _REQUEST.size, "a signature")
+        elif n:
+            raise ProtocolError("peer sent a signature length without a signature")
+        return Request(index, signature)
+
+    def _d_Done(self, r: _Reader) -> Done:
+        if self.requests_done:
+            raise ProtocolError("peer sent Done twice")
+        self.requests_done = True
+        return Done()
+
+    def _d_FileBegin(self, r: _Reader) -> FileBegin:
+        index, size = r.unpack(_FILE_BEGIN)
+        self._index(index, "FileBegin")
+        if self.open_file is not None:
+            raise ProtocolError(f"peer sent FileBegin for index {index} while index {self.open_file} is open")
+        if size >= _U64_LIMIT:
+            raise ProtocolError(f"peer sent an impossible file size {size}")
+        self.open_file = index
+        return FileBegin(index, size)
+
+    def _d_Data(self, r: _Reader) -> Data:
+        if self.open_file is None:
+            raise ProtocolError("peer sent Data outside a file")
+        r.pos = len(r.buf)
+        return Data(r.buf)
+
+    def _d_FileEnd(self, r: _Reader) -> FileEnd:
+        index, digest = r.unpack(_FILE_END)
+        if self.open_file != index:
+            raise ProtocolError(f"peer sent FileEnd for index {index}, but the open file is {self.open_file}")
+        self.open_file = None
+        return FileEnd(index, digest)
+
+    def _d_FileSkip(self, r: _Reader) -> FileSkip:
+        index, code, n = r.unpack(_FILE_SKIP)
+        self._index(index, "FileSkip")
+        if self.open_file is not None and self.open_file != index:
+            raise ProtocolError(f"peer sent FileSkip for index {index} while index {self.open_file} is open")
+        message = _clean_text(r.take(n, MAX_TEXT, "a message"), "a message")
+        self.open_file = None
+        return FileSkip(index, code, message)
+
+    def _d_Committed(self, r: _Reader) -> Committed:
+        (index,) = r.unpack(_U32)
+        self._index(index, "Committed")
+        return Committed(index)
+
+    def _d_Problem(self, r: _Reader) -> Problem:
+        code, n = r.unpack(_PROBLEM)
+        path = _clean_text(r.take(n, MAX_PATH_TEXT, "a path"), "a path")
+        (n,) = r.unpack(_U16)
+        message = _clean_text(r.take(n, MAX_TEXT, "a message"), "a message")
+        return Problem(path, message, code)
+
+    def _d_Log(self, r: _Reader) -> Log:
+        level, n = r.unpack(_LOG)
+        if level not in _LOG_LEVELS:
+            raise ProtocolError(f"peer sent an unknown log level {level}")
+        return Log(level, _clean_text(r.take(n, MAX_TEXT, "a log line"), "a log line"))
+
+    def _d_Stats(self, r: _Reader) -> Stats:
+        (count,) = r.unpack(_U16)
+        if count > MAX_STATS:
+            raise ProtocolError(f"peer sent {count} counters (limit {MAX_STATS})")
+        counters = []
+        keys: set[str] = set()
+        for _ in range(count):
+            (n,) = r.unpack(_U8)
+            raw = r.take(n, MAX_STAT_KEY, "a counter name")
+            key = raw.decode("ascii", "replace")
+            if not _STAT_KEY.match(key):
+                raise ProtocolError(f"peer sent a bad counter name {_show(raw)!r}")
+            if key in keys:
+                raise ProtocolError(f"peer sent counter {key!r} twice")
+            keys.add(key)
+            (value,) = r.unpack(_STAT)
+            counters.append((key, value))
+        return Stats(tuple(counters))
+
+    def _d_Heartbeat(self, r: _Reader) -> Heartbeat:
+        return Heartbeat()
+
+    def _d_Goodbye(self, r: _Reader) -> Goodbye:
+        (code,) = r.unpack(_U8)
+        self.goodbye = True
+        return Goodbye(code)
+
+
+# -- the connection ----------------------------------------------------------
+
+class ConnectionClosed(StreamError):
+    """The peer closed the stream at a frame boundary."""
+
+
+class Connection:
+    """Framed messages over a Stream: buffered, thread-safe sends; one reader thread.
+
+    Small frames collect in a buffer that is written when it passes buffer_size or
+    on flush(); recv() flushes first when no other thread is sending. Large DATA
+    payloads are written straight from the caller's buffer after their header.
+    """
+
+    def __init__(self, stream: Stream, *, side: str | None = None, peer: str = "peer",
+                 frame_max: int = DEFAULT_FRAME_MAX, buffer_size: int = _BUFFER_SIZE) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.decoder = Decoder(side, frame_max)
+        self.buffer_size = buffer_size
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.negotiated: Negotiated | None = None
+        self._frame_max = frame_max
+        self._lock = threading.Lock()
+        self._wbuf = bytearray()
+
+    @property
+    def frame_max(self) -> int:
+        return self._frame_max
+
+    @frame_max.setter
+    def frame_max(self, value: int) -> None:
+        if not MIN_FRAME_MAX <= value <= MAX_FRAME_MAX:
+            raise ValueError(f"frame_max must be in [{MIN_FRAME_MAX}, {MAX_FRAME_MAX}]")
+        self._frame_max = value
+        self.decoder.frame_max = value
+
+    # -- sending ---------------------------------------------------------
+    def send(self, msg: Message) -> None:
+        """Send one message (a big FlistBatch may go out as several parts)."""
+        if isinstance(msg, Data):
+            self.send_data(msg.payload)
+            return
+        with self._lock:
+            if isinstance(msg, FlistBatch):
+                parts, next_index = _encode_flist(msg, self._frame_max, self.decoder.sent_next_index)
+                self.decoder.sent_next_index = next_index
+            else:
+                parts = [encode_payload(msg, self._frame_max)]
+            for payload in parts:
+                self._wbuf += _HEADER.pack(msg.TYPE, len(payload))
+                self._wbuf += payload
+                if len(self._wbuf) >= self.buffer_size:
+                    self._flush_locked()
+
+    def send_data(self, data: Buffer) -> None:
+        """Send bytes of the open file as DATA frames of at most frame_max, without copying big ones."""
+        view = memoryview(data).cast("B")
+        step = self._frame_max
+        for off in range(0, len(view), step):
+            chunk = view[off:off + step]
+            header = _HEADER.pack(Data.TYPE, len(chunk))
+            with self._lock:
+                self._wbuf += header
+                if len(chunk) < _SMALL_DATA:
+                    self._wbuf += chunk
+                    if len(self._wbuf) >= self.buffer_size:
+                        self._flush_locked()
+                else:
+                    self._flush_locked()
+                    self._write(chunk)
+
+    def send_file(self, index: int, size: int, chunks: Iterable[Buffer], digest: bytes) -> None:
+        """FileBegin, the chunks as DATA, FileEnd: one whole file (digest known in advance)."""
+        self.send(FileBegin(index, size))
+        for chunk in chunks:
+            self.send_data(chunk)
+        self.send(FileEnd(index, digest))
+
+    def flush(self) -> None:
+        """Write out buffered frames."""
+        with self._lock:
+            self._flush_locked()
+
+    def write_eof(self) -> None:
+        """Flush and half-close: we send nothing more."""
+        self.flush()
+        self.stream.write_eof()
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def _flush_locked(self) -> None:
+        if self._wbuf:
+            self._write(self._wbuf)
+            self._wbuf = bytearray()
+
+    def _write(self, data: Buffer) -> None:
+        self.stream.write(data)
+        self.bytes_sent += len(data)
+
+    # -- receiving -------------------------------------------------------
+    def recv(self) -> Message:
+        """Receive, decode and validate the next message (ConnectionClosed at a clean EOF)."""
+        if self._wbuf and self._lock.acquire(blocking=False):
+            # Never wait for the lock: its holder may be blocked writing to a peer
+            # that is itself waiting for us to read.
+            try:
+                self._flush_locked()
+            finally:
+                self._lock.release()
+        header = self._read(_HEADER.size, "")
+        mtype, length = _HEADER.unpack(header)
+        cls = self.decoder.check_header(mtype, length)
+        payload = self._read(length, "a message") if length else b""
+        return self.decoder.decode_payload(cls, payload)
+
+    def _read(self, n: int, inside: str) -> bytes:
+        data = self.stream.read(n)
+        self.bytes_received += len(data)
+        if len(data) < n:
+            if not data and not inside:
+                raise ConnectionClosed(f"{self.peer} closed the connection")
+            raise StreamError(f"{self.peer} closed the connection in the middle of {inside or 'a frame header'}")
+        return data
+
+
+# -- handshake ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Negotiated:
+    """What both sides agreed on in the handshake."""
+
+    version: int
+    checksum: str
+    compress: str
+    frame_max: int
+    role: str  # ours: "client" or "server"
+    peer_caps: Mapping[str, str] = field(default_factory=dict)
+
+
+def _encode_caps(caps: Mapping[str, str]) -> bytes:
+    if len(caps) > MAX_CAPS:
+        raise ValueError(f"more than {MAX_CAPS} capabilities")
+    out = []
+    for key, value in caps.items():
+        if not _CAP_KEY.match(key) or len(value) > MAX_CAP_VALUE or not _CAP_VALUE.match(value):
+            raise ValueError(f"bad capability {key!r}={value!r}")
+        raw = value.encode("ascii")
+        out += (_U8.pack(len(key)), key.encode("ascii"), _U16.pack(len(raw)), raw)
+    blob = b"".join(out)
+    if len(blob) > MAX_CAPS_BYTES:
+        raise ValueError("capabilities too large")
+    return blob
+
+
+def _decode_caps(blob: bytes) -> dict[str, str]:
+    r = _Reader(blob, "HELLO")
+    caps: dict[str, str] = {}
+    while r.remaining():
+        if len(caps) == MAX_CAPS:
+            raise ProtocolError(f"peer sent more than {MAX_CAPS} capabilities")
+        (n,) = r.unpack(_U8)
+        raw_key = r.take(n, MAX_CAP_KEY, "a capability name")
+        (n,) = r.unpack(_U16)
+        raw_value = r.take(n, MAX_CAP_VALUE, "a capability value")
+        key = raw_key.decode("ascii", "replace")
+        value = raw_value.decode("ascii", "replace")
+        if not _CAP_KEY.match(key) or not _CAP_VALUE.match(value):
+            raise ProtocolError(f"peer sent a bad capability {_show(raw_key)}={_show(raw_value)}")
+        if key in caps:
+            raise ProtocolError(f"peer sent capability {key!r} twice")
+        caps[key] = value
+    return caps
+
+
+def _write_hello(conn: Connection, caps: Mapping[str, str]) -> None:
+    blob = _encode_caps(caps)
+    with conn._lock:
+        conn._wbuf += MAGIC + _HELLO.pack(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, len(blob)) + blob
+        conn._flush_locked()
+
+
+def _read_hello(conn: Connection) -> tuple[int, int, dict[str, str]]:
+    # Byte by byte while it matches, so that a short banner followed by a silent
+    # shell is reported rather than waited on for a full header.
+    got = bytearray()
+    while len(got) < len(MAGIC):
+        b = conn.stream.read(1)
+        conn.bytes_received += len(b)
+        if not b:
+            if not got:
+                raise StreamError("connection closed before the handshake")
+            raise StreamError(f"connection closed during the handshake (received: {_show(got)})")
+        got += b
+        if got != MAGIC[:len(got)]:
+            break
+    if got != MAGIC:
+        if got.startswith(b"ZCSYNC\x00"):
+            raise ProtocolError(f"peer speaks an incompatible handshake (magic {_show(got)}); "
+                                "upgrade the older side")
+        while len(got) < _BANNER_SHOW and not got.endswith(b"\n"):
+            b = conn.stream.read(1)
+            conn.bytes_received += len(b)
+            if not b:
+                break
+            got += b
+        raise StartupError("protocol mismatch: is the remote shell printing text? "
+                           f"Received: {_show(got[:_BANNER_SHOW])}")
+    head = conn.stream.read(_HELLO.size)
+    conn.bytes_received += len(head)
+    if len(head) < _HELLO.size:
+        raise StreamError("connection closed during the handshake")
+    vmin, vmax, n = _HELLO.unpack(head)
+    if n > MAX_CAPS_BYTES:
+        raise ProtocolError(f"peer sent {n} bytes of capabilities (limit {MAX_CAPS_BYTES})")
+    blob = conn.stream.read(n)
+    conn.bytes_received += len(blob)
+    if len(blob) < n:
+        raise StreamError("connection closed during the handshake")
+    return vmin, vmax, _decode_caps(blob)
+
+
+def _cap_list(value: str, key: str, peer: bool) -> list[str]:
+    items = [item.strip() for item in value.split(",")] if value else []
+    if len(items) > MAX_CAP_LIST or not all(_CAP_ITEM.match(i) for i in items):
+        if not peer:
+            raise ValueError(f"bad {key!r} capability: {value!r}")
+        raise ProtocolError(f"peer sent a bad {key!r} capability: {value!r}")
+    return items
+
+
+def _frame_max_cap(value: str, who: str) -> int:
+    if not value.isdigit() or len(value) > 10:
+        raise ProtocolError(f"{who} sent a bad 'frame-max' capability: {value!r}")
+    n = int(value)
+    if not MIN_FRAME_MAX <= n <= MAX_FRAME_MAX:
+        raise ProtocolError(f"{who} sent a 'frame-max' of {n} (allowed {MIN_FRAME_MAX}..{MAX_FRAME_MAX})")
+    return n
+
+
+def handshake(conn: Connection, role: str, caps: Mapping[str, str] | None = None) -> Negotiated:
+    """Exchange HELLOs and agree on version and capabilities; sets conn.frame_max.
+
+    Both sides send first, then read, so neither waits on the other. The client's
+    preference order decides checksum and compression; frame-max is the smaller.
+    """
+    if role not in ("client", "server"):
+        raise ValueError("role must be 'client' or 'server'")
+    ours = {**DEFAULT_CAPS, **(caps or {}), "role": role}
+    our_frame_max = int(ours["frame-max"])
+    if not MIN_FRAME_MAX <= our_frame_max <= MAX_FRAME_MAX:
+        raise ValueError(f"frame-max must be in [{MIN_FRAME_MAX}, {MAX_FRAME_MAX}]")
+    _write_hello(conn, ours)
+    vmin, vmax, theirs = _read_hello(conn)
+    if vmin > vmax:
+        raise ProtocolError(f"peer sent an empty version range {vmin}..{vmax}")
+    version = min(PROTOCOL_VERSION, vmax)
+    if version < max(MIN_PROTOCOL_VERSION, vmin):
+        raise ProtocolError(f"no common protocol version: we speak {MIN_PROTOCOL_VERSION}..{PROTOCOL_VERSION}, "
+                            f"the peer speaks {vmin}..{vmax}")
+    peer_role = theirs.get("role")
+    if peer_role not in ("client", "server") or peer_role == role:
+        raise ProtocolError(f"peer claims the role {peer_role!r}, but we are the {role}")
+    full = {**DEFAULT_CAPS, **theirs}
+    we_are_client = role == "client"
+
+    def pick(key: str, fallback: str | None) -> str:
+        ours_list = _cap_list(ours[key], key, peer=False)
+        theirs_list = _cap_list(full[key], key, peer=True)
+        offered, supported = (ours_list, theirs_list) if we_are_client else (theirs_list, ours_list)
+        for item in offered:
+            if item in supported:
+                return item
+        if fallback is not None:
+            return fallback
+        raise ProtocolError(f"no common {key}: the client offers {','.join(offered)!r}, "
+                            f"the server supports {','.join(supported)!r}")
+
+    checksum = pick("checksums", None)
+    compress = pick("compress", "none")  # every implementation can send uncompressed
+    frame_max = min(our_frame_max, _frame_max_cap(full["frame-max"], "peer"))
+    conn.frame_max = frame_max
+    negotiated = Negotiated(version, checksum, compress, frame_max, role, theirs)
+    conn.negotiated = negotiated
+    return negotiated
