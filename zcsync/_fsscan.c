@@ -341,7 +341,7 @@ py_stat_names(PyObject *self, PyObject *args)
         }
         ptrs[i] = PyBytes_AS_STRING(o);
         if (strlen(ptrs[i]) != (size_t)PyBytes_GET_SIZE(o)) {
-            PyErr_SetString(PyExc_ValueError, "embedded null byte");
+            PyErr_SetString(PyExc_ValueError, "stat: embedded null character in path");
             goto done;
         }
     }

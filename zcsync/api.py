@@ -41,9 +41,9 @@ def sync(src: str | list[str], dst: str, **options: Any) -> SyncResult:
         if key in options:
             value = options.pop(key)
             patterns = [value] if isinstance(value, str) else list(value)
-            sign = "- " if key == "exclude" else "+ "
-            options.setdefault("filter_rules", ())
-            options["filter_rules"] = tuple(options["filter_rules"]) + tuple(sign + p for p in patterns)
+            sign = "-" if key == "exclude" else "+"
+            options["filter_rules"] = tuple(options.get("filter_rules", ())) + \
+                tuple(FilterRules.old_style(p, sign) for p in patterns)
     if "filter" in options:
         value = options.pop("filter")
         options["filter_rules"] = tuple(options.get("filter_rules", ())) + \

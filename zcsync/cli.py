@@ -43,12 +43,31 @@ _FILTER_LONG = {"--exclude": "- ", "--include": "+ ", "--filter": "", "--exclude
                 "--include-from": "+"}
 
 
+# rsync's --no-X for short options: --no-o is --no-owner, --no-D turns off both of -D's.
+_SHORT_NEGATIONS = {
+    "r": ["--no-recursive"], "d": ["--no-dirs"], "l": ["--no-links"], "L": ["--no-copy-links"],
+    "p": ["--no-perms"], "t": ["--no-times"], "g": ["--no-group"], "o": ["--no-owner"],
+    "D": ["--no-devices", "--no-specials"], "H": ["--no-hard-links"], "A": ["--no-acls"],
+    "X": ["--no-xattrs"], "S": ["--no-sparse"], "x": ["--no-one-file-system"],
+    "R": ["--no-relative"], "W": ["--no-whole-file"], "O": ["--no-omit-dir-times"],
+}
+
+
+def expand_short_negations(args: list[str]) -> list[str]:
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        out.extend(_SHORT_NEGATIONS.get(arg[5:], [arg]) if arg.startswith("--no-") else [arg])
+    return out
+
+
 class RsyncCommand(click.Command):
     """click, but usage errors exit 1 (rsync's code) and filter rules keep command-line order."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["zcsync.filters"] = ordered_filter_rules(args)
-        return super().parse_args(ctx, args)
+        return super().parse_args(ctx, expand_short_negations(args))
 
     def main(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D401
         try:
@@ -111,8 +130,10 @@ def filter_specs(ordered: list[tuple[str, str]], from0: bool) -> tuple[str, ...]
     specs: list[str] = []
     f_count = 0
     for kind, value in ordered:
-        if kind in ("- ", "+ ", ""):
-            specs.append(kind + value)
+        if kind in ("- ", "+ "):
+            specs.append(FilterRules.old_style(value, kind.strip()))
+        elif kind == "":
+            specs.append(value)
         elif kind in ("-", "+"):
             specs.extend(FilterRules.rules_from_file(value, kind, from0=from0))
         elif kind == "F":
@@ -219,7 +240,7 @@ def command(ctx: click.Context, paths: tuple[str, ...], **kw: Any) -> None:
     """zcsync [OPTION]... SRC [SRC]... DEST  -- fast, safe file tree replication (rsync syntax)."""
     if kw.pop("version"):
         click.echo(f"zcsync version {__version__}  (rsync-compatible command line)")
-        return
+        sys.exit(0)
     if not paths:
         click.echo(ctx.get_help())
         sys.exit(errors.USAGE)

@@ -60,6 +60,7 @@ class Generator:
     root_created: bool = False  # the destination directory was made by this run
     _virtual_dirs: set[bytes] = field(default_factory=set)  # created only in a dry run
     _pending_dirs: dict[bytes, FileEntry] = field(default_factory=dict)
+    _dir_rules: dict[bytes, FilterRules] = field(default_factory=dict)
     _after: list[tuple[bytes, frozenset[bytes]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -82,6 +83,8 @@ class Generator:
             pending = self._pending_dirs.pop(batch.dir_name, None)
             if pending is not None:
                 self.entry(pending)
+            if self.opts.delete and self.filters.has_dir_merge:
+                self._rules_for(batch.dir_name)  # read the destination's merge files before they change
         for entry in batch.entries:
             if entry.name in batch.expanded:
                 self._pending_dirs[entry.name] = entry
@@ -630,6 +633,7 @@ class Generator:
         except OSError:
             return
         partial_dir = os.fsencode(self.opts.partial_dir or PARTIAL_DIR)
+        rules = self._rules_for(dir_name)
         for base in names:
             if base in keep or base == partial_dir or base.endswith(commit.TEMP_SUFFIX):
                 continue
@@ -639,9 +643,31 @@ class Generator:
             except FileNotFoundError:
                 continue
             is_dir = stat.S_ISDIR(st.st_mode)
-            if self.filters.has_rules and self.filters.excluded(join(dir_name, base), is_dir, side="receiver"):
+            if rules.has_rules and rules.excluded(join(dir_name, base), is_dir, side="receiver"):
                 continue
             self._delete(fd, base, rel, is_dir)
+
+    def _rules_for(self, dir_name: bytes) -> FilterRules:
+        """Receiver-side rules in force in dir_name: per-directory merge files are read from
+        the destination, as rsync's receiver does for --delete."""
+        if not self.filters.has_dir_merge:
+            return self.filters
+        rules = self._dir_rules.get(dir_name)
+        if rules is None:
+            parent = self.filters if dir_name == ROOT else self._rules_for(split(dir_name)[0])
+            dest_dir = self.rename_root.get(dir_name, dir_name)
+
+            def read(name: bytes) -> bytes | None:
+                try:
+                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 dir_fd=self.tree.dir_fd(dest_dir))
+                except OSError:
+                    return None
+                with os.fdopen(fd, "rb") as f:
+                    return f.read()
+            rules = parent.enter_dir(dir_name, read)
+            self._dir_rules[dir_name] = rules
+        return rules
 
     def _delete(self, fd: int, base: bytes, rel: bytes, is_dir: bool) -> None:
         names: list[tuple[bytes, bool]] = []

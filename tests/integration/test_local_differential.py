@@ -206,3 +206,23 @@ def test_single_file_to_new_name(tmp_path):
         _age(src / "one", src, dst)
     differential(tmp_path, ["-a"], seed=30, prepare=prepare, paths=["src/one", "dst/renamed"],
                  compare_kwargs={"root_times": False})
+
+
+def test_dir_merge_filter_files_with_delete(tmp_path):
+    """-F: .rsync-filter files in the source hide names; in the destination they protect them."""
+    def prepare(src: pathlib.Path, dst: pathlib.Path) -> None:
+        subprocess.run(["rsync", "-a", f"{src}/", f"{dst}/"], check=True)
+        (src / ".rsync-filter").write_text("- *.log\n")
+        (src / "d0" / ".rsync-filter").write_text("- *.c\n+ keep*\n")
+        (dst / "d0" / ".rsync-filter").write_text("P *.extra\n")
+        (dst / "d0" / "precious.extra").write_bytes(b"protected on the receiver")
+        (dst / "d0" / "stale.txt").write_bytes(b"extraneous")
+        _age(src, src / "d0", src / ".rsync-filter", src / "d0" / ".rsync-filter")
+    rs, zc = differential(tmp_path, ["-a", "-F", "--delete", "-i"], seed=31, prepare=prepare)
+    _itemize_same(rs, zc)
+
+
+def test_old_style_patterns(tmp_path):
+    rs, zc = differential(tmp_path, ["-a", "-i", "--exclude=+ *.txt", "--exclude=*.bin", "--exclude=!",
+                                     "--exclude=*.log"], seed=32)
+    _itemize_same(rs, zc)

@@ -1,0 +1,156 @@
+"""The command line: rsync's option syntax onto Options; usage errors exit 1."""
+from __future__ import annotations
+
+import click
+import pytest
+
+from zcsync import cli, errors
+from zcsync.options import Options, from_mapping
+from zcsync.pathnames import escape, is_safe_name
+from zcsync.units import parse_size
+
+
+def parse(*args: str) -> Options:
+    """Options exactly as `zcsync ARGS src dst` would build them."""
+    ctx = cli.command.make_context("zcsync", [*args, "src", "dst"])
+    kw = dict(ctx.params)
+    kw.pop("paths")
+    kw.pop("version")
+    return cli.build_options(ctx, kw)
+
+
+def test_archive_expands_to_rlptgoD():
+    o = parse("-a")
+    assert (o.recursive, o.links, o.perms, o.times, o.group, o.owner, o.devices, o.specials) == (True,) * 8
+    assert not o.hard_links and not o.acls and not o.xattrs
+
+
+def test_archive_fills_only_unset_flags():
+    o = parse("-a", "--no-perms", "--no-o")
+    assert o.perms is False and o.owner is False and o.times is True
+    o = parse("--no-times", "-a")
+    assert o.times is False
+
+
+def test_bundled_short_flags():
+    o = parse("-avHSn")
+    assert o.recursive and o.verbose == 1 and o.hard_links and o.sparse and o.dry_run
+    assert parse("-vvv").verbose == 3
+
+
+def test_dash_D_and_acl_implications():
+    o = parse("-D")
+    assert o.devices and o.specials
+    assert parse("-A").perms
+
+
+def test_delete_modes():
+    assert parse("--delete").delete_mode == "during"
+    o = parse("--delete-after")
+    assert o.delete and o.delete_mode == "after"
+    assert parse("--delete-before").delete_mode == "before"
+    assert parse("--delete-excluded").delete
+
+
+def test_backup_without_dir_omits_dir_times():
+    assert parse("-a", "-b").omit_dir_times
+    assert not parse("-a", "-b", "--backup-dir=x").omit_dir_times
+
+
+def test_files_from_implies_relative_dirs_and_not_recursive():
+    o = parse("-a", "--files-from=list")
+    assert o.relative and o.dirs and not o.recursive
+    assert parse("-a", "-r", "--files-from=list").recursive
+
+
+def test_filter_rules_keep_command_line_order():
+    args = ["--exclude", "*.o", "--include=*.c", "-f", "- tmp/", "-F", "--exclude=+ keep", "-FF"]
+    assert cli.ordered_filter_rules(args) == [
+        ("- ", "*.o"), ("+ ", "*.c"), ("", "- tmp/"), ("F", ""), ("- ", "+ keep"), ("F", ""), ("F", "")]
+    assert cli.filter_specs(cli.ordered_filter_rules(args), False) == (
+        "- *.o", "+ *.c", "- tmp/", ": /.rsync-filter", "+ keep", "- .rsync-filter", "- .rsync-filter")
+    assert parse(*args).filter_rules[0] == "- *.o"
+
+
+def test_filter_value_not_mistaken_for_flags():
+    # "-f" takes the rest of its bundle or the next word; an -e value is skipped.
+    assert cli.ordered_filter_rules(["-avf", "- x", "-e", "ssh -F cfg"]) == [("", "- x")]
+
+
+@pytest.mark.parametrize("args", [
+    ["--no-such-option"],
+    ["--max-size=12Q"],
+    ["--delete-before", "--delete-after"],
+    ["--inplace", "--delay-updates"],
+    ["--link-dest=a", "--copy-dest=b"],
+    ["--max-delete=-1"],
+])
+def test_usage_errors_exit_1(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*args, "src", "dst"])
+    assert exc.value.code == errors.USAGE
+
+
+def test_no_operands_prints_help_and_exits_1(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([])
+    assert exc.value.code == errors.USAGE
+    assert "--archive" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code in (0, None)
+    assert "zcsync version" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text,value", [
+    ("0", 0), ("100", 100), ("1k", 1024), ("1K", 1024), ("1KB", 1000), ("1KiB", 1024),
+    ("1.5M", 1572864), ("2G", 2 << 30), ("1G-1", (1 << 30) - 1), ("1k+1", 1025),
+])
+def test_sizes_as_rsync(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "k", "1X", "-1", "1..2"])
+def test_bad_sizes(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_options_from_mapping_rejects_unknown():
+    with pytest.raises(errors.UsageError):
+        from_mapping({"archive": True, "no_such": 1})
+
+
+def test_escape_names_like_rsync():
+    assert escape(b"plain name") == "plain name"
+    assert escape(b"tab\there") == "tab\there"
+    assert escape(b"nl\nx") == "nl\\#012x"
+    assert escape(b"bad\xff") == "bad\\#377"
+    assert escape("ünï".encode()) == "ünï"
+
+
+@pytest.mark.parametrize("name,ok", [
+    (b".", True), (b"a", True), (b"a/b", True), (b"..", False), (b"a/../b", False), (b"/abs", False),
+    (b"a//b", False), (b"a/", False), (b"a\0b", False), (b"", False), (b"./a", False),
+])
+def test_safe_names(name, ok):
+    assert is_safe_name(name) is ok
+
+
+def test_click_command_has_every_issue_option():
+    names = {o for p in cli.command.params for o in p.opts + p.secondary_opts}
+    for opt in ("-a", "-r", "-d", "-l", "-L", "-p", "-t", "-g", "-o", "-D", "--devices", "--specials",
+                "-H", "-A", "-X", "-S", "-x", "-R", "-n", "-v", "-q", "-c", "-W", "-u", "--existing",
+                "--ignore-existing", "--size-only", "--modify-window", "--delete", "--delete-before",
+                "--delete-during", "--delete-after", "--delete-excluded", "--max-delete", "--exclude",
+                "--include", "--exclude-from", "--include-from", "-f", "--filter", "-F", "--files-from",
+                "--min-size", "--max-size", "--partial", "--partial-dir", "--inplace", "--backup",
+                "--backup-dir", "--suffix", "--link-dest", "--compare-dest", "--copy-dest",
+                "--numeric-ids", "--chmod", "--chown", "--mkpath", "-O", "--omit-dir-times",
+                "--delay-updates", "--remove-source-files", "--list-only", "-i", "--itemize-changes",
+                "--stats", "--log-file", "--version", "--help", "--no-perms", "--no-fsync"):
+        assert opt in names or opt == "--help", opt
+    assert isinstance(cli.command, click.Command)
