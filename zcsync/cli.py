@@ -375,14 +375,20 @@ def _summary(report: Report, opts: Options, elapsed: float) -> None:
     received = s.bytes_received
     if opts.stats:
         def kinds(reg: int, d: int, ln: int, sp: int) -> str:
-            parts = [f"reg: {_num(reg)}", f"dir: {_num(d)}"]
+            parts = [f"reg: {_num(reg)}"]
+            if d:
+                parts.append(f"dir: {_num(d)}")
             if ln:
                 parts.append(f"link: {_num(ln)}")
             if sp:
                 parts.append(f"special: {_num(sp)}")
             return ", ".join(parts)
         out.write(f"\nNumber of files: {_num(s.files)} ({kinds(s.regular_files, s.dirs, s.links, s.specials)})\n")
-        out.write(f"Number of created files: {_num(s.files_created)}\n")
+        ck = s.created_kinds
+        created = f"{_num(s.files_created)}"
+        if s.files_created:
+            created += f" ({kinds(ck.get('reg', 0), ck.get('dir', 0), ck.get('link', 0), ck.get('special', 0))})"
+        out.write(f"Number of created files: {created}\n")
         out.write(f"Number of deleted files: {_num(s.files_deleted)}\n")
         out.write(f"Number of regular files transferred: {_num(s.files_transferred)}\n")
         out.write(f"Total file size: {_num(s.total_size)} bytes\n")

@@ -273,6 +273,7 @@ class Generator:
 
     def _dir(self, entry: FileEntry, name: bytes, st: os.stat_result | None) -> None:
         if name == ROOT and self.root_created:
+            self.report.stats.created(entry.mode)
             itemize = self._new_itemize(entry, name, "cd")
             if itemize is not None:
                 self._event(itemize, name, entry)
@@ -290,7 +291,7 @@ class Generator:
         itemize = self._new_itemize(entry, name, "cd")
         if itemize is not None:
             self._event(itemize, name, entry)
-        self.report.stats.files_created += 1
+        self.report.stats.created(entry.mode)
         if self.opts.dry_run:
             self._virtual_dirs.add(name)
             return
@@ -343,7 +344,7 @@ class Generator:
     def _request(self, entry: FileEntry, name: bytes, st: os.stat_result | None, itemize: str) -> Request | None:
         self._event(itemize, name, entry)
         if st is None:
-            self.report.stats.files_created += 1
+            self.report.stats.created(entry.mode)
         self.report.stats.files_transferred += 1
         self.report.stats.transferred_size += entry.size
         if self.opts.dry_run:
@@ -399,7 +400,7 @@ class Generator:
                 if not same_attrs:
                     self._event(">f.." + self.policy.changes(entry, st, self.policy.wanted(entry, None))
                                 + "...", name, entry)
-                self.report.stats.files_created += 1
+                self.report.stats.created(entry.mode)
                 if not self.opts.dry_run:
                     self._copy_local(entry, name, pfd, base, st)
                 self._final(entry, name)
@@ -499,7 +500,7 @@ class Generator:
                 if not self.make_way(entry, name, st):
                     return
                 st = None
-            self.report.stats.files_created += 1
+            self.report.stats.created(entry.mode)
         if itemize is not None:
             self._event(itemize, name, entry, " -> " + escape(entry.link))
         if self.opts.dry_run:
@@ -535,7 +536,7 @@ class Generator:
                     return
                 st = None
             itemize = self._new_itemize(entry, name, "c" + type_letter(entry.mode))
-            self.report.stats.files_created += 1
+            self.report.stats.created(entry.mode)
         if itemize is not None:
             self._event(itemize, name, entry)
         if self.opts.dry_run:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ class Stats:
     links: int = 0
     specials: int = 0
     files_created: int = 0
+    created_kinds: dict[str, int] = field(default_factory=dict)  # "reg", "dir", "link", "special"
     files_deleted: int = 0
     files_transferred: int = 0
     total_size: int = 0
@@ -32,6 +34,13 @@ class Stats:
     bytes_received: int = 0
     flist_size: int = 0
     elapsed_s: float = 0.0
+
+    def created(self, mode: int) -> None:
+        """Count one created name by type (rsync's "Number of created files" line)."""
+        kind = ("reg" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode)
+                else "link" if stat.S_ISLNK(mode) else "special")
+        self.files_created += 1
+        self.created_kinds[kind] = self.created_kinds.get(kind, 0) + 1
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
