@@ -209,10 +209,12 @@ static int
 read_names(int dir_fd, listing_t *l)
 {
     off_t saved = -1;
+    int via_dup = 0;
     int fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
     if (fd < 0 && errno == EACCES) {
         /* No search permission: list through the caller's own description. */
+        via_dup = 1;
         saved = lseek(dir_fd, 0, SEEK_CUR);
         fd = fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
     }
@@ -224,7 +226,7 @@ read_names(int dir_fd, listing_t *l)
         close(fd);
         return err;
     }
-    if (saved >= 0)
+    if (via_dup)
         rewinddir(d);
 
     int err = 0;
@@ -242,7 +244,7 @@ read_names(int dir_fd, listing_t *l)
             break;
     }
     closedir(d);
-    if (saved >= 0)
+    if (via_dup && saved >= 0)
         lseek(dir_fd, saved, SEEK_SET);
     return err;
 }

@@ -1,6 +1,7 @@
 """Sets up one run: source operands, the destination root, the roles, and the transport."""
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -15,7 +16,7 @@ from .attrs import AttrPolicy
 from .commit import DestTree
 from .errors import FileIOError, FileProblem, FileSelectError, UsageError
 from .filters import FilterRules
-from .flist import SourceArg, quote
+from .flist import ROOT, DirBatch, FileEntry, SourceArg, quote
 from .generator import Generator
 from .options import Options
 from .pathnames import escape
@@ -105,28 +106,33 @@ def _is_dir(path: bytes, follow: bool) -> bool | None:
         return None
 
 
-def open_destination(dest: str, sources: list[SourceArg], opts: Options) -> tuple[DestTree, dict[bytes, bytes], Callable[[], None]]:
-    """Find the destination root as rsync does; returns the tree, root renames, and a cleanup."""
+def single_file_transfer(top: DirBatch, opts: Options) -> bool:
+    """rsync's rule: one non-directory source (no -R parents, no --files-from) may take the
+    destination's name."""
+    return (opts.files_from is None and len(top.entries) == 1
+            and not top.entries[0].is_dir and top.entries[0].name != ROOT)
+
+
+def open_destination(dest: str, top: DirBatch, opts: Options) -> tuple[DestTree, dict[bytes, bytes]]:
+    """Find the destination root as rsync does; returns the tree and the root renames."""
     raw = os.fsencode(dest)
     trailing = raw.endswith(b"/")
     path = raw.rstrip(b"/") or b"/"
-    cleanup: Callable[[], None] = lambda: None
-    single_file = (len(sources) == 1 and opts.files_from is None and not sources[0].contents
-                   and not sources[0].implied_dirs and _is_dir(sources[0].path, True) is False)
+    single_file = single_file_transfer(top, opts)
     existing = _is_dir(path, True)
     if existing is False or (existing is None and single_file and not trailing):
         if not single_file:
-            raise FileSelectError(f"ERROR: destination must be a directory when copying more than 1 file")
+            raise FileSelectError("ERROR: destination must be a directory when copying more than 1 file")
         root = os.path.dirname(path) or b"."
-        rename = {sources[0].prefix: os.path.basename(path)}
+        rename = {top.entries[0].name: os.path.basename(path)}
         if opts.dry_run and _is_dir(root, True) is not True:
-            return _standin(opts), rename, cleanup
-        return _open_tree(root, opts), rename, cleanup
+            return _standin(opts), rename
+        return _open_tree(root, opts), rename
     if existing is None:
         if opts.dry_run:
             tree = _standin(opts)
             tree.created = True
-            return tree, {}, cleanup
+            return tree, {}
         try:
             if opts.mkpath:
                 os.makedirs(path, exist_ok=True)
@@ -136,8 +142,8 @@ def open_destination(dest: str, sources: list[SourceArg], opts: Options) -> tupl
             raise FileIOError(f"mkdir {quote(path)} failed: {exc.strerror} ({exc.errno})") from exc
         tree = _open_tree(path, opts)
         tree.created = True
-        return tree, {}, cleanup
-    return _open_tree(path, opts), {}, cleanup
+        return tree, {}
+    return _open_tree(path, opts), {}
 
 
 def _open_tree(path: bytes, opts: Options) -> DestTree:
@@ -155,6 +161,78 @@ def _standin(opts: Options) -> DestTree:
     return tree
 
 
+def xattr_functions(opts: Options) -> tuple[Callable | None, Callable | None]:
+    """(read, apply) for -X/-A, or (None, None)."""
+    if not (opts.xattrs or opts.acls):
+        return None, None
+
+    def read(target):  # type: ignore[no-untyped-def]
+        return meta.read_xattrs(target, xattrs=opts.xattrs, acls=opts.acls)
+
+    def apply(target, wanted):  # type: ignore[no-untyped-def]
+        return meta.apply_xattrs(target, wanted, xattrs=opts.xattrs, acls=opts.acls)
+    return read, apply
+
+
+def read_source_xattrs(opts: Options) -> Callable[[bytes], dict[bytes, bytes]] | None:
+    """The sender's xattr reader: by path, never following a final symlink."""
+    read, _ = xattr_functions(opts)
+    if read is None:
+        return None
+
+    def by_path(path: bytes) -> dict[bytes, bytes]:
+        parent, base = os.path.split(path)
+        dfd = os.open(parent or b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return read((dfd, base))
+        finally:
+            os.close(dfd)
+    return by_path
+
+
+@dataclass
+class Receiver:
+    """The receiving half of a run: the destination tree with its generator and writer."""
+
+    tree: DestTree
+    generator: Generator
+    writer: Writer
+    basis_roots: list[tuple[str, int]]
+
+    def close(self) -> None:
+        try:
+            for _, fd in self.basis_roots:
+                os.close(fd)
+        finally:
+            self.tree.close()
+
+
+def make_receiver(dest: str, opts: Options, top: DirBatch, report: Report, filters: FilterRules,
+                  io_error: Callable[[], bool], source_digest: Callable[[FileEntry], bytes | None],
+                  remove_source: Callable[[FileEntry], None] | None = None) -> Receiver:
+    """Open the destination (as the top batch decides) and build generator and writer for it."""
+    tree, rename = open_destination(dest, top, opts)
+    try:
+        chmod = meta.ChmodRules.parse(opts.chmod) if opts.chmod else None
+        chown = meta.parse_chown(opts.chown) if opts.chown else (None, None)
+        policy = AttrPolicy(opts, chmod, chown, os.geteuid() == 0, meta.current_umask())
+        xread, xapply = xattr_functions(opts)
+        writer = Writer(opts, tree, policy, report, xattr_apply=xapply)
+        basis_roots = _basis_roots(dest, opts)
+        generator = Generator(opts, tree, policy, report, writer, filters,
+                              io_error=io_error, source_digest=source_digest,
+                              dest_digest=fastio.file_digest, rename_root=rename,
+                              basis_roots=basis_roots, xattr_apply=xapply, xattr_read=xread,
+                              remove_source=remove_source, root_created=tree.created)
+        writer.backup = generator.backup if opts.backup else None
+    except BaseException:
+        tree.close()
+        raise
+    if tree.created:
+        report.note(f"created directory {escape(os.fsencode(dest).rstrip(b'/') or b'/')}")
+    return Receiver(tree, generator, writer, basis_roots)
+
+
 def run_local(sources_text: list[str], dest: str, opts: Options,
               on_event: Callable[[Event], None] | None = None) -> RunResult:
     """One local transfer, rsync semantics."""
@@ -166,45 +244,19 @@ def run_local(sources_text: list[str], dest: str, opts: Options,
     sources = source_args(sources_text, opts)
     filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded)
     report = Report(on_event=on_event)
-    tree, rename, cleanup = open_destination(dest, sources, opts)
+    sender = Sender(sources, opts, filters, read_xattrs=read_source_xattrs(opts), on_problem=report.problem)
+    batches = sender.batches()
+    top = next(batches)
+    receiver = make_receiver(dest, opts, top, report, filters, io_error=lambda: sender.io_error,
+                             source_digest=sender.digest,
+                             remove_source=sender.remove if opts.remove_source_files else None)
     try:
-        chmod = meta.ChmodRules.parse(opts.chmod) if opts.chmod else None
-        chown = meta.parse_chown(opts.chown) if opts.chown else (None, None)
-        am_root = os.geteuid() == 0
-        umask = os.umask(0)
-        os.umask(umask)
-        policy = AttrPolicy(opts, chmod, chown, am_root, umask)
-        xread = xapply = None
-        if opts.xattrs or opts.acls:
-            def xread(target):  # noqa: E306
-                return meta.read_xattrs(target, xattrs=opts.xattrs, acls=opts.acls)
-
-            def xapply(target, wanted):  # noqa: E306
-                return meta.apply_xattrs(target, wanted, xattrs=opts.xattrs, acls=opts.acls)
-        sender = Sender(sources, opts, filters, read_xattrs=xread, on_problem=report.problem)
-        writer = Writer(opts, tree, policy, report, xattr_apply=xapply)
-        basis_roots = _basis_roots(dest, opts)
-        generator = Generator(opts, tree, policy, report, writer, filters,
-                              io_error=lambda: sender.io_error,
-                              source_digest=sender.digest, dest_digest=fastio.file_digest,
-                              rename_root=rename, basis_roots=basis_roots,
-                              xattr_apply=xapply, xattr_read=xread,
-                              remove_source=sender.remove if opts.remove_source_files else None,
-                              root_created=tree.created)
-        if tree.created:
-            report.note(f"created directory {escape(os.fsencode(dest).rstrip(b'/') or b'/')}")
-        writer.backup = generator.backup if opts.backup else None
-        try:
-            local.run(sender, generator, writer, report)
-        except BaseException:
-            writer.cleanup()
-            raise
-        finally:
-            for _, fd in basis_roots:
-                os.close(fd)
+        local.run(sender, receiver.generator, receiver.writer, report, itertools.chain([top], batches))
+    except BaseException:
+        receiver.writer.cleanup()
+        raise
     finally:
-        tree.close()
-        cleanup()
+        receiver.close()
     report.stats.elapsed_s = time.monotonic() - started
     return RunResult(report.exit_code, report, report.problems)
 

@@ -635,8 +635,12 @@ class Generator:
             return
         partial_dir = os.fsencode(self.opts.partial_dir or PARTIAL_DIR)
         rules = self._rules_for(dir_name)
+        # rsync protects backups made beside the files (as if by "P *SUFFIX").
+        backups = os.fsencode(self.opts.backup_suffix) if self.opts.backup and not self.opts.backup_dir else None
         for base in names:
             if base in keep or base == partial_dir or base.endswith(commit.TEMP_SUFFIX):
+                continue
+            if backups and base.endswith(backups):
                 continue
             rel = join(dest_dir, base)
             try:

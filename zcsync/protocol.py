@@ -36,7 +36,7 @@ PROTOCOL_VERSION = 1  # newest version we speak
 MIN_PROTOCOL_VERSION = 1  # oldest version we speak
 
 DEFAULT_FRAME_MAX = 1024 * 1024 + 64 * 1024  # a 1 MiB data chunk plus room for a full batch
-MIN_FRAME_MAX = 64 * 1024  # must hold the largest fixed-bound message (a Problem: ~29 KiB)
+MIN_FRAME_MAX = 128 * 1024  # holds any Problem (~29 KiB) and an entry with one maximal xattr
 MAX_FRAME_MAX = 64 * 1024 * 1024
 
 MAX_NAME = 4096  # bytes of a relative name (PATH_MAX)
@@ -58,6 +58,8 @@ MAX_CAP_VALUE = 1024
 MAX_CAP_LIST = 16  # items in a comma-separated capability value
 
 _U64_LIMIT = 1 << 63  # sizes are off_t on both ends
+_BATCH_OVERHEAD = 1 + 2 + MAX_NAME + 4  # flags, directory name, count
+_ENTRY_OVERHEAD = 43 + 2 + 4 + 2 + DIGEST_SIZE + 2 * (1 + MAX_OWNER_NAME)  # everything but the variable parts
 _SMALL_DATA = 16 * 1024  # DATA payloads below this are copied into the send buffer
 _BUFFER_SIZE = 64 * 1024  # flush the send buffer when it reaches this
 _BANNER_SHOW = 60  # bytes of foreign text quoted in the "protocol mismatch" error
@@ -87,6 +89,7 @@ _STAT = struct.Struct(">Q")
 # FlistBatch flags
 _B_DIR = 0x01
 _B_MORE = 0x02
+_B_IO_ERROR = 0x04
 # entry flags
 _E_LINK = 0x01
 _E_HLINK = 0x02
@@ -140,7 +143,8 @@ class FlistBatch(Message):
     ``extras`` is empty or parallel to ``entries``. ``more`` says the next FlistBatch
     continues the same directory: the receiver must not act on the directory as
     complete (deletions) until a part with ``more=False`` arrives. Connection.send
-    splits big batches into parts itself.
+    splits big batches into parts itself. ``io_error`` says the sender has had an
+    I/O error so far in the scan: from then on the receiver must not delete.
     """
 
     TYPE: ClassVar[int] = 0x10
@@ -150,6 +154,7 @@ class FlistBatch(Message):
     entries: tuple[FileEntry, ...]
     extras: tuple[EntryExtras | None, ...] = ()
     more: bool = False
+    io_error: bool = False
 
     def __post_init__(self) -> None:
         extras = tuple(None if x is None or x.empty else x for x in self.extras)
@@ -160,8 +165,9 @@ class FlistBatch(Message):
         object.__setattr__(self, "expanded", frozenset(self.expanded))
 
     @classmethod
-    def from_dir_batch(cls, batch: DirBatch, extras: tuple[EntryExtras | None, ...] = ()) -> FlistBatch:
-        return cls(batch.dir_name, batch.expanded, batch.entries, extras)
+    def from_dir_batch(cls, batch: DirBatch, extras: tuple[EntryExtras | None, ...] = (),
+                       io_error: bool = False) -> FlistBatch:
+        return cls(batch.dir_name, batch.expanded, batch.entries, extras, io_error=io_error)
 
     def to_dir_batch(self) -> DirBatch:
         return DirBatch(self.dir_name, self.entries, self.expanded)
@@ -380,11 +386,13 @@ def _semantic_problem(e: FileEntry, x: EntryExtras | None) -> str | None:
     return None
 
 
-def entry_problem(entry: FileEntry, extras: EntryExtras | None = None) -> str | None:
+def entry_problem(entry: FileEntry, extras: EntryExtras | None = None,
+                  frame_max: int = DEFAULT_FRAME_MAX) -> str | None:
     """Why this entry cannot be sent (the sender skips it with this text), or None.
 
-    Names longer than MAX_NAME, xattrs beyond the bounds and the like would make
-    the peer end the session; the sender should report them per file instead.
+    Names longer than MAX_NAME, xattrs beyond the bounds or too big for one frame
+    (pass the negotiated conn.frame_max) would make the peer end the session or
+    the encoder fail; the sender should report them per file instead.
     """
     if len(entry.name) > MAX_NAME:
         return f"name too long ({len(entry.name)} bytes, limit {MAX_NAME})"
@@ -402,9 +410,10 @@ def entry_problem(entry: FileEntry, extras: EntryExtras | None = None) -> str | 
             if len(value) > MAX_XATTR_VALUE:
                 return f"xattr value too large ({len(value)} bytes, limit {MAX_XATTR_VALUE})"
             total += 5 + len(key) + len(value)
-        if total > MIN_FRAME_MAX // 2:
-            # Must fit a frame of any size a peer may negotiate, with the rest of the entry.
-            return f"xattrs too large to send ({total} bytes, limit {MIN_FRAME_MAX // 2})"
+        # The whole entry must fit one FlistBatch frame next to a worst-case batch header.
+        limit = frame_max - _BATCH_OVERHEAD - _ENTRY_OVERHEAD - len(entry.name) - len(entry.link or b"")
+        if total > limit:
+            return f"xattrs too large to send ({total} bytes, limit {max(limit, 0)})"
     if extras is not None:
         for owner in (extras.uname, extras.gname):
             if owner is not None and len(owner) > MAX_OWNER_NAME:
@@ -453,7 +462,7 @@ def _encode_flist(batch: FlistBatch, frame_max: int, next_index: int) -> tuple[l
             raise ValueError(f"cannot send the unsafe directory name {_q(d)}")
         head = _U16.pack(len(d)) + d
         prefix = b"" if d == b"." else d + b"/"
-    flags = _B_DIR if d is not None else 0
+    flags = (_B_DIR if d is not None else 0) | (_B_IO_ERROR if batch.io_error else 0)
     budget = frame_max - (1 + len(head) + 4)
     dirs = {e.name for e in batch.entries if e.is_dir}
     if not batch.expanded <= dirs:
@@ -465,7 +474,7 @@ def _encode_flist(batch: FlistBatch, frame_max: int, next_index: int) -> tuple[l
     seen: set[bytes] = set()
     for i, e in enumerate(batch.entries):
         x = batch.extras[i] if batch.extras else None
-        problem = entry_problem(e, x)
+        problem = entry_problem(e, x, frame_max)
         if problem is not None:
             raise ValueError(f"cannot send {_q(e.name)}: {problem}")
         if e.index < next_index:
@@ -658,7 +667,7 @@ class Decoder:
         if self.flist_done:
             raise ProtocolError("peer sent a FlistBatch after FlistEnd")
         (flags,) = r.unpack(_U8)
-        if flags & ~(_B_DIR | _B_MORE):
+        if flags & ~(_B_DIR | _B_MORE | _B_IO_ERROR):
             raise ProtocolError(f"peer sent unknown FlistBatch flags 0x{flags:02x}")
         dir_name: bytes | None = None
         if flags & _B_DIR:
@@ -760,7 +769,8 @@ class Decoder:
             self._cont, self._cont_names = dir_name, names
         else:
             self._cont, self._cont_names = _NOTHING, set()
-        return FlistBatch(dir_name, frozenset(expanded), tuple(entries), tuple(extras), bool(flags & _B_MORE))
+        return FlistBatch(dir_name, frozenset(expanded), tuple(entries), tuple(extras),
+                          bool(flags & _B_MORE), bool(flags & _B_IO_ERROR))
 
     def _d_FlistEnd(self, r: _Reader) -> FlistEnd:
         (flag,) = r.unpack(_U8)

@@ -1,6 +1,7 @@
 """Unit tests for zcsync.fsscan: the C extension against the pure-Python fallback and os.lstat."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -83,12 +84,9 @@ def lstat_fields(dfd: int, name: bytes, follow: bool = False) -> tuple[int, ...]
             st.st_dev, st.st_nlink, st.st_rdev)
 
 
-@pytest.fixture(params=["tmp", "shm"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    """An empty directory on the test filesystem (ext4 here) or on tmpfs."""
-    if request.param == "tmp":
-        yield tmp_path
-        return
+@contextlib.contextmanager
+def shm_dir() -> Iterator[Path]:
+    """An empty directory on tmpfs (fast to fill, keeps any timestamp)."""
     if not os.path.isdir("/dev/shm"):
         pytest.skip("no /dev/shm")
     root = Path(tempfile.mkdtemp(prefix="zcsync-test-", dir="/dev/shm"))
@@ -96,6 +94,22 @@ def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
         yield root
     finally:
         shutil.rmtree(root)
+
+
+@pytest.fixture
+def shm() -> Iterator[Path]:
+    with shm_dir() as root:
+        yield root
+
+
+@pytest.fixture(params=["tmp", "shm"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """An empty directory on the test filesystem (ext4 here) or on tmpfs."""
+    if request.param == "tmp":
+        yield tmp_path
+    else:
+        with shm_dir() as root:
+            yield root
 
 
 @pytest.fixture
@@ -232,10 +246,10 @@ def test_list_dir_takes_o_path_fd(varied, list_dir: Callable) -> None:
 
 
 @native
-def test_list_dir_threads_share_one_fd(tmp_path: Path) -> None:
+def test_list_dir_threads_share_one_fd(shm: Path) -> None:
     for i in range(3000):
-        (tmp_path / f"f{i}").touch()
-    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        (shm / f"f{i}").touch()
+    dfd = os.open(shm, os.O_RDONLY | os.O_DIRECTORY)
     try:
         want = _fsscan.list_dir(dfd)
         bad: list[int] = []
@@ -307,16 +321,13 @@ def test_vanished_name_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 @native
 def test_vanished_names_native() -> None:
     """Another process unlinks files, in random order, while we list: vanished names read as 0."""
-    if not os.path.isdir("/dev/shm"):
-        pytest.skip("no /dev/shm")
     deleter = ("import os, random, sys\n"
                "names = os.listdir('.'); random.Random(1).shuffle(names)\n"
                "sys.stdin.read(1)\n"
                "for n in names: os.unlink(n)\n")
     vanished = 0
-    for attempt in range(5):
-        root = Path(tempfile.mkdtemp(prefix="zcsync-test-", dir="/dev/shm"))
-        try:
+    for _ in range(5):
+        with shm_dir() as root:
             for i in range(20000):
                 (root / f"f{i:05d}").touch()
             dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
@@ -337,8 +348,6 @@ def test_vanished_names_native() -> None:
                 proc.kill()
                 proc.wait()
                 os.close(dfd)
-        finally:
-            shutil.rmtree(root)
         if vanished:
             break
     assert vanished > 0
@@ -348,10 +357,7 @@ def test_vanished_names_native() -> None:
 @pytest.mark.parametrize("list_dir", LIST_IMPLS)
 def test_list_dir_without_search_permission(list_dir: Callable) -> None:
     """A directory we may read but not search: names are listed, every stat is -EACCES."""
-    if not os.path.isdir("/dev/shm"):
-        pytest.skip("no /dev/shm")
-    root = Path(tempfile.mkdtemp(prefix="zcsync-test-", dir="/dev/shm"))
-    try:
+    with shm_dir() as root:
         os.chmod(root, 0o711)
         (root / "d").mkdir()
         for name in ("a", "b"):
@@ -359,8 +365,8 @@ def test_list_dir_without_search_permission(list_dir: Callable) -> None:
         os.chmod(root / "d", 0o744)
         rfd, wfd = os.pipe()
         pid = os.fork()
-        if pid == 0:  # child: become nobody, then list
-            status = 1
+        if pid == 0:  # child: become nobody, list, report
+            report = b"child failed"
             try:
                 os.close(rfd)
                 os.setgroups([])
@@ -370,19 +376,20 @@ def test_list_dir_without_search_permission(list_dir: Callable) -> None:
                 advance_offset(dfd)
                 pos = os.lseek(dfd, 0, os.SEEK_CUR)
                 got = sorted(list_dir(dfd))
-                ok = (got == [(b"a", -errno.EACCES, *ZERO), (b"b", -errno.EACCES, *ZERO)]
-                      and os.lseek(dfd, 0, os.SEEK_CUR) == pos != 0)
-                os.write(wfd, repr(got).encode() if not ok else b"ok")
-                status = 0
+                moved = os.lseek(dfd, 0, os.SEEK_CUR) != pos
+                report = repr((got, pos, moved)).encode()
+                if got == [(b"a", -errno.EACCES, *ZERO), (b"b", -errno.EACCES, *ZERO)] and pos and not moved:
+                    report = b"ok"
+            except BaseException as exc:
+                report = repr(exc).encode()
             finally:
-                os._exit(status)
+                os.write(wfd, report)
+                os._exit(0)
         os.close(wfd)
         with os.fdopen(rfd, "rb") as r:
             out = r.read()
-        assert os.waitpid(pid, 0)[1] == 0
+        os.waitpid(pid, 0)
         assert out == b"ok"
-    finally:
-        shutil.rmtree(root)
 
 
 def test_large_directory(where: Path) -> None:

@@ -238,13 +238,14 @@ def test_round_trip_full_entries(pair):
     extras = (None, p.EntryExtras(DIGEST, b"alice", b"staff"), None, p.EntryExtras(gname=b"g"),
               None, None, p.EntryExtras(), p.EntryExtras(digest=DIGEST))
     top = p.FlistBatch(None, frozenset({b"."}), entries, extras)
-    sub = p.FlistBatch(b".", frozenset({b"sub"}), (entry(11, b"a", REG), entry(12, b"sub", DIR)))
+    sub = p.FlistBatch(b".", frozenset({b"sub"}), (entry(11, b"a", REG), entry(12, b"sub", DIR)), io_error=True)
     subsub = p.FlistBatch(b"sub", frozenset(), (entry(13, b"sub/x", REG),))
     for b in (top, sub):
         left.send(b)
     left.flush()
     assert right.recv() == top
-    assert right.recv() == sub
+    got = right.recv()
+    assert got == sub and got.io_error
     left.send(subsub)
     left.flush()
     got = right.recv()
@@ -396,7 +397,7 @@ def test_oversized_length_raises_before_reading():
 def test_negotiated_frame_max_is_enforced():
     conn = p.Connection(BytesStream(frame(p.Log.TYPE, b"x" * (p.MIN_FRAME_MAX + 1))))
     conn.frame_max = p.MIN_FRAME_MAX
-    with pytest.raises(ProtocolError, match="limit 65536"):
+    with pytest.raises(ProtocolError, match="limit 131072"):
         conn.recv()
 
 
@@ -508,7 +509,7 @@ XATTR = lambda k, v: bytes([len(k)]) + k + struct.pack(">I", len(v)) + v  # noqa
     ([fl(raw_entry(0, b"a", flags=0x10, tail=b"\x00"))], "bad owner name"),
     ([fl(raw_entry(0, b"a", flags=0x08, tail=b"short"))], "truncated"),
     ([fl(raw_entry(0, b"a", flags=0x80))], "unknown entry flags"),
-    ([frame(p.FlistBatch.TYPE, b"\x04\x00\x00\x00\x00")], "unknown FlistBatch flags"),
+    ([frame(p.FlistBatch.TYPE, b"\x08\x00\x00\x00\x00")], "unknown FlistBatch flags"),
     ([fl(raw_entry(0, b"a") + b"!")], "trailing bytes"),
     ([fl(raw_entry(0, b"a", name_len=50))], "truncated"),
     # values
@@ -593,8 +594,12 @@ def test_encoder_rejects(batch, match):
 
 def test_entry_problem_for_the_sender():
     assert p.entry_problem(entry(0, b"ok")) is None
-    big = {b"user.%d" % i: b"v" * 1000 for i in range(40)}
+    big = {b"user.%d" % i: b"v" * 65536 for i in range(20)}  # 1.3 MB: more than a default frame
     assert "xattrs too large" in p.entry_problem(entry(0, b"a", xattrs=big))
+    assert p.entry_problem(entry(0, b"a", xattrs=big), frame_max=2 * 1024 * 1024) is None
+    one = {b"user.big": b"v" * p.MAX_XATTR_VALUE}
+    assert p.entry_problem(entry(0, b"n" * 4096, LNK, link=b"t" * 4096, xattrs=one),
+                           frame_max=p.MIN_FRAME_MAX) is None
     assert "name too long" in p.entry_problem(entry(0, b"a" * 5000))
     assert "owner name too long" in p.entry_problem(entry(0, b"a"), p.EntryExtras(uname=b"u" * 300))
 
@@ -670,3 +675,19 @@ def test_fuzz_handshake(data):
             client_against(blob)
         except ZcsyncError as exc:
             assert isinstance(exc, (ProtocolError, StreamError, StartupError))
+
+
+def test_largest_allowed_entry_fits_the_smallest_frame():
+    one = {b"user.big": b"v" * p.MAX_XATTR_VALUE}
+    e = entry(1, b"d/" + b"n" * 4094, LNK, link=b"t" * 4096, xattrs=one)
+    extras = (p.EntryExtras(DIGEST, b"u" * 255, b"g" * 255),)
+    assert p.entry_problem(e, extras[0], frame_max=p.MIN_FRAME_MAX) is None
+    sender = p.Connection(BytesStream())
+    sender.frame_max = p.MIN_FRAME_MAX
+    sender.send(p.FlistBatch(None, frozenset({b"d"}), (entry(0, b"d", DIR),)))
+    sender.send(p.FlistBatch(b"d", frozenset(), (e,), extras))
+    sender.flush()
+    receiver = p.Connection(BytesStream(bytes(sender.stream.out)))
+    receiver.frame_max = p.MIN_FRAME_MAX
+    receiver.recv()
+    assert receiver.recv().entries == (e,)

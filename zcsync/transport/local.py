@@ -7,6 +7,7 @@ The messages are the same values the stream transports frame.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import xxhash
 
@@ -68,14 +69,14 @@ class LocalFile:
             raise SourceChanged("file has changed during the transfer", VANISHED) from None
 
 
-def run(sender: Sender, generator: Generator, writer: Writer, report: Report) -> None:
+def run(sender: Sender, generator: Generator, writer: Writer, report: Report,
+        batches: Iterable[DirBatch]) -> None:
     """Drive sender, generator and writer over the whole file list, in this thread.
 
     (Copying on a thread pool was measured slower: per file the work is a dozen short
     syscalls, and handing the GIL back and forth costs more than it overlaps.)
     """
     opts = generator.opts
-    batches = sender.batches()
     if opts.delete and opts.delete_mode == "before":
         batches = list(batches)
         generator.delete_all(batches)
