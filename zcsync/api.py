@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from . import meta
+from .endpoints import parse_endpoint
 from .engine import RunResult, run_local, source_args
 from .errors import FileProblem, UsageError
 from .filters import FilterRules
@@ -65,6 +66,9 @@ def run_paths(paths: list[str], opts: Options, on_event: Callable[[Event], None]
     *sources, dest = paths
     if not sources:
         raise UsageError("No source given")
+    if any(parse_endpoint(p).is_remote for p in paths):
+        from .connect import run_remote
+        return run_remote(paths, opts, on_event=on_event)
     return run_local(sources, dest, opts, on_event=on_event)
 
 

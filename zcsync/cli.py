@@ -224,6 +224,11 @@ def _cmd_options(f: Any) -> Any:
         click.option("--stats", is_flag=True, default=False, help="give some file-transfer stats"),
         click.option("--log-file", metavar="FILE", default=None, help="log what we're doing to the specified FILE"),
         click.option("--fsync/--no-fsync", default=True, help="fsync every file and directory before it is final (default on)"),
+        click.option("-e", "--rsh", metavar="COMMAND", default=None, help="specify the remote shell to use (e.g. 'ssh -p 2222')"),
+        click.option("--zcsync-path", metavar="PROGRAM", default=None, help="specify the zcsync to run on the remote machine"),
+        click.option("--ssh-accept-new", is_flag=True, default=False, help="trust an unknown host key and remember it (zcsync's own known_hosts)"),
+        click.option("--timeout", type=click.IntRange(min=0), default=None, metavar="SECONDS", help="set I/O timeout in seconds"),
+        click.option("--contimeout", type=click.IntRange(min=0), default=None, metavar="SECONDS", help="set connection timeout in seconds"),
         click.option("--version", is_flag=True, default=False, help="print the version and exit"),
     ]
     for option in reversed(opts):
@@ -273,6 +278,9 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     values["chmod"] = tuple(values["chmod"])
     if values["acls"]:
         values["perms"] = True
+    for key in ("timeout", "contimeout"):
+        if values[key] == 0:
+            values[key] = None  # rsync: 0 means no timeout
     try:
         return from_mapping(values)
     except ZcsyncError as exc:
@@ -408,5 +416,9 @@ def _summary(report: Report, opts: Options, elapsed: float) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    if args[:1] == ["--server"]:
+        from .server import main as server_main
+        sys.exit(server_main(args))
     command.main(args=list(argv) if argv is not None else sys.argv[1:], prog_name="zcsync")
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from . import fsscan
 from .errors import PARTIAL, VANISHED, FileProblem
 from .filters import FilterRules
 from .options import Options
@@ -17,6 +18,20 @@ from .pathnames import escape
 log = logging.getLogger(__name__)
 
 ROOT = b"."
+
+
+class Stat(NamedTuple):
+    """The stat fields the scan uses (what fsscan.list_dir returns; os.stat_result has the same names)."""
+
+    st_mode: int
+    st_size: int
+    st_mtime_ns: int
+    st_uid: int
+    st_gid: int
+    st_ino: int
+    st_dev: int
+    st_nlink: int
+    st_rdev: int
 
 
 class FileEntry(NamedTuple):
@@ -156,7 +171,7 @@ class Scanner:
             self.state.io_error = True
             return None
 
-    def make_entry(self, name: bytes, path: bytes, st: os.stat_result) -> FileEntry | None:
+    def make_entry(self, name: bytes, path: bytes, st: os.stat_result | Stat) -> FileEntry | None:
         """Build the entry for one name, or None when the options skip its type."""
         mode = st.st_mode
         opts = self.opts
@@ -222,9 +237,16 @@ class Scanner:
     def _excluded(self, name: bytes, is_dir: bool, rules: FilterRules) -> bool:
         return rules.has_rules and rules.excluded(name, is_dir)
 
-    def _list_dir(self, name: bytes, path: bytes, rules: FilterRules) -> list[FileEntry] | None:
+    def _list_dir(self, name: bytes, path: bytes, rules: FilterRules,
+                  top: bool = False) -> list[FileEntry] | None:
+        """One directory's entries, sorted as rsync sends them, indexes in that order."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if top or self.opts.copy_links else os.O_NOFOLLOW)
         try:
-            it = os.scandir(path)
+            fd = os.open(path, flags)
+            try:
+                rows = fsscan.list_dir(fd, follow_symlinks=self.opts.copy_links)
+            finally:
+                os.close(fd)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 self.state.problem(path, f"file has vanished: {quote(path)}", VANISHED)
@@ -232,30 +254,34 @@ class Scanner:
                 self.state.problem(path, f"opendir {quote(path)} failed: {exc.strerror} ({exc.errno})")
                 self.state.io_error = True
             return None
-        entries: list[FileEntry] = []
         prefix = b"" if name == ROOT else name + b"/"
-        with it:
-            for de in it:
-                child = prefix + de.name
-                child_path = de.path
-                try:
-                    st = os.stat(child_path) if self.opts.copy_links \
-                        else de.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    st = self._lstat(child_path)
-                    if st is None:
-                        continue
-                except OSError as exc:
-                    self.state.problem(child_path, f"link_stat {quote(child_path)} failed: {exc.strerror} ({exc.errno})")
-                    self.state.io_error = True
-                    continue
-                if rules.has_rules and rules.excluded(child, stat.S_ISDIR(st.st_mode)):
-                    continue
-                entry = self.make_entry(child, child_path, st)
-                if entry is not None:
-                    entries.append(entry)
-        entries.sort(key=sort_key)
+        listed = []
+        for row in rows:
+            base, mode = row[0], row[1]
+            child_path = path + b"/" + base
+            if mode <= 0:
+                self._stat_failed(child_path, -mode)
+                continue
+            if rules.has_rules and rules.excluded(prefix + base, stat.S_ISDIR(mode)):
+                continue
+            listed.append(row)
+        listed.sort(key=lambda row: (stat.S_ISDIR(row[1]), row[0]))
+        entries = []
+        for row in listed:
+            entry = self.make_entry(prefix + row[0], path + b"/" + row[0], Stat(*row[1:]))
+            if entry is not None:
+                entries.append(entry)
         return entries
+
+    def _stat_failed(self, path: bytes, err: int) -> None:
+        if err == 0:
+            self.state.problem(path, f"file has vanished: {quote(path)}", VANISHED)
+        elif err == errno.ENOENT and self.opts.copy_links:
+            self.state.problem(path, f"symlink has no referent: {quote(path)}")
+            self.state.io_error = True
+        else:
+            self.state.problem(path, f"link_stat {quote(path)} failed: {os.strerror(err)} ({err})")
+            self.state.io_error = True
 
     def batches(self) -> Iterator[DirBatch]:
         """Yield the whole transfer as DirBatch values, in the order rsync would send them."""
@@ -292,12 +318,17 @@ class Scanner:
                 rules = self.filters
                 if rules.has_rules and entry.name != ROOT:
                     rules = rules.enter_dir(ROOT, _merge_reader(os.path.dirname(path) or b"."))
-                yield from self._walk(entry, path, rules)
+                yield from self._walk(entry, path, rules, top=True)
 
-    def _walk(self, dir_entry: FileEntry, path: bytes, rules: FilterRules) -> Iterator[DirBatch]:
-        """Yield dir_entry's contents, then recurse (depth first) into its subdirectories."""
+    def _walk(self, dir_entry: FileEntry, path: bytes, rules: FilterRules,
+              top: bool = False) -> Iterator[DirBatch]:
+        """Yield dir_entry's contents, then recurse (depth first) into its subdirectories.
+
+        Only a directory the user named may be reached through a symlink; below it the
+        scan never follows one (unless -L).
+        """
         rules = rules.enter_dir(dir_entry.name, _merge_reader(path)) if rules.has_rules else rules
-        entries = self._list_dir(dir_entry.name, path, rules)
+        entries = self._list_dir(dir_entry.name, path, rules, top)
         if entries is None:
             return
         subdirs = [(e, path + b"/" + e.basename) for e in entries if e.is_dir] if self.opts.recursive else []

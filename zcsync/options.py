@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 from .errors import UsageError
@@ -72,6 +73,12 @@ class Options:
     log_file: str | None = None
     fsync: bool = True
     json: bool = False
+    # remote transports (client side only; never sent to the server)
+    rsh: str | None = None
+    zcsync_path: str | None = None
+    ssh_accept_new: bool = False
+    timeout: int | None = None
+    contimeout: int | None = None
 
     def replace(self, **changes: object) -> Options:
         """Return a copy with some fields changed (and validated)."""
@@ -105,6 +112,52 @@ class Options:
             raise UsageError("--inplace cannot be used with --delay-updates or --partial-dir")
         if sum(map(bool, (self.compare_dest, self.copy_dest, self.link_dest))) > 1:
             raise UsageError("You may not mix --compare-dest, --copy-dest, and --link-dest")
+
+
+# What only the client acts on: never sent to the server, never accepted from a client.
+CLIENT_ONLY = frozenset({"rsh", "zcsync_path", "ssh_accept_new", "contimeout", "log_file", "json",
+                         "stats", "list_only", "files_from", "quiet"})
+MAX_WIRE_OPTIONS = 64 * 1024
+
+
+def to_wire(opts: Options) -> str:
+    """The options the server needs, as JSON of the fields that differ from the defaults."""
+    default = Options()
+    changed = {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options)
+               if f.name not in CLIENT_ONLY and getattr(opts, f.name) != getattr(default, f.name)}
+    return json.dumps(changed, separators=(",", ":"), sort_keys=True)
+
+
+def from_wire(text: str) -> Options:
+    """Parse and type-check options a client sent (untrusted): plain JSON, known fields only."""
+    if len(text) > MAX_WIRE_OPTIONS:
+        raise UsageError("options from the client are too long")
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"unreadable options from the client: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UsageError("options from the client must be an object")
+    default = Options()
+    values: dict[str, object] = {}
+    for key, value in raw.items():
+        if key in CLIENT_ONLY or not hasattr(default, key) or key.startswith("_"):
+            raise UsageError(f"option {key!r} is not accepted from a client")
+        expected = getattr(default, key)
+        if isinstance(expected, tuple):
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise UsageError(f"option {key!r} must be a list of strings")
+            value = tuple(value)
+        elif isinstance(expected, bool) or (expected is None and isinstance(value, bool)):
+            if not isinstance(value, bool):
+                raise UsageError(f"option {key!r} must be true or false")
+        elif isinstance(expected, int) or (expected is None and isinstance(value, int)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise UsageError(f"option {key!r} must be a number")
+        elif not isinstance(value, str):
+            raise UsageError(f"option {key!r} must be a string")
+        values[key] = value
+    return Options(**values)  # type: ignore[arg-type]
 
 
 def from_mapping(values: dict[str, object]) -> Options:

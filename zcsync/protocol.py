@@ -25,7 +25,7 @@ __all__ = [
     "MAX_NAME", "MAX_LINK", "MAX_ENTRIES", "MAX_XATTRS", "MAX_XATTR_NAME", "MAX_XATTR_VALUE",
     "MAX_TEXT", "MAX_PATH_TEXT", "MAX_OWNER_NAME", "DIGEST_SIZE",
     "Message", "FlistBatch", "EntryExtras", "FlistEnd", "Request", "FileBegin", "Data", "FileEnd",
-    "FileSkip", "Done", "Committed", "Problem", "Log", "Stats", "Heartbeat", "Goodbye",
+    "FileSkip", "Done", "Committed", "Problem", "Log", "Item", "Stats", "Heartbeat", "Goodbye",
     "Negotiated", "Connection", "ConnectionClosed", "Decoder", "handshake", "entry_problem",
 ]
 
@@ -48,6 +48,7 @@ MAX_XATTR_VALUE = 65536  # XATTR_SIZE_MAX
 MAX_TEXT = 8192  # bytes of a Log / Problem / FileSkip message text
 MAX_PATH_TEXT = 5 * MAX_NAME  # an escaped name: every byte may become "\#ooo"
 MAX_OWNER_NAME = 255  # bytes of a user or group name
+MAX_ITEMIZE = 16  # an itemize string ("*deleting", ">f.st......")
 DIGEST_SIZE = 16  # xxh3-128
 MAX_STATS = 64  # counters in a Stats message
 MAX_STAT_KEY = 32
@@ -275,6 +276,18 @@ class Log(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Item(Message):
+    """A change the peer made or will make, for -i / -v output on the client (an itemize line)."""
+
+    TYPE: ClassVar[int] = 0x52
+    NAME: ClassVar[str] = "Item"
+    itemize: str
+    name: str
+    extra: str = ""
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Stats(Message):
     """The peer's counters, as (name, value) pairs of u64."""
 
@@ -308,17 +321,17 @@ class Goodbye(Message):
 
 
 AnyMessage = Union[FlistBatch, FlistEnd, Request, Done, FileBegin, Data, FileEnd, FileSkip,
-                   Committed, Problem, Log, Stats, Heartbeat, Goodbye]
+                   Committed, Problem, Log, Item, Stats, Heartbeat, Goodbye]
 
 _TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in (
     FlistBatch, FlistEnd, Request, Done, FileBegin, Data, FileEnd, FileSkip,
-    Committed, Problem, Log, Stats, Heartbeat, Goodbye)}
+    Committed, Problem, Log, Item, Stats, Heartbeat, Goodbye)}
 # Exact payload sizes of fixed-layout messages, checked from the header alone.
 _FIXED_SIZE: dict[int, int] = {
     FlistEnd.TYPE: 1, Done.TYPE: 0, FileBegin.TYPE: _FILE_BEGIN.size, FileEnd.TYPE: _FILE_END.size,
     Committed.TYPE: 4, Heartbeat.TYPE: 0, Goodbye.TYPE: 1,
 }
-_COMMON = frozenset({Problem, Log, Stats, Heartbeat, Goodbye})
+_COMMON = frozenset({Problem, Log, Item, Stats, Heartbeat, Goodbye})
 #: What each side accepts from its peer; the rest is a protocol error.
 ACCEPTS: dict[str, frozenset[type[Message]]] = {
     "sender": _COMMON | {Request, Done, Committed},
@@ -538,6 +551,14 @@ def encode_payload(msg: Message, frame_max: int = DEFAULT_FRAME_MAX) -> bytes:
             path = _encode_text(msg.path, MAX_PATH_TEXT)
             text = _encode_text(msg.message, MAX_TEXT)
             return b"".join((_PROBLEM.pack(msg.code, len(path)), path, _U16.pack(len(text)), text))
+        if isinstance(msg, Item):
+            itemize = _encode_text(msg.itemize, MAX_ITEMIZE)
+            name = _encode_text(msg.name, MAX_PATH_TEXT)
+            extra = _encode_text(msg.extra, MAX_PATH_TEXT + 8)
+            if not 0 <= msg.size < _U64_LIMIT:
+                raise ValueError(f"impossible size {msg.size}")
+            return b"".join((_U8.pack(len(itemize)), itemize, _U16.pack(len(name)), name,
+                             _U16.pack(len(extra)), extra, _U64.pack(msg.size)))
         if isinstance(msg, Log):
             if msg.level not in _LOG_LEVELS:
                 raise ValueError(f"log level must be one of {sorted(_LOG_LEVELS)}")
@@ -848,6 +869,18 @@ class Decoder:
         message = _clean_text(r.take(n, MAX_TEXT, "a message"), "a message")
         return Problem(path, message, code)
 
+    def _d_Item(self, r: _Reader) -> Item:
+        (n,) = r.unpack(_U8)
+        itemize = _clean_text(r.take(n, MAX_ITEMIZE, "an itemize string"), "an itemize string")
+        (n,) = r.unpack(_U16)
+        name = _clean_text(r.take(n, MAX_PATH_TEXT, "a name"), "a name")
+        (n,) = r.unpack(_U16)
+        extra = _clean_text(r.take(n, MAX_PATH_TEXT + 8, "a link target"), "a link target")
+        (size,) = r.unpack(_U64)
+        if size >= _U64_LIMIT:
+            raise ProtocolError(f"peer sent an impossible size {size}")
+        return Item(itemize, name, extra, size)
+
     def _d_Log(self, r: _Reader) -> Log:
         level, n = r.unpack(_LOG)
         if level not in _LOG_LEVELS:
@@ -977,8 +1010,9 @@ class Connection:
 
     def _flush_locked(self) -> None:
         if self._wbuf:
-            self._write(self._wbuf)
-            self._wbuf = bytearray()
+            # Swap first: if the write fails, a view of the old buffer may live on in the traceback.
+            data, self._wbuf = self._wbuf, bytearray()
+            self._write(data)
 
     def _write(self, data: Buffer) -> None:
         self.stream.write(data)

@@ -61,6 +61,7 @@ class Report:
     """Collects events and problems from every role; thread-safe; decides the exit code."""
 
     on_event: Callable[[Event], None] | None = None
+    forward: Callable[[FileProblem], None] | None = None  # server side: send problems to the client
     stats: Stats = field(default_factory=Stats)
     problems: list[FileProblem] = field(default_factory=list)
     exit_code: int = 0
@@ -76,8 +77,11 @@ class Report:
         self.event(Event("", text))
 
     def problem(self, problem: FileProblem) -> None:
-        """Record (and log) a per-file problem; the run goes on."""
-        log.error("%s", problem.message)
+        """Record (and log, or forward to the client) a per-file problem; the run goes on."""
+        if self.forward is not None:
+            self.forward(problem)
+        else:
+            log.error("%s", problem.message)
         with self._lock:
             self.problems.append(problem)
             self.exit_code = errors.worst(self.exit_code, problem.code)

@@ -1,0 +1,122 @@
+"""The client end of a remote transfer: start `zcsync --server` on the other host and run our role."""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from . import errors
+from .endpoints import Endpoint, parse_endpoint
+from .engine import RunResult, source_args
+from .errors import RemoteNotFound, StreamError, UsageError, ZcsyncError
+from .filters import FilterRules
+from .options import Options, to_wire
+from .protocol import Connection, handshake
+from .remote import ReceivingSide, SendingSide
+from .sender import Sender
+from .stats import Event, Report
+from .transport.base import Stream
+
+
+def split_remote(paths: list[str]) -> tuple[list[Endpoint], Endpoint]:
+    """Parse SRC... DST; refuse remote-to-remote and mixed remote sources."""
+    *srcs, dst = [parse_endpoint(p) for p in paths]
+    remote_srcs = [s for s in srcs if s.is_remote]
+    if remote_srcs and dst.is_remote:
+        raise UsageError("The source and destination cannot both be remote.")
+    if remote_srcs:
+        first = remote_srcs[0]
+        if len(remote_srcs) != len(srcs) or any(
+                (s.kind, s.host, s.user, s.port, s.module) != (first.kind, first.host, first.user, first.port,
+                                                              first.module) for s in srcs):
+            raise UsageError("All remote sources must be on the same host")
+    return srcs, dst
+
+
+def server_argv(role: str, opts: Options, paths: list[str]) -> list[str]:
+    """The arguments of the remote `zcsync --server` (role is the server's)."""
+    return ["--server", f"--{role}", f"--options={to_wire(opts)}", "--", *paths]
+
+
+def open_stream(endpoint: Endpoint, argv: list[str], opts: Options) -> Stream:
+    """Start the remote end over ssh (paramiko) or the -e command."""
+    if endpoint.kind != "ssh":
+        raise UsageError(f"{endpoint}: the zcsync daemon transport is not available yet")
+    rsh = opts.rsh or os.environ.get("ZCSYNC_RSH")
+    if rsh:
+        from .transport.rsh import open_rsh
+        return open_rsh(rsh, endpoint, argv, program=opts.zcsync_path,
+                        timeout=float(opts.timeout) if opts.timeout else None)
+    from .transport.ssh import SshOptions, open_ssh
+    ssh_opts = SshOptions(accept_new=opts.ssh_accept_new,
+                          connect_timeout=float(opts.contimeout) if opts.contimeout else None,
+                          timeout=float(opts.timeout) if opts.timeout else None)
+    return open_ssh(endpoint, argv, options=ssh_opts, program=opts.zcsync_path)
+
+
+def run_remote(paths: list[str], opts: Options, on_event: Callable[[Event], None] | None = None) -> RunResult:
+    """Push (remote DST) or pull (remote SRC) over a stream to `zcsync --server`."""
+    started = time.monotonic()
+    srcs, dst = split_remote(paths)
+    if opts.files_from is not None:
+        raise UsageError("--files-from is not supported with a remote host yet")
+    report = Report(on_event=on_event)
+    filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded)
+    if dst.is_remote:
+        endpoint = dst
+        stream = open_stream(endpoint, server_argv("receiver", opts, [dst.path or "."]), opts)
+    else:
+        endpoint = srcs[0]
+        stream = open_stream(endpoint, server_argv("sender", opts, [s.path or "." for s in srcs]), opts)
+    conn = Connection(stream, side="sender" if dst.is_remote else "receiver", peer=endpoint.host or "peer")
+    try:
+        with _translate(stream, endpoint):
+            handshake(conn, "client")
+            if dst.is_remote:
+                sender = Sender(source_args([s.path for s in srcs], opts), opts, filters,
+                                on_problem=report.problem)
+                SendingSide(conn, sender, opts, report).run()
+            else:
+                side = ReceivingSide(conn, dst.path, opts, report, filters)
+                try:
+                    side.run()
+                finally:
+                    side.close()
+    finally:
+        report.stats.bytes_sent = conn.bytes_sent
+        report.stats.bytes_received = conn.bytes_received
+        stream.close()
+    report.stats.elapsed_s = time.monotonic() - started
+    return RunResult(report.exit_code, report, report.problems)
+
+
+class _translate:
+    """A stream that ends early: say why (remote program missing, ssh's own exit status)."""
+
+    def __init__(self, stream: Stream, endpoint: Endpoint) -> None:
+        self.stream = stream
+        self.endpoint = endpoint
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:  # type: ignore[no-untyped-def]
+        if exc is None or not isinstance(exc, StreamError) or isinstance(exc, RemoteNotFound):
+            return False
+        try:
+            self.stream.close()
+        except ZcsyncError:
+            pass
+        status = self.stream.exit_status
+        if status == errors.REMOTE_NOT_FOUND:
+            raise RemoteNotFound(f"zcsync not found on {self.endpoint.host} "
+                                 "(install it there or pass --zcsync-path)") from exc
+        if status == 255:
+            raise _SshFailed(f"ssh to {self.endpoint.host} failed (exit 255)") from exc
+        return False
+
+
+class _SshFailed(ZcsyncError):
+    """{detail}"""
+
+    exit_code = 255
