@@ -189,6 +189,7 @@ def differential(
     env: Mapping[str, str] | None = None,
     check_returncode: bool = True,
     tool: Runner | None = None,
+    zcsync_extra: Sequence[str] = (),
 ) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
     """Run rsync and zcsync with the same options on identical trees; assert the same outcome.
 
@@ -211,6 +212,8 @@ def differential(
       directory times.
     - tool replaces run_zcsync (same call signature as run_zcsync minus check), e.g.
       to check the harness itself with rsync on both sides.
+    - "{run}" in paths becomes the run directory's absolute path (remote operands);
+      zcsync_extra are arguments only zcsync gets (e.g. --zcsync-path).
 
     Returns (rsync_result, zcsync_result) for callers to compare output.
     """
@@ -223,19 +226,22 @@ def differential(
     if prepare is not None:
         prepare(base_src, base_dst)
 
-    argv = [*options, *(paths if paths is not None else ["src" + src_suffix, "dst"])]
+    run_dir = work / "run"
+    # "{run}" in a path is the run directory's absolute path (for host:/abs/path operands).
+    argv = [*options, *(p.replace("{run}", str(run_dir))
+                        for p in (paths if paths is not None else ["src" + src_suffix, "dst"]))]
     runners: dict[str, Runner] = {
         "rsync": _run_rsync_as_tool,
         "zcsync": tool if tool is not None else run_zcsync,
     }
     # Both tools run in the same directory, one after the other, so that even the
     # absolute paths in their messages are the same; each result is then moved aside.
-    run_dir = work / "run"
     sides: dict[str, pathlib.Path] = {}
     results: dict[str, subprocess.CompletedProcess] = {}
     for name, runner in runners.items():
         copy_tree(work / "base", run_dir)
-        results[name] = runner(argv, cwd=run_dir, env=env)
+        args = [*zcsync_extra, *argv] if name == "zcsync" else argv
+        results[name] = runner(args, cwd=run_dir, env=env)
         sides[name] = work / name
         run_dir.rename(sides[name])
     expected, actual = results["rsync"], results["zcsync"]

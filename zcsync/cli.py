@@ -357,7 +357,10 @@ def run_cli(paths: list[str], opts: Options) -> int:
         if len(paths) > 1 and not opts.list_only:
             _summary(result.report, opts, time.monotonic() - started)
     except ZcsyncError as exc:
-        log.error("%s", exc.message)
+        if os.environ.get("ZCSYNC_DEBUG"):
+            log.exception("%s", exc.message)
+        else:
+            log.error("%s", exc.message)
         code = exc.exit_code
     finally:
         out.flush()

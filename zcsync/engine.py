@@ -247,6 +247,8 @@ def run_local(sources_text: list[str], dest: str, opts: Options,
     sender = Sender(sources, opts, filters, read_xattrs=read_source_xattrs(opts), on_problem=report.problem)
     batches = sender.batches()
     top = next(batches)
+    if not top.entries:  # nothing to transfer: rsync does not even create DST
+        return RunResult(report.exit_code, report, report.problems)
     receiver = make_receiver(dest, opts, top, report, filters, io_error=lambda: sender.io_error,
                              source_digest=sender.digest,
                              remove_source=sender.remove if opts.remove_source_files else None)

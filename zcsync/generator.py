@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -65,6 +66,7 @@ class Generator:
 
     def __post_init__(self) -> None:
         self.writer.on_commit = self._committed
+        self._hl_lock = threading.Lock()
         o = self.opts
         self._plain_final = not (o.hard_links or o.remove_source_files)
         # May an up-to-date file be recognised from its stat alone?
@@ -361,8 +363,10 @@ class Generator:
         if self._plain_final:
             return
         if self.opts.hard_links:
-            self.hl_done[entry.index] = name
-            for follower in self.hl_waiting.pop(entry.index, ()):
+            with self._hl_lock:  # the writer thread commits while the generator thread lists
+                self.hl_done[entry.index] = name
+                followers = self.hl_waiting.pop(entry.index, ())
+            for follower in followers:
                 self._link_to(follower, self.dest_name(follower), name, self.lookup(self.dest_name(follower)))
         if self.opts.remove_source_files and self.remove_source is not None:
             self.remove_source(entry)
@@ -441,11 +445,12 @@ class Generator:
     def _hard_link(self, entry: FileEntry, name: bytes, st: os.stat_result | None) -> Request | None:
         leader = entry.hlink
         assert leader is not None
-        target = self.hl_done.get(leader)
-        if target is None:
-            # The leader's data is still on its way (or failed): wait for its commit.
-            self.hl_waiting.setdefault(leader, []).append(entry)
-            return None
+        with self._hl_lock:
+            target = self.hl_done.get(leader)
+            if target is None:
+                # The leader's data is still on its way (or failed): wait for its commit.
+                self.hl_waiting.setdefault(leader, []).append(entry)
+                return None
         self._link_to(entry, name, target, st)
         return None
 

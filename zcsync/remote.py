@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 
 import xxhash
 
@@ -23,7 +24,8 @@ from .flist import DirBatch, FileEntry
 from .options import Options
 from .pathnames import escape
 from .protocol import (Committed, Connection, Data, Done, EntryExtras, FileBegin, FileEnd, FileSkip,
-                       FlistBatch, FlistEnd, Goodbye, Heartbeat, Item, Log, Problem, Request, Stats)
+                       FlistBatch, FlistEnd, Goodbye, Heartbeat, Item, Log, Message, Problem, Request,
+                       Stats)
 from .sender import Sender, SourceChanged
 from .stats import Event, Report
 from .transport.local import count_entries
@@ -53,12 +55,16 @@ def stats_message(report: Report) -> Stats:
     return Stats.of(counters)
 
 
-def common(msg: object, report: Report) -> bool:
-    """Handle what either side may get at any time; True if msg was one of those."""
+def common(msg: object, report: Report, sending: bool = False) -> bool:
+    """Handle what either side may get at any time; True if msg was one of those.
+
+    The sending side shows a received file as rsync does from there: "<f" (sent), not ">f".
+    """
     if isinstance(msg, Problem):
         report.problem(FileProblem(msg.path, msg.message, msg.code))
     elif isinstance(msg, Item):
-        report.event(Event(msg.itemize, msg.name, msg.extra, msg.size))
+        itemize = "<" + msg.itemize[1:] if sending and msg.itemize.startswith(">") else msg.itemize
+        report.event(Event(itemize, msg.name, msg.extra, msg.size))
     elif isinstance(msg, Log):
         logging.getLogger("zcsync").log(msg.level, "%s", msg.text)
     elif isinstance(msg, Stats):
@@ -168,7 +174,7 @@ class SendingSide:
                         self.sender.remove(entry)
                 elif isinstance(msg, Done):
                     break
-                elif not common(msg, self.report):
+                elif not common(msg, self.report, sending=True):
                     raise ProtocolError(f"unexpected {type(msg).__name__} from the receiver")
                 if self._flist_error is not None:
                     raise self._flist_error
@@ -187,7 +193,7 @@ class SendingSide:
             elif isinstance(msg, Goodbye):
                 self.report.outcome(msg.exit_code)
                 return
-            elif not common(msg, self.report):
+            elif not common(msg, self.report, sending=True):
                 raise ProtocolError(f"unexpected {type(msg).__name__} from the receiver")
 
 
@@ -200,11 +206,12 @@ class _Redo(Exception):
 class StreamFile:
     """A DataSource whose bytes arrive as DATA frames until FileEnd."""
 
-    def __init__(self, conn: Connection, index: int, size: int, report: Report) -> None:
+    def __init__(self, conn: Connection, index: int, size: int,
+                 other: Callable[[Message], bool]) -> None:
         self.conn = conn
         self.index = index
         self.size = size
-        self.report = report
+        self.other = other  # file-list frames interleave with file data
         self._digest: bytes | None = None
         self.consumed = False
 
@@ -228,7 +235,7 @@ class StreamFile:
             elif isinstance(msg, FileEnd):
                 self._digest = msg.digest if got == self.size else b"short"
                 return hasher.digest()
-            elif not common(msg, self.report):
+            elif not self.other(msg):
                 raise ProtocolError(f"unexpected {type(msg).__name__} inside a file's data")
 
     def digest(self) -> bytes:
@@ -240,7 +247,7 @@ class StreamFile:
         if self._digest is not None:
             return
         while not isinstance(msg := self.conn.recv(), FileEnd):
-            if not isinstance(msg, Data) and not common(msg, self.report):
+            if not isinstance(msg, Data) and not self.other(msg):
                 raise ProtocolError(f"unexpected {type(msg).__name__} inside a file's data")
         self._digest = msg.digest
 
@@ -264,6 +271,7 @@ class ReceivingSide:
         self._parts: list[FileEntry] = []
         self._lock = threading.Lock()
         self._listed = False
+        self._empty = False
         self._redo_sent = False
         self._done_sent = False
         self._gen_error: BaseException | None = None
@@ -341,7 +349,7 @@ class ReceivingSide:
             second_try = begin.index in self.redo
         if request is None:
             raise ProtocolError(f"peer sent data for index {begin.index}, which was not requested")
-        source = StreamFile(self.conn, begin.index, begin.size, self.report)
+        source = StreamFile(self.conn, begin.index, begin.size, self._flist_or_common)
         try:
             ok = self.receiver.writer.write(request, source)
         except _Redo:
@@ -361,28 +369,36 @@ class ReceivingSide:
             with self._lock:
                 self.redo.pop(begin.index, None)
 
+    def _flist_or_common(self, msg: Message) -> bool:
+        """File-list frames and the messages either side may get; True if msg was one."""
+        if isinstance(msg, FlistBatch):
+            self.io_error = self.io_error or msg.io_error
+            self._parts.extend(self._local_batch(msg).entries)
+            if not msg.more:
+                batch = DirBatch(msg.dir_name, tuple(self._parts), msg.expanded)
+                self._parts = []
+                if self.receiver is None and not self._empty:
+                    if not batch.entries:
+                        self._empty = True  # nothing to transfer: rsync does not even create DST
+                        with self._lock:
+                            self._listed = True
+                    else:
+                        self._start(batch)
+                count_entries(self.report.stats, batch)
+                self.batches.put(batch)
+        elif isinstance(msg, FlistEnd):
+            self.io_error = self.io_error or msg.io_error
+            self.batches.put(None)
+        else:
+            return common(msg, self.report)
+        return True
+
     def run(self) -> None:
         """Read frames until the sender's Goodbye; then finish the destination."""
         try:
             while True:
                 msg = self.conn.recv()
-                if isinstance(msg, FlistBatch):
-                    self.io_error = self.io_error or msg.io_error
-                    self._parts.extend(self._local_batch(msg).entries)
-                    if msg.more:
-                        continue
-                    batch = DirBatch(msg.dir_name, tuple(self._parts), msg.expanded)
-                    self._parts = []
-                    if self.receiver is None:
-                        self._start(batch)
-                    count_entries(self.report.stats, batch)
-                    self.batches.put(batch)
-                elif isinstance(msg, FlistEnd):
-                    self.io_error = self.io_error or msg.io_error
-                    if self.receiver is None:
-                        raise ProtocolError("the file list was empty")
-                    self.batches.put(None)
-                elif isinstance(msg, FileBegin):
+                if isinstance(msg, FileBegin):
                     self._receive_file(msg)
                 elif isinstance(msg, FileSkip):
                     with self._lock:
@@ -394,7 +410,7 @@ class ReceivingSide:
                 elif isinstance(msg, Goodbye):
                     self.report.outcome(msg.exit_code)
                     break
-                elif not common(msg, self.report):
+                elif not self._flist_or_common(msg):
                     raise ProtocolError(f"unexpected {type(msg).__name__} from the sender")
                 if self._gen_error is not None:
                     raise self._gen_error

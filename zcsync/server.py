@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 from . import errors
@@ -104,6 +105,8 @@ def serve(argv: list[str], rfd: int = 0, wfd: int = 1) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return errors.SIGNAL
+    finally:
+        conn.close()
 
 
 def _fatal(conn: Connection, message: str, code: int) -> None:
@@ -116,12 +119,18 @@ def _fatal(conn: Connection, message: str, code: int) -> None:
         log.error("%s", message)
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise errors.Interrupted(signal.Signals(signum).name)
+
+
 def main(argv: list[str]) -> int:
     """Entry point for `zcsync --server ...` (stdin/stdout carry the protocol)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("zcsync: %(message)s"))
     logging.getLogger("zcsync").addHandler(handler)
     logging.getLogger("zcsync").propagate = False
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)
     # Keep the protocol on private descriptors: a stray print must not corrupt it.
     rfd, wfd = os.dup(0), os.dup(1)
     os.dup2(2, 1)

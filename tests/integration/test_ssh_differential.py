@@ -1,0 +1,195 @@
+"""zcsync over a real sshd against `rsync -e ssh` on the same trees: push and pull, paramiko and -e."""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.oracle import differential, output_lines
+
+from .sshd import ALIAS, remote_zcsync_path
+
+
+@pytest.fixture(params=["paramiko", "rsh"])
+def via(request, sshd):
+    """How zcsync reaches the server: its own paramiko client, or OpenSSH through -e (as rsync)."""
+    return [] if request.param == "paramiko" else ["-e", sshd.rsh]
+
+
+def _extra() -> list[str]:
+    return ["--zcsync-path", remote_zcsync_path()]
+
+
+def _same_items(rs, zc) -> None:
+    want, got = output_lines(rs.stdout), output_lines(zc.stdout)
+    assert want == got, f"only rsync: {sorted(set(want) - set(got))}\nonly zcsync: {sorted(set(got) - set(want))}"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_push_fresh(tmp_path, sshd, via, seed):
+    rsh = via
+    rs, zc = differential(tmp_path, ["-aS", "-i", *rsh], seed=seed, env=sshd.env(),
+                          paths=["src/", f"{ALIAS}:{{run}}/dst"], zcsync_extra=_extra())
+    _same_items(rs, zc)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_pull_fresh(tmp_path, sshd, via, seed):
+    rsh = via
+    rs, zc = differential(tmp_path, ["-aS", "-i", *rsh], seed=seed, env=sshd.env(),
+                          paths=[f"{ALIAS}:{{run}}/src/", "dst"], zcsync_extra=_extra())
+    _same_items(rs, zc)
+
+
+def test_push_resync_delete_hard_links(tmp_path, sshd, via):
+    rsh = via
+    differential(tmp_path, ["-aH", "--delete", *rsh], seed=3, mutate=True, env=sshd.env(),
+                 paths=["src/", f"{ALIAS}:{{run}}/dst"], zcsync_extra=_extra())
+
+
+def test_pull_resync_delete(tmp_path, sshd, via):
+    rsh = via
+    rs, zc = differential(tmp_path, ["-a", "--delete", "-i", *rsh], seed=4, mutate=True, env=sshd.env(),
+                          paths=[f"{ALIAS}:{{run}}/src/", "dst"], zcsync_extra=_extra())
+    _same_items(rs, zc)
+
+
+def test_push_no_trailing_slash_filters_checksum(tmp_path, sshd):
+    differential(tmp_path, ["-a", "-c", "--exclude=*.bin", "--delete"], seed=5, mutate=True, env=sshd.env(),
+                 paths=["src", f"{ALIAS}:{{run}}/dst"], compare_kwargs={"root_times": False},
+                 zcsync_extra=_extra())
+
+
+def test_pull_dry_run(tmp_path, sshd):
+    rs, zc = differential(tmp_path, ["-a", "-n", "-i", "--delete"], seed=6, mutate=True, env=sshd.env(),
+                          paths=[f"{ALIAS}:{{run}}/src/", "dst"], zcsync_extra=_extra())
+    _same_items(rs, zc)
+
+
+def test_push_backup_and_link_dest(tmp_path, sshd):
+    def prepare(src: pathlib.Path, dst: pathlib.Path) -> None:
+        subprocess.run(["rsync", "-a", "--mkpath", f"{src}/", f"{dst}/prev/"], check=True)
+        (src / "new-file").write_bytes(b"new")
+        os.utime(src, ns=(1_600_000_000_000_000_000,) * 2)
+    differential(tmp_path, ["-a", "--link-dest=../prev"], seed=7, prepare=prepare, env=sshd.env(),
+                 paths=["src/", f"{ALIAS}:{{run}}/dst/new"], zcsync_extra=_extra())
+
+
+def test_remote_missing_source(tmp_path, sshd):
+    rs, zc = differential(tmp_path, ["-a"], seed=8, env=sshd.env(),
+                          paths=[f"{ALIAS}:{{run}}/src/nonexistent", "dst"], zcsync_extra=_extra())
+    assert zc.returncode == 23
+    assert "nonexistent" in zc.stderr
+
+
+def test_remote_program_missing(tmp_path, sshd):
+    (tmp_path / "src").mkdir()
+    result = subprocess.run([sys.executable, "-m", "zcsync", "-a", "--zcsync-path", "/nonexistent/zcsync",
+                             f"{tmp_path}/src/", f"{ALIAS}:{tmp_path}/dst"],
+                            env=sshd.env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 127, result.stderr
+    assert "zcsync not found on" in result.stderr and "--zcsync-path" in result.stderr
+
+
+def test_remote_shell_banner(tmp_path, sshd):
+    (tmp_path / "src").mkdir()
+    noisy = f"echo Welcome to the server; {remote_zcsync_path()}"
+    result = subprocess.run([sys.executable, "-m", "zcsync", "-a", "--zcsync-path", noisy,
+                             f"{tmp_path}/src/", f"{ALIAS}:{tmp_path}/dst"],
+                            env=sshd.env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 5, result.stderr
+    assert "is the remote shell printing text?" in result.stderr
+    assert "Welcome" in result.stderr
+
+
+def test_unknown_host_key_refused(tmp_path, sshd):
+    (tmp_path / "src").mkdir()
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    config = tmp_path / "ssh_config"
+    config.write_text(sshd.host_block("stranger", UserKnownHostsFile=str(empty)))
+    result = subprocess.run([sys.executable, "-m", "zcsync", "-a", "--zcsync-path", remote_zcsync_path(),
+                             f"{tmp_path}/src/", f"stranger:{tmp_path}/dst"],
+                            env=sshd.env(ZCSYNC_SSH_CONFIG=str(config),
+                                         ZCSYNC_KNOWN_HOSTS=str(tmp_path / "zk")),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 5, result.stderr
+    assert "SHA256:" in result.stderr
+    assert not (tmp_path / "dst").exists()
+
+
+def test_sshd_killed_mid_transfer_keeps_old_files(tmp_path, sshd):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    block = os.urandom(1 << 20)
+    for i in range(4):
+        with open(src / f"big{i}", "wb") as f:
+            for _ in range(160):
+                f.write(block)
+        (dst / f"big{i}").write_bytes(b"old")
+    proc = subprocess.Popen([sys.executable, "-m", "zcsync", "-a", "--zcsync-path", remote_zcsync_path(),
+                             f"{src}/", f"{ALIAS}:{dst}/"],
+                            env=sshd.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not [p for p in dst.iterdir() if p.name.endswith(".zcs")]:
+        time.sleep(0.01)
+    # Kill the sshd process that serves this session (sshd's per-connection child).
+    subprocess.run(["pkill", "-KILL", "-f", "sshd: root@notty"], check=False)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the transfer finished before sshd was killed")
+    assert proc.returncode in (10, 12), err
+    time.sleep(1)  # the server notices the lost connection and cleans up
+    for i in range(4):
+        data = (dst / f"big{i}").read_bytes()
+        assert data == b"old" or data == (src / f"big{i}").read_bytes()
+    assert not [p for p in dst.rglob("*") if p.name.endswith(".zcs")]
+    # and a rerun completes
+    again = subprocess.run([sys.executable, "-m", "zcsync", "-a", "--zcsync-path", remote_zcsync_path(),
+                            f"{src}/", f"{ALIAS}:{dst}/"], env=sshd.env(), capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr
+    for i in range(4):
+        assert (dst / f"big{i}").read_bytes() == (src / f"big{i}").read_bytes()
+
+
+def test_timeout_on_stalled_peer(tmp_path, sshd):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(200):
+        (src / f"f{i}").write_bytes(os.urandom(100_000))
+    env = sshd.env()
+    proc = subprocess.Popen([sys.executable, "-m", "zcsync", "-a", "--timeout=3", "--zcsync-path",
+                             remote_zcsync_path(), f"{src}/", f"{ALIAS}:{tmp_path}/dst"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Stop the remote end (the server process) as soon as it exists.
+    deadline = time.monotonic() + 20
+    stopped = []
+    while time.monotonic() < deadline and not stopped:
+        out = subprocess.run(["pgrep", "-f", "zcsync --server"], capture_output=True, text=True).stdout.split()
+        for pid in out:
+            try:
+                os.kill(int(pid), signal.SIGSTOP)
+                stopped.append(int(pid))
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    if not stopped:
+        pytest.skip("could not catch the server process")
+    assert proc.returncode == 30, err
+    assert "timeout" in err.lower() or "no progress" in err.lower()
+
