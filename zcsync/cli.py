@@ -151,6 +151,16 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
         raise click.BadParameter(str(exc)) from exc
 
 
+def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """--bwlimit: a plain number is KiB/s (rsync), suffixes as --max-size; returns bytes/s."""
+    if value is None:
+        return None
+    try:
+        return parse_size(value, default_unit="k")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
 def flag(*decls: str, help: str) -> Any:
     """A boolean rsync flag with a --no- form; None when not given (so -a can fill it)."""
     return click.option(*decls, default=None, help=help)
@@ -227,6 +237,19 @@ def _cmd_options(f: Any) -> Any:
         click.option("-e", "--rsh", metavar="COMMAND", default=None, help="specify the remote shell to use (e.g. 'ssh -p 2222')"),
         click.option("--zcsync-path", metavar="PROGRAM", default=None, help="specify the zcsync to run on the remote machine"),
         click.option("--ssh-accept-new", is_flag=True, default=False, help="trust an unknown host key and remember it (zcsync's own known_hosts)"),
+        click.option("-z", "--compress", is_flag=True, default=False, help="compress file data during the transfer"),
+        click.option("--compress-choice", "--zc", "compress_choice", type=click.Choice(["zstd", "lz4", "none"]), default=None, help="choose the compression algorithm"),
+        click.option("--skip-compress", metavar="LIST", default=None, help="skip compressing files with suffix in LIST"),
+        click.option("--bwlimit", metavar="RATE", default=None, callback=_rate, help="limit socket I/O bandwidth (KiB/s; rsync's units)"),
+        click.option("--progress", "progress_flag", is_flag=True, default=False, help="show progress during transfer"),
+        click.option("-P", "partial_progress", is_flag=True, default=False, help="same as --partial --progress"),
+        click.option("--info", metavar="FLAGS", default=None, help="fine-grained informational verbosity (progress2 supported)"),
+        click.option("--progress-always", is_flag=True, default=False, help="draw progress even when stderr is not a terminal"),
+        click.option("--out-format", metavar="FORMAT", default=None, help="output updates using the specified FORMAT"),
+        click.option("--json", "json_", is_flag=True, default=False, help="print one JSON document with the result on stdout"),
+        click.option("--port", type=click.IntRange(1, 65535), default=None, help="specify double-colon alternate port number"),
+        click.option("--password-file", metavar="FILE", default=None, help="read daemon-access password from FILE"),
+        click.option("--transport", type=click.Choice(["tcp"]), default=None, help="tcp: start a one-shot raw-TCP listener over ssh (data not encrypted)"),
         click.option("--timeout", type=click.IntRange(min=0), default=None, metavar="SECONDS", help="set I/O timeout in seconds"),
         click.option("--contimeout", type=click.IntRange(min=0), default=None, metavar="SECONDS", help="set connection timeout in seconds"),
         click.option("--version", is_flag=True, default=False, help="print the version and exit"),
@@ -270,6 +293,22 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
         values["delete"] = True
     values["delete_mode"] = "before" if before else "after" if after else "during"
     values["itemize"] = bool(values["itemize"])
+    progress_flag, partial_progress, info = (values.pop("progress_flag"), values.pop("partial_progress"),
+                                             values.pop("info"))
+    values["json"] = values.pop("json_")
+    if partial_progress:
+        values["partial"] = True
+    progress = "file" if progress_flag or partial_progress else None
+    for word in (info or "").split(","):
+        if word in ("progress2",):
+            progress = "total"
+        elif word in ("progress1", "progress"):
+            progress = "file"
+        elif word in ("progress0", "none", ""):
+            progress = None if word else progress
+        else:
+            raise click.UsageError(f"--info={word} is not supported (progress, progress1, progress2, progress0)")
+    values["progress"] = progress
     if kw.get("itemize", 0) > 1:
         values["verbose"] = max(values["verbose"], 2)
     values["link_dest"] = tuple(values["link_dest"])

@@ -73,7 +73,17 @@ class Options:
     log_file: str | None = None
     fsync: bool = True
     json: bool = False
+    compress: bool = False
+    compress_choice: str | None = None  # zstd | lz4 | none
+    skip_compress: str | None = None  # rsync's --skip-compress list (suffixes, '/'-separated)
+    bwlimit: int | None = None  # bytes per second (rsync's units parsed by the CLI)
+    progress: str | None = None  # None | "file" (--progress) | "total" (--info=progress2)
+    progress_always: bool = False  # draw progress even when stderr is not a terminal
+    out_format: str | None = None
     # remote transports (client side only; never sent to the server)
+    port: int | None = None
+    password_file: str | None = None
+    transport: str | None = None  # None (as the endpoint says) | "tcp" (ssh-bootstrapped raw TCP)
     rsh: str | None = None
     zcsync_path: str | None = None
     ssh_accept_new: bool = False
@@ -110,13 +120,18 @@ class Options:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative")
         if self.inplace and (self.delay_updates or self.partial_dir):
             raise UsageError("--inplace cannot be used with --delay-updates or --partial-dir")
+        if self.compress_choice not in (None, "zstd", "lz4", "none"):
+            raise UsageError(f"--compress-choice must be zstd, lz4 or none, not {self.compress_choice!r}")
+        if self.bwlimit is not None and self.bwlimit < 0:
+            raise UsageError("--bwlimit must not be negative")
         if sum(map(bool, (self.compare_dest, self.copy_dest, self.link_dest))) > 1:
             raise UsageError("You may not mix --compare-dest, --copy-dest, and --link-dest")
 
 
 # What only the client acts on: never sent to the server, never accepted from a client.
 CLIENT_ONLY = frozenset({"rsh", "zcsync_path", "ssh_accept_new", "contimeout", "log_file", "json",
-                         "stats", "list_only", "files_from", "quiet"})
+                         "stats", "list_only", "files_from", "quiet", "progress", "progress_always",
+                         "out_format", "port", "password_file", "transport"})
 MAX_WIRE_OPTIONS = 64 * 1024
 
 
