@@ -9,6 +9,7 @@ setup(
             depends=["zcsync/delta/xxhash.h"],
             extra_compile_args=["-O3"],
         ),
-        Extension("zcsync._fsscan", ["zcsync/_fsscan.c"]),
+        Extension("zcsync._fsscan", ["zcsync/_fsscan.c"], depends=["zcsync/delta/xxhash.h"],
+                  extra_compile_args=["-O2"]),
     ],
 )

@@ -40,6 +40,9 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#define XXH_INLINE_ALL
+#include "delta/xxhash.h"
+
 #ifdef __APPLE__
 #  define ST_MTIM st_mtimespec
 #else
@@ -380,7 +383,136 @@ done:
     return list;
 }
 
+/* ---- digest_names ------------------------------------------------------- */
+
+PyDoc_STRVAR(digest_names_doc,
+"digest_names(dir_fd, names, sizes) -> list[bytes | int]\n\n"
+"xxh3-128 (canonical, as xxhash.xxh3_128().digest()) of each regular file\n"
+"names[i] below dir_fd, opened with O_NOFOLLOW. Returns the 16-byte digest, or\n"
+"-errno when it cannot be read, or -1 when it is not a regular file of exactly\n"
+"sizes[i] bytes (it changed). The GIL is released for the whole batch.");
+
+#define DIGEST_BUF (256 * 1024)
+
+static int
+digest_one(int dir_fd, const char *name, long long size, unsigned char *buf,
+           XXH3_state_t *state, XXH128_canonical_t *out)
+{
+    int fd = openat(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) < 0) {
+        rc = -errno;
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode) || (long long)st.st_size != size) {
+        rc = -1;
+        goto out;
+    }
+    XXH3_128bits_reset(state);
+    long long done = 0;
+    while (done < size) {
+        size_t want = (size - done) < DIGEST_BUF ? (size_t)(size - done) : DIGEST_BUF;
+        ssize_t n = pread(fd, buf, want, (off_t)done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            rc = -errno;
+            goto out;
+        }
+        if (n == 0) {
+            rc = -1;                /* shrank under us */
+            goto out;
+        }
+        XXH3_128bits_update(state, buf, (size_t)n);
+        done += n;
+    }
+    XXH128_canonicalFromHash(out, XXH3_128bits_digest(state));
+out:
+    close(fd);
+    return rc;
+}
+
+static PyObject *
+py_digest_names(PyObject *self, PyObject *args)
+{
+    int dir_fd;
+    PyObject *seq, *sizes_seq;
+
+    if (!PyArg_ParseTuple(args, "iOO:digest_names", &dir_fd, &seq, &sizes_seq))
+        return NULL;
+    PyObject *names = PySequence_Tuple(seq);
+    if (names == NULL)
+        return NULL;
+    PyObject *sizes = PySequence_Tuple(sizes_seq);
+    if (sizes == NULL) {
+        Py_DECREF(names);
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    PyObject *list = NULL;
+    const char **ptrs = PyMem_Malloc((n ? n : 1) * sizeof(*ptrs));
+    long long *want = PyMem_Malloc((n ? n : 1) * sizeof(*want));
+    int *rcs = PyMem_Malloc((n ? n : 1) * sizeof(*rcs));
+    XXH128_canonical_t *digests = PyMem_Malloc((n ? n : 1) * sizeof(*digests));
+    unsigned char *buf = PyMem_Malloc(DIGEST_BUF);
+    XXH3_state_t *state = XXH3_createState();
+    if (!ptrs || !want || !rcs || !digests || !buf || !state) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (PyTuple_GET_SIZE(sizes) != n) {
+        PyErr_SetString(PyExc_ValueError, "digest_names: names and sizes differ in length");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = PyTuple_GET_ITEM(names, i);
+        if (!PyBytes_Check(o)) {
+            PyErr_SetString(PyExc_TypeError, "digest_names: names must be bytes");
+            goto done;
+        }
+        ptrs[i] = PyBytes_AS_STRING(o);
+        if (strlen(ptrs[i]) != (size_t)PyBytes_GET_SIZE(o)) {
+            PyErr_SetString(PyExc_ValueError, "embedded null character in path");
+            goto done;
+        }
+        want[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(sizes, i));
+        if (want[i] == -1 && PyErr_Occurred())
+            goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        rcs[i] = digest_one(dir_fd, ptrs[i], want[i], buf, state, &digests[i]);
+    Py_END_ALLOW_THREADS
+    if ((list = PyList_New(n)) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = rcs[i] == 0
+            ? PyBytes_FromStringAndSize((const char *)digests[i].digest, sizeof(digests[i].digest))
+            : PyLong_FromLong(rcs[i]);
+        if (item == NULL) {
+            Py_CLEAR(list);
+            goto done;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
+done:
+    if (state)
+        XXH3_freeState(state);
+    PyMem_Free(buf);
+    PyMem_Free(digests);
+    PyMem_Free(rcs);
+    PyMem_Free(want);
+    PyMem_Free(ptrs);
+    Py_DECREF(sizes);
+    Py_DECREF(names);
+    return list;
+}
+
 static PyMethodDef methods[] = {
+    {"digest_names", (PyCFunction)py_digest_names, METH_VARARGS, digest_names_doc},
     {"list_dir", (PyCFunction)(void (*)(void))py_list_dir, METH_VARARGS | METH_KEYWORDS, list_dir_doc},
     {"stat_names", (PyCFunction)py_stat_names, METH_VARARGS, stat_names_doc},
     {NULL, NULL, 0, NULL},

@@ -1,11 +1,12 @@
 """The client end of a remote transfer: start `zcsync --server` on the other host and run our role."""
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
 
-from . import errors
+from . import compress, errors
 from .endpoints import Endpoint, parse_endpoint
 from .engine import RunResult, source_args
 from .errors import RemoteNotFound, StreamError, UsageError, ZcsyncError
@@ -16,6 +17,8 @@ from .remote import ReceivingSide, SendingSide
 from .sender import Sender
 from .stats import Event, Report
 from .transport.base import Stream
+
+log = logging.getLogger(__name__)
 
 
 def split_remote(paths: list[str]) -> tuple[list[Endpoint], Endpoint]:
@@ -54,12 +57,18 @@ def open_stream(endpoint: Endpoint, argv: list[str], opts: Options) -> Stream:
     return open_ssh(endpoint, argv, options=ssh_opts, program=opts.zcsync_path)
 
 
+def client_caps(opts: Options) -> dict[str, str]:
+    """Our HELLO capabilities: the codecs we offer for -z / --compress-choice, best first."""
+    return {"compress": ",".join(compress.offer(opts.compress, opts.compress_choice)) or "none"}
+
+
 def run_remote(paths: list[str], opts: Options, on_event: Callable[[Event], None] | None = None) -> RunResult:
     """Push (remote DST) or pull (remote SRC) over a stream to `zcsync --server`."""
     started = time.monotonic()
     srcs, dst = split_remote(paths)
     if opts.files_from is not None:
         raise UsageError("--files-from is not supported with a remote host yet")
+    caps = client_caps(opts)  # a codec missing here is an error before anything starts
     report = Report(on_event=on_event)
     filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded)
     if dst.is_remote:
@@ -69,9 +78,13 @@ def run_remote(paths: list[str], opts: Options, on_event: Callable[[Event], None
         endpoint = srcs[0]
         stream = open_stream(endpoint, server_argv("sender", opts, [s.path or "." for s in srcs]), opts)
     conn = Connection(stream, side="sender" if dst.is_remote else "receiver", peer=endpoint.host or "peer")
+    conn.set_bwlimit(opts.bwlimit)
     try:
         with _translate(stream, endpoint):
-            handshake(conn, "client")
+            negotiated = handshake(conn, "client", caps)
+            if caps["compress"] != "none" and negotiated.compress == "none":
+                log.warning("%s supports none of the compressions offered (%s): sending uncompressed",
+                            endpoint.host or "the server", caps["compress"])
             if dst.is_remote:
                 sender = Sender(source_args([s.path for s in srcs], opts), opts, filters,
                                 on_problem=report.problem)

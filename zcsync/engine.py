@@ -250,7 +250,7 @@ def run_local(sources_text: list[str], dest: str, opts: Options,
     if not top.entries:  # nothing to transfer: rsync does not even create DST
         return RunResult(report.exit_code, report, report.problems)
     receiver = make_receiver(dest, opts, top, report, filters, io_error=lambda: sender.io_error,
-                             source_digest=sender.digest,
+                             source_digest=lambda e: e.digest if e.digest is not None else sender.digest(e),
                              remove_source=sender.remove if opts.remove_source_files else None)
     try:
         local.run(sender, receiver.generator, receiver.writer, report, itertools.chain([top], batches))

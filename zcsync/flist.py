@@ -243,35 +243,53 @@ class Scanner:
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if top or self.opts.copy_links else os.O_NOFOLLOW)
         try:
             fd = os.open(path, flags)
+        except OSError as exc:
+            self._open_failed(path, exc)
+            return None
+        try:
             try:
                 rows = fsscan.list_dir(fd, follow_symlinks=self.opts.copy_links)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                self.state.problem(path, f"file has vanished: {quote(path)}", VANISHED)
-            else:
-                self.state.problem(path, f"opendir {quote(path)} failed: {exc.strerror} ({exc.errno})")
-                self.state.io_error = True
-            return None
-        prefix = b"" if name == ROOT else name + b"/"
-        listed = []
-        for row in rows:
-            base, mode = row[0], row[1]
-            child_path = path + b"/" + base
-            if mode <= 0:
-                self._stat_failed(child_path, -mode)
-                continue
-            if rules.has_rules and rules.excluded(prefix + base, stat.S_ISDIR(mode)):
-                continue
-            listed.append(row)
-        listed.sort(key=lambda row: (stat.S_ISDIR(row[1]), row[0]))
-        entries = []
-        for row in listed:
-            entry = self.make_entry(prefix + row[0], path + b"/" + row[0], Stat(*row[1:]))
-            if entry is not None:
-                entries.append(entry)
+            except OSError as exc:
+                self._open_failed(path, exc)
+                return None
+            prefix = b"" if name == ROOT else name + b"/"
+            listed = []
+            for row in rows:
+                base, mode = row[0], row[1]
+                if mode <= 0:
+                    self._stat_failed(path + b"/" + base, -mode)
+                    continue
+                if rules.has_rules and rules.excluded(prefix + base, stat.S_ISDIR(mode)):
+                    continue
+                listed.append(row)
+            listed.sort(key=lambda row: (stat.S_ISDIR(row[1]), row[0]))
+            entries = []
+            for row in listed:
+                entry = self.make_entry(prefix + row[0], path + b"/" + row[0], Stat(*row[1:]))
+                if entry is not None:
+                    entries.append(entry)
+            if self.opts.checksum:
+                entries = self._with_digests(fd, entries)
+            return entries
+        finally:
+            os.close(fd)
+
+    def _with_digests(self, fd: int, entries: list[FileEntry]) -> list[FileEntry]:
+        """-c: the contents' digests of a directory's regular files, read in one C call."""
+        regular = [i for i, e in enumerate(entries) if e.is_reg]
+        digests = fsscan.digest_names(fd, [entries[i].basename for i in regular],
+                                      [entries[i].size for i in regular])
+        for i, digest in zip(regular, digests):
+            if isinstance(digest, bytes):
+                entries[i] = entries[i]._replace(digest=digest)
         return entries
+
+    def _open_failed(self, path: bytes, exc: OSError) -> None:
+        if exc.errno == errno.ENOENT:
+            self.state.problem(path, f"file has vanished: {quote(path)}", VANISHED)
+        else:
+            self.state.problem(path, f"opendir {quote(path)} failed: {exc.strerror} ({exc.errno})")
+            self.state.io_error = True
 
     def _stat_failed(self, path: bytes, err: int) -> None:
         if err == 0:

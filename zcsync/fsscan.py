@@ -47,6 +47,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,38 @@ def py_stat_names(dir_fd: int, names: Iterable[bytes]) -> list[Stat | None]:
     return out
 
 
+def py_digest_names(dir_fd: int, names: Iterable[bytes], sizes: Iterable[int]) -> list[bytes | int]:
+    """digest_names in pure Python: xxh3-128 of each regular file of exactly its size, else
+    -errno (unreadable) or -1 (not a regular file of that size: it changed)."""
+    import xxhash
+    out: list[bytes | int] = []
+    for name, size in zip(names, sizes, strict=True):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as exc:
+            out.append(-(exc.errno or 1))
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+                out.append(-1)
+                continue
+            h = xxhash.xxh3_128()
+            pos = 0
+            while pos < size:
+                data = os.pread(fd, min(1 << 20, size - pos), pos)
+                if not data:
+                    break
+                h.update(data)
+                pos += len(data)
+            out.append(h.digest() if pos == size else -1)
+        except OSError as exc:
+            out.append(-(exc.errno or 1))
+        finally:
+            os.close(fd)
+    return out
+
+
 try:
     from . import _fsscan
 except ImportError:
@@ -135,7 +168,9 @@ except ImportError:
     NATIVE = False
     list_dir = py_list_dir
     stat_names = py_stat_names
+    digest_names = py_digest_names
 else:
     NATIVE = True
     list_dir = _fsscan.list_dir
     stat_names = _fsscan.stat_names
+    digest_names = _fsscan.digest_names

@@ -13,12 +13,12 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from . import commit
+from . import commit, fsscan
 from .attrs import AttrPolicy, Wanted, apply_fd, apply_name, type_letter
 from .commit import DestTree
 from .errors import MAX_DELETE, PARTIAL, FileProblem
 from .filters import FilterRules
-from .flist import ROOT, DirBatch, FileEntry
+from .flist import ROOT, DirBatch, FileEntry, Stat
 from .options import Options
 from .pathnames import escape, join, split
 from .stats import Event, Report
@@ -27,6 +27,7 @@ from .writer import PARTIAL_DIR, FATAL_ERRNOS, Request, Writer
 log = logging.getLogger(__name__)
 
 NEW = "+++++++++"
+_MISSING = object()
 
 
 @dataclass
@@ -62,6 +63,8 @@ class Generator:
     _virtual_dirs: set[bytes] = field(default_factory=set)  # created only in a dry run
     _pending_dirs: dict[bytes, FileEntry] = field(default_factory=dict)
     _dir_rules: dict[bytes, FilterRules] = field(default_factory=dict)
+    _prefetched: dict[bytes, tuple | None] = field(default_factory=dict)
+    _dest_digests: dict[int, bytes] = field(default_factory=dict)
     _after: list[tuple[bytes, frozenset[bytes]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -87,13 +90,18 @@ class Generator:
                 self.entry(pending)
             if self.opts.delete and self.filters.has_dir_merge:
                 self._rules_for(batch.dir_name)  # read the destination's merge files before they change
-        for entry in batch.entries:
-            if entry.name in batch.expanded:
-                self._pending_dirs[entry.name] = entry
-                continue
-            request = self.entry(entry)
-            if request is not None:
-                yield request
+            self._prefetch_dir(batch)
+        try:
+            for entry in batch.entries:
+                if entry.name in batch.expanded:
+                    self._pending_dirs[entry.name] = entry
+                    continue
+                request = self.entry(entry)
+                if request is not None:
+                    yield request
+        finally:
+            self._prefetched = {}
+            self._dest_digests = {}
         if batch.dir_name is not None and self.opts.delete:
             names = frozenset(e.basename for e in batch.entries)
             if self.opts.delete_mode == "during":
@@ -113,7 +121,38 @@ class Generator:
     def dest_name(self, entry: FileEntry) -> bytes:
         return self.rename_root.get(entry.name, entry.name)
 
-    def lookup(self, name: bytes) -> os.stat_result | None:
+    def _prefetch_dir(self, batch: DirBatch) -> None:
+        """lstat the batch's names in the destination in one call (C, without the GIL).
+
+        Each entry's own stat is used once, when that entry is handled; only that entry's
+        handling changes its name, so the early stat is still current then.
+        """
+        dest_dir = self.rename_root.get(batch.dir_name, batch.dir_name)
+        if self._under_virtual(dest_dir) or dest_dir in self._virtual_dirs:
+            return
+        try:
+            fd = self.tree.dir_fd(dest_dir)
+        except OSError:
+            return
+        prefix = b"" if dest_dir == ROOT else dest_dir + b"/"
+        names = [e.basename for e in batch.entries]
+        rows = fsscan.stat_names(fd, names)
+        self._prefetched = {prefix + n: row for n, row in zip(names, rows)}
+        if self.opts.checksum:
+            # -c: read the destination files that may be equal (same size) in one C call.
+            same = [(e, row) for e, row in zip(batch.entries, rows)
+                    if e.is_reg and row is not None and stat.S_ISREG(row[0]) and row[1] == e.size]
+            digests = fsscan.digest_names(fd, [e.basename for e, _ in same], [e.size for e, _ in same])
+            self._dest_digests = {e.index: d for (e, _), d in zip(same, digests) if isinstance(d, bytes)}
+
+    def lookup(self, name: bytes) -> os.stat_result | Stat | None:
+        row = self._prefetched.pop(name, _MISSING)
+        if row is not _MISSING:
+            if row is None:
+                return None
+            if row[0] < 0:
+                raise OSError(-row[0], os.strerror(-row[0]), name)
+            return Stat(*row)
         parent = split(name)[0]
         if self._under_virtual(parent):
             return None
@@ -312,6 +351,10 @@ class Generator:
     # -- regular files --------------------------------------------------------
     def _same(self, entry: FileEntry, name: bytes, st: os.stat_result) -> bool:
         """rsync's quick check (or -c / --size-only) against the destination name."""
+        if self.opts.checksum and st.st_size == entry.size:
+            mine = self._dest_digests.pop(entry.index, None)
+            if mine is not None:
+                return mine == self.source_digest(entry)
         parent, base = split(name)
         return self._same_in(entry, self.tree.dir_fd(parent), base, st)
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Union
 
+from .compress import Codec, CorruptData, RateLimiter, get_codec
 from .errors import ProtocolError, StartupError, StreamError
 from .flist import DirBatch, FileEntry
 from .pathnames import escape, is_safe_name
@@ -24,7 +25,7 @@ __all__ = [
     "MAGIC", "PROTOCOL_VERSION", "MIN_PROTOCOL_VERSION", "DEFAULT_FRAME_MAX", "DEFAULT_CAPS",
     "MAX_NAME", "MAX_LINK", "MAX_ENTRIES", "MAX_XATTRS", "MAX_XATTR_NAME", "MAX_XATTR_VALUE",
     "MAX_TEXT", "MAX_PATH_TEXT", "MAX_OWNER_NAME", "DIGEST_SIZE",
-    "Message", "FlistBatch", "EntryExtras", "FlistEnd", "Request", "FileBegin", "Data", "FileEnd",
+    "Message", "FlistBatch", "EntryExtras", "FlistEnd", "Request", "FileBegin", "Data", "DataZ", "FileEnd",
     "FileSkip", "Done", "Committed", "Problem", "Log", "Item", "Stats", "Heartbeat", "Goodbye",
     "Negotiated", "Connection", "ConnectionClosed", "Decoder", "handshake", "entry_problem",
 ]
@@ -62,6 +63,7 @@ _U64_LIMIT = 1 << 63  # sizes are off_t on both ends
 _BATCH_OVERHEAD = 1 + 2 + MAX_NAME + 4  # flags, directory name, count
 _ENTRY_OVERHEAD = 43 + 2 + 4 + 2 + DIGEST_SIZE + 2 * (1 + MAX_OWNER_NAME)  # everything but the variable parts
 _SMALL_DATA = 16 * 1024  # DATA payloads below this are copied into the send buffer
+_MIN_COMPRESS = 64  # smaller chunks are sent as they are: a compressed block would not be smaller
 _BUFFER_SIZE = 64 * 1024  # flush the send buffer when it reaches this
 _BANNER_SHOW = 60  # bytes of foreign text quoted in the "protocol mismatch" error
 
@@ -81,6 +83,7 @@ _ENTRY = struct.Struct(">IBIQqIIQH")  # index flags mode size mtime_ns uid gid r
 _XATTR = struct.Struct(">B")
 _REQUEST = struct.Struct(">IBI")  # index, flags, signature length
 _FILE_BEGIN = struct.Struct(">IQ")
+_DATAZ = struct.Struct(">I")  # uncompressed length; the compressed block follows
 _FILE_END = struct.Struct(">I16s")
 _FILE_SKIP = struct.Struct(">IBH")
 _PROBLEM = struct.Struct(">BH")
@@ -225,6 +228,21 @@ class Data(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class DataZ(Message):
+    """A chunk of the open file's data, compressed with the negotiated codec.
+
+    ``size`` is the chunk's uncompressed length (1 .. frame-max), ``payload`` the
+    compressed block, always shorter than ``size`` (else the chunk goes as Data).
+    Connection.inflate() turns it back into ``size`` bytes, and never into more.
+    """
+
+    TYPE: ClassVar[int] = 0x34
+    NAME: ClassVar[str] = "DataZ"
+    size: int
+    payload: bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True, slots=True)
 class FileEnd(Message):
     """The open file's data is complete; digest is xxh3-128 of what the sender read."""
 
@@ -320,11 +338,11 @@ class Goodbye(Message):
     exit_code: int = 0
 
 
-AnyMessage = Union[FlistBatch, FlistEnd, Request, Done, FileBegin, Data, FileEnd, FileSkip,
+AnyMessage = Union[FlistBatch, FlistEnd, Request, Done, FileBegin, Data, DataZ, FileEnd, FileSkip,
                    Committed, Problem, Log, Item, Stats, Heartbeat, Goodbye]
 
 _TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in (
-    FlistBatch, FlistEnd, Request, Done, FileBegin, Data, FileEnd, FileSkip,
+    FlistBatch, FlistEnd, Request, Done, FileBegin, Data, DataZ, FileEnd, FileSkip,
     Committed, Problem, Log, Item, Stats, Heartbeat, Goodbye)}
 # Exact payload sizes of fixed-layout messages, checked from the header alone.
 _FIXED_SIZE: dict[int, int] = {
@@ -335,7 +353,7 @@ _COMMON = frozenset({Problem, Log, Item, Stats, Heartbeat, Goodbye})
 #: What each side accepts from its peer; the rest is a protocol error.
 ACCEPTS: dict[str, frozenset[type[Message]]] = {
     "sender": _COMMON | {Request, Done, Committed},
-    "receiver": _COMMON | {FlistBatch, FlistEnd, FileBegin, Data, FileEnd, FileSkip},
+    "receiver": _COMMON | {FlistBatch, FlistEnd, FileBegin, Data, DataZ, FileEnd, FileSkip},
 }
 
 
@@ -534,6 +552,12 @@ def encode_payload(msg: Message, frame_max: int = DEFAULT_FRAME_MAX) -> bytes:
             return _FILE_BEGIN.pack(msg.index, msg.size)
         if isinstance(msg, Data):
             return bytes(msg.payload)
+        if isinstance(msg, DataZ):
+            if not 0 < msg.size <= frame_max:
+                raise ValueError(f"DataZ size {msg.size} is not in 1..{frame_max}")
+            if not 0 < len(msg.payload) < msg.size:
+                raise ValueError("a DataZ block must be shorter than its data (send Data instead)")
+            return _DATAZ.pack(msg.size) + bytes(msg.payload)
         if isinstance(msg, FileEnd):
             if len(msg.digest) != DIGEST_SIZE:
                 raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
@@ -629,13 +653,16 @@ class Decoder:
     ``side`` ("sender" or "receiver") limits what the peer may send us; None allows
     every message (tests, tools). ``sent_next_index`` is kept up to date by the
     Connection so that Request/Committed indexes can be checked on the sender.
+    ``codec`` is the negotiated compression (None: the peer may not send DataZ).
     """
 
-    def __init__(self, side: str | None = None, frame_max: int = DEFAULT_FRAME_MAX) -> None:
+    def __init__(self, side: str | None = None, frame_max: int = DEFAULT_FRAME_MAX,
+                 codec: Codec | None = None) -> None:
         if side is not None and side not in ACCEPTS:
             raise ValueError(f"side must be one of {sorted(ACCEPTS)} or None")
         self.accepts = ACCEPTS.get(side) if side else None
         self.frame_max = frame_max
+        self.codec = codec
         self.next_index = 0  # every received entry index must be at least this
         self.sent_next_index = 0  # the same for entries we sent
         self.entries_received = 0
@@ -841,6 +868,30 @@ class Decoder:
         r.pos = len(r.buf)
         return Data(r.buf)
 
+    def _d_DataZ(self, r: _Reader) -> DataZ:
+        if self.codec is None:
+            raise ProtocolError("peer sent DataZ, but no compression was negotiated")
+        if self.open_file is None:
+            raise ProtocolError("peer sent DataZ outside a file")
+        (size,) = r.unpack(_DATAZ)
+        if not 0 < size <= self.frame_max:
+            raise ProtocolError(f"peer sent a DataZ of {size} bytes uncompressed (limit {self.frame_max})")
+        n = r.remaining()
+        if not 0 < n < size:
+            raise ProtocolError(f"peer sent a DataZ block of {n} bytes for {size} bytes of data "
+                                "(a block must be shorter than its data)")
+        r.pos = len(r.buf)
+        return DataZ(size, r.buf[_DATAZ.size:])
+
+    def inflate(self, msg: DataZ) -> bytes:
+        """The data of a DataZ this decoder accepted: exactly msg.size bytes, never more."""
+        assert self.codec is not None
+        try:
+            return self.codec.decompress(msg.payload, msg.size)
+        except CorruptData as exc:
+            raise ProtocolError(f"peer sent a DataZ block that is not {msg.size} bytes of "
+                                f"{self.codec.name} data ({exc})") from None
+
     def _d_FileEnd(self, r: _Reader) -> FileEnd:
         index, digest = r.unpack(_FILE_END)
         if self.open_file != index:
@@ -938,6 +989,8 @@ class Connection:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.negotiated: Negotiated | None = None
+        self.codec: Codec | None = None  # set by handshake() when compression was negotiated
+        self.limiter: RateLimiter | None = None
         self._frame_max = frame_max
         self._lock = threading.Lock()
         self._wbuf = bytearray()
@@ -952,6 +1005,15 @@ class Connection:
             raise ValueError(f"frame_max must be in [{MIN_FRAME_MAX}, {MAX_FRAME_MAX}]")
         self._frame_max = value
         self.decoder.frame_max = value
+
+    def set_bwlimit(self, rate: int | None) -> None:
+        """Limit what we write to `rate` bytes per second on average (None or 0: no limit)."""
+        self.limiter = RateLimiter(rate) if rate else None
+
+    def set_codec(self, codec: Codec | None) -> None:
+        """Compress and accept compressed file data with codec (None: neither)."""
+        self.codec = codec
+        self.decoder.codec = codec
 
     # -- sending ---------------------------------------------------------
     def send(self, msg: Message) -> None:
@@ -971,12 +1033,31 @@ class Connection:
                 if len(self._wbuf) >= self.buffer_size:
                     self._flush_locked()
 
-    def send_data(self, data: Buffer) -> None:
-        """Send bytes of the open file as DATA frames of at most frame_max, without copying big ones."""
+    def send_data(self, data: Buffer, compress: bool = False) -> None:
+        """Send bytes of the open file as DATA frames of at most frame_max, without copying big ones.
+
+        With compress (and a negotiated codec) each chunk goes as a DataZ frame when its
+        compressed block is smaller, and as it is otherwise.
+        """
         view = memoryview(data).cast("B")
         step = self._frame_max
+        codec = self.codec if compress else None
         for off in range(0, len(view), step):
             chunk = view[off:off + step]
+            if codec is not None and len(chunk) >= _MIN_COMPRESS:
+                block = codec.compress(chunk)
+                if len(block) + _DATAZ.size < len(chunk):
+                    frame = _HEADER.pack(DataZ.TYPE, _DATAZ.size + len(block)) + _DATAZ.pack(len(chunk))
+                    with self._lock:
+                        self._wbuf += frame
+                        if len(block) < _SMALL_DATA:
+                            self._wbuf += block
+                            if len(self._wbuf) >= self.buffer_size:
+                                self._flush_locked()
+                        else:
+                            self._flush_locked()
+                            self._write(block)
+                    continue
             header = _HEADER.pack(Data.TYPE, len(chunk))
             with self._lock:
                 self._wbuf += header
@@ -988,11 +1069,12 @@ class Connection:
                     self._flush_locked()
                     self._write(chunk)
 
-    def send_file(self, index: int, size: int, chunks: Iterable[Buffer], digest: bytes) -> None:
-        """FileBegin, the chunks as DATA, FileEnd: one whole file (digest known in advance)."""
+    def send_file(self, index: int, size: int, chunks: Iterable[Buffer], digest: bytes,
+                  compress: bool = False) -> None:
+        """FileBegin, the chunks as DATA (or DataZ), FileEnd: one whole file (digest known in advance)."""
         self.send(FileBegin(index, size))
         for chunk in chunks:
-            self.send_data(chunk)
+            self.send_data(chunk, compress)
         self.send(FileEnd(index, digest))
 
     def flush(self) -> None:
@@ -1015,7 +1097,10 @@ class Connection:
             self._write(data)
 
     def _write(self, data: Buffer) -> None:
-        self.stream.write(data)
+        if self.limiter is None:
+            self.stream.write(data)
+        else:
+            self.limiter.write(self.stream.write, data)
         self.bytes_sent += len(data)
 
     # -- receiving -------------------------------------------------------
@@ -1033,6 +1118,10 @@ class Connection:
         cls = self.decoder.check_header(mtype, length)
         payload = self._read(length, "a message") if length else b""
         return self.decoder.decode_payload(cls, payload)
+
+    def inflate(self, msg: DataZ) -> bytes:
+        """The data a received DataZ carries (bounded by its checked size; ProtocolError if corrupt)."""
+        return self.decoder.inflate(msg)
 
     def _read(self, n: int, inside: str) -> bytes:
         data = self.stream.read(n)
@@ -1200,6 +1289,8 @@ def handshake(conn: Connection, role: str, caps: Mapping[str, str] | None = None
     compress = pick("compress", "none")  # every implementation can send uncompressed
     frame_max = min(our_frame_max, _frame_max_cap(full["frame-max"], "peer"))
     conn.frame_max = frame_max
+    # Both sides listed the codec, so both can use it; its package is imported only now.
+    conn.set_codec(get_codec(compress) if compress != "none" else None)
     negotiated = Negotiated(version, checksum, compress, frame_max, role, theirs)
     conn.negotiated = negotiated
     return negotiated

@@ -17,13 +17,14 @@ from collections.abc import Callable
 import xxhash
 
 from . import meta
+from .compress import SkipCompress
 from .engine import Receiver, make_receiver
 from .errors import PARTIAL, VANISHED, FileProblem, ProtocolError
 from .filters import FilterRules
 from .flist import DirBatch, FileEntry
 from .options import Options
 from .pathnames import escape
-from .protocol import (Committed, Connection, Data, Done, EntryExtras, FileBegin, FileEnd, FileSkip,
+from .protocol import (Committed, Connection, Data, DataZ, Done, EntryExtras, FileBegin, FileEnd, FileSkip,
                        FlistBatch, FlistEnd, Goodbye, Heartbeat, Item, Log, Message, Problem, Request,
                        Stats)
 from .sender import Sender, SourceChanged
@@ -94,7 +95,11 @@ def _goodbye(conn: Connection, report: Report) -> None:
 # -- the sending side ----------------------------------------------------------
 
 class SendingSide:
-    """Streams the file list and the requested files' bytes to the peer."""
+    """Streams the file list and the requested files' bytes to the peer.
+
+    File data is compressed when the handshake negotiated a codec, except for files
+    whose suffix is in --skip-compress (rsync's list of already-compressed formats).
+    """
 
     def __init__(self, conn: Connection, sender: Sender, opts: Options, report: Report) -> None:
         self.conn = conn
@@ -102,6 +107,7 @@ class SendingSide:
         self.opts = opts
         self.report = report
         self.entries: dict[int, FileEntry] = {}
+        self.skip_compress = SkipCompress(opts.skip_compress) if conn.codec is not None else None
         self._flist_error: BaseException | None = None
 
     def _extras(self, entry: FileEntry) -> EntryExtras | None:
@@ -141,8 +147,9 @@ class SendingSide:
             self.conn.send(FileSkip(index, exc.code, str(exc)))
             self.report.problem(FileProblem(escape(entry.name), str(exc), exc.code))
             return
+        compress = self.skip_compress is not None and entry.name not in self.skip_compress
         try:
-            hasher = xxhash.xxh3_128()
+            hasher = xxhash.xxh3_128()  # over the file's bytes, compressed on the wire or not
             self.conn.send(FileBegin(index, entry.size))
             pos = 0
             while pos < entry.size:
@@ -150,7 +157,7 @@ class SendingSide:
                 if not data:
                     break
                 hasher.update(data)
-                self.conn.send_data(data)
+                self.conn.send_data(data, compress)
                 pos += len(data)
             # A file that shrank meanwhile ends early: its digest cannot match, the receiver
             # discards it and asks once more.
@@ -204,7 +211,7 @@ class _Redo(Exception):
 
 
 class StreamFile:
-    """A DataSource whose bytes arrive as DATA frames until FileEnd."""
+    """A DataSource whose bytes arrive as Data or DataZ frames until FileEnd."""
 
     def __init__(self, conn: Connection, index: int, size: int,
                  other: Callable[[Message], bool]) -> None:
@@ -223,11 +230,12 @@ class StreamFile:
         got = 0
         while True:
             msg = self.conn.recv()
-            if isinstance(msg, Data):
-                payload = msg.payload
-                got += len(payload)
+            if isinstance(msg, (Data, DataZ)):
+                # A DataZ's size is checked against the file before anything is decompressed.
+                got += len(msg.payload) if isinstance(msg, Data) else msg.size
                 if got > self.size:
                     raise ProtocolError(f"peer sent more than the {self.size} bytes announced for a file")
+                payload = msg.payload if isinstance(msg, Data) else self.conn.inflate(msg)
                 hasher.update(payload)
                 view = memoryview(payload)
                 while view:
@@ -247,7 +255,7 @@ class StreamFile:
         if self._digest is not None:
             return
         while not isinstance(msg := self.conn.recv(), FileEnd):
-            if not isinstance(msg, Data) and not self.other(msg):
+            if not isinstance(msg, (Data, DataZ)) and not self.other(msg):
                 raise ProtocolError(f"unexpected {type(msg).__name__} inside a file's data")
         self._digest = msg.digest
 

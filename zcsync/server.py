@@ -12,12 +12,12 @@ import os
 import signal
 import sys
 
-from . import errors
+from . import compress, errors
 from .engine import source_args
 from .errors import UsageError, ZcsyncError
 from .filters import FilterRules
 from .options import Options, from_wire
-from .protocol import Connection, Goodbye, Log, handshake
+from .protocol import ACCEPTS, Connection, Goodbye, Log, handshake
 from .remote import ReceivingSide, SendingSide, forward_report
 from .sender import Sender
 from .stats import Report
@@ -73,8 +73,9 @@ def serve(argv: list[str], rfd: int = 0, wfd: int = 1) -> int:
     """Run the server end on the given descriptors; return the exit code."""
     conn = Connection(FdStream(rfd, wfd, peer="client"))
     # Refuse bad arguments only after the handshake, so the client gets the message.
+    # Compression is the handshake's business alone: we list what we can decompress.
     try:
-        handshake(conn, "server")
+        handshake(conn, "server", {"compress": ",".join(compress.supported())})
     except ZcsyncError as exc:
         log.error("%s", exc.message)
         return exc.exit_code
@@ -85,7 +86,8 @@ def serve(argv: list[str], rfd: int = 0, wfd: int = 1) -> int:
             restrict = os.environ["ZCSYNC_RESTRICT_TO"]
         if restrict is not None:
             check_restricted(paths, opts, restrict)
-        conn.decoder.side = role
+        conn.decoder.accepts = ACCEPTS[role]  # from now on the peer may send only what our role takes
+        conn.set_bwlimit(opts.bwlimit)  # in a pull we are the sender: --bwlimit is ours to keep
         forward_report(conn, report)
         filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded, trusted=False)
         if role == "sender":

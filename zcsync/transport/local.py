@@ -7,7 +7,9 @@ The messages are the same values the stream transports frame.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 
 import xxhash
 
@@ -69,6 +71,47 @@ class LocalFile:
             raise SourceChanged("file has changed during the transfer", VANISHED) from None
 
 
+class Ahead:
+    """Runs an iterator on a background thread, a bounded number of items ahead.
+
+    The scan's directory reads and stats run in C without the GIL, so reading the next
+    directories overlaps with comparing this one; a handoff per directory is cheap.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterable[DirBatch], depth: int = 32) -> None:
+        self._queue: queue.Queue[object] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(iter(items),), daemon=True,
+                                        name="zcsync-scan")
+        self._thread.start()
+
+    def _fill(self, items: Iterator[DirBatch]) -> None:
+        try:
+            for item in items:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(self._END)
+        except BaseException as exc:  # handed to the consuming thread
+            self._queue.put(exc)
+
+    def __iter__(self) -> Iterator[DirBatch]:
+        try:
+            while (item := self._queue.get()) is not self._END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            self._stop.set()
+
+
 def run(sender: Sender, generator: Generator, writer: Writer, report: Report,
         batches: Iterable[DirBatch]) -> None:
     """Drive sender, generator and writer over the whole file list, in this thread.
@@ -80,6 +123,8 @@ def run(sender: Sender, generator: Generator, writer: Writer, report: Report,
     if opts.delete and opts.delete_mode == "before":
         batches = list(batches)
         generator.delete_all(batches)
+    else:
+        batches = Ahead(batches)
     stats = report.stats
     tree = writer.tree
     for batch in batches:
