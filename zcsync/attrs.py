@@ -45,6 +45,14 @@ class AttrPolicy:
         self._check_uid = opts.owner and am_root
         self._check_gid = opts.group
 
+    def unchanged_row(self, entry: FileEntry, row: tuple) -> bool:
+        """unchanged() for a regular file against an fsscan stat row (mode, size, mtime_ns, uid, gid, ...)."""
+        return (self._fast and entry.mode & 0o170000 == stat.S_IFREG and row[0] & 0o170000 == stat.S_IFREG
+                and row[1] == entry.size and row[2] == entry.mtime_ns
+                and (row[0] ^ entry.mode) & self._perm_mask == 0
+                and (not self._check_uid or row[3] == entry.uid)
+                and (not self._check_gid or row[4] == entry.gid))
+
     def unchanged(self, entry: FileEntry, st: os.stat_result) -> bool:
         """True when st already has entry's size, mtime, permissions and owner (the common case)."""
         return (self._fast and st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns

@@ -1,13 +1,15 @@
 """The command line: rsync's options mapped onto Options; results mapped onto rsync's exit codes."""
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
@@ -15,27 +17,17 @@ from . import __version__, errors
 from .errors import ZcsyncError
 from .filters import FilterRules
 from .options import Options, from_mapping
-from .stats import Event, Report
+from .stats import (EXIT_TEXT, ITEMIZE_FORMAT, VERBOSE_FORMAT, Event, Hooks, LineFormat, Report, RunLog,
+                    Stats, exit_text)
 from .units import parse_size
+
+if TYPE_CHECKING:
+    from .progress import Progress
+
+__all__ = ["EXIT_TEXT", "build_options", "command", "main", "run_cli"]
 
 log = logging.getLogger("zcsync")
 
-EXIT_TEXT = {
-    errors.USAGE: "syntax or usage error",
-    errors.PROTOCOL: "protocol incompatibility",
-    errors.FILE_SELECT: "errors selecting input/output files, dirs",
-    errors.STARTUP: "error starting client-server protocol",
-    errors.SOCKET_IO: "error in socket IO",
-    errors.FILE_IO: "error in file IO",
-    errors.STREAM: "error in rsync protocol data stream",
-    errors.SIGNAL: "received SIGINT, SIGTERM, or SIGHUP",
-    errors.PARTIAL: "some files/attrs were not transferred (see previous errors)",
-    errors.VANISHED: "some files vanished before they could be transferred",
-    errors.MAX_DELETE: "the --max-delete limit stopped deletions",
-    errors.TIMEOUT: "timeout in data send/receive",
-    errors.CONNECT_TIMEOUT: "timeout waiting for daemon connection",
-    errors.REMOTE_NOT_FOUND: "remote command not found",
-}
 
 # Short options that take a value: the filter pre-scan must skip their argument.
 _VALUE_SHORTS = set("fe")
@@ -326,39 +318,84 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
         raise click.UsageError(exc.message) from exc
 
 
-def _format_event(event: Event, opts: Options) -> str | None:
-    if not event.itemize:
-        return event.name if opts.itemize or opts.verbose else None
-    if opts.itemize:
-        if event.itemize == "*deleting":
-            return f"*deleting   {event.name}"
-        return f"{event.itemize} {event.name}{event.extra}"
-    if opts.verbose:
-        kind = event.itemize[:1]
-        if event.itemize == "*deleting":
-            return f"deleting {event.name}"
-        if kind in (">", "c", "h", "<"):
-            return f"{event.name}{event.extra}"
-    return None
+class _Display:
+    """What the command line prints on stdout for a run's events: -v names, -i itemize
+    lines, or --out-format lines, with rsync's rules for which items get one."""
+
+    def __init__(self, opts: Options, out: TextIO, op: str, progress: Progress | None) -> None:
+        fmt = opts.out_format or (ITEMIZE_FORMAT if opts.itemize else VERBOSE_FORMAT if opts.verbose else None)
+        self.format = LineFormat(fmt) if fmt else None
+        self.out = out
+        self.op = op
+        self.progress = progress
+        # With --json stdout carries the JSON document only.
+        self.enabled = self.format is not None and not opts.quiet and not opts.json
+        # "created directory X" and the like: with -v, or a format with %i (rsync).
+        self.notes = bool(opts.verbose or (self.format is not None and self.format.has_i))
+
+    def line(self, event: Event) -> str | None:
+        """The stdout line for event, or None if rsync would not name it."""
+        fmt = self.format
+        if fmt is None:
+            return None
+        if not event.itemize:
+            return event.name if self.notes else None
+        if event.is_deletion:
+            return fmt.deletion_format().render(event, self.op)
+        return fmt.render(event, self.op) if fmt.wants(event) else None
+
+    def write(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.write_above(text, self.out)
+        else:
+            self.out.write(text + "\n")
+
+    def event(self, event: Event) -> None:
+        line = self.line(event)
+        if line is not None:
+            self.write(line)
 
 
-def _setup_logging(opts: Options) -> list[logging.Handler]:
-    handlers: list[logging.Handler] = []
-    stream = logging.StreamHandler(sys.stderr)
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines on stderr ("zcsync: ..."); moved clear of the progress bars when they are drawn."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        super().__init__(sys.stderr)
+        self.progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.progress is None:
+            super().emit(record)
+            return
+        from tqdm import tqdm
+        with tqdm.external_write_mode(file=self.stream):
+            super().emit(record)
+
+
+class _RunLogHandler(logging.Handler):
+    """--log-file: the run's log messages, errors as "zcsync: ..." (rsync writes "rsync: ...")."""
+
+    def __init__(self, runlog: RunLog) -> None:
+        super().__init__(logging.INFO)
+        self.runlog = runlog
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            self.runlog.logfile.write(f"zcsync: {text}" if record.levelno >= logging.WARNING else text)
+        except Exception:  # noqa: BLE001 - logging must not break the run
+            self.handleError(record)
+
+
+def _setup_logging(opts: Options, progress: Progress | None) -> list[logging.Handler]:
+    stream = _StderrHandler(progress)
     stream.setFormatter(logging.Formatter("zcsync: %(message)s"))
     stream.setLevel(logging.ERROR if opts.quiet else (logging.INFO if opts.verbose else logging.WARNING))
-    handlers.append(stream)
-    if opts.log_file:
-        fh = logging.FileHandler(opts.log_file)
-        fh.setFormatter(logging.Formatter(f"%(asctime)s [{os.getpid()}] %(message)s", "%Y/%m/%d %H:%M:%S"))
-        fh.setLevel(logging.INFO)
-        handlers.append(fh)
     root = logging.getLogger("zcsync")
     root.setLevel(logging.INFO)
     root.propagate = False
-    for h in handlers:
-        root.addHandler(h)
-    return handlers
+    root.addHandler(stream)
+    return [stream]
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -366,51 +403,96 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def run_cli(paths: list[str], opts: Options) -> int:
-    """Run one transfer for the command line; print what rsync prints; return the exit code."""
-    from .api import run_paths
+    """Run one transfer for the command line; print what rsync prints; return the exit code.
 
-    handlers = _setup_logging(opts)
-    item_log = logging.getLogger("zcsync.items")
+    stdout carries what was asked for (-v/-i/--out-format lines, --stats, --list-only, or
+    with --json one JSON document and nothing else); messages and progress go to stderr.
+    """
+    from .api import SyncResult, is_push, run_paths, transfer_op
+    from .progress import Progress
+
+    transfer = len(paths) > 1 and not opts.list_only
+    op = transfer_op(paths)
+    progress = Progress.for_options(opts, sys.stderr, push=is_push(paths)) if transfer else None
+    handlers = _setup_logging(opts, progress)
+    zlog = logging.getLogger("zcsync")
+    runlog = RunLog.open(opts.log_file, op, opts.dry_run) if opts.log_file and transfer else None
+    if runlog is not None:
+        handlers.append(_RunLogHandler(runlog))
+        zlog.addHandler(handlers[-1])
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)
     out = sys.stdout
     started = time.monotonic()
+    display = _Display(opts, out, op, progress)
+    items: list[Event] = []
+    collect = opts.json and bool(opts.itemize or opts.verbose or opts.out_format)
 
     def on_event(event: Event) -> None:
-        line = _format_event(event, opts)
-        if line is not None and not opts.quiet:
-            out.write(line + "\n")
-        if opts.log_file and event.itemize:
-            item_log.info("%s %s%s", event.itemize, event.name, event.extra)
+        if display.enabled:
+            display.event(event)
+        if runlog is not None:
+            runlog.event(event)
+        if collect:
+            items.append(event)
 
+    listening = display.enabled or runlog is not None or collect
+    hooks = Hooks(on_event=on_event if listening else None, progress=progress)
+    listing = io.StringIO() if opts.json else out
     code = 0
+    result = None
+    fatal: ZcsyncError | None = None
     try:
-        if opts.verbose and not opts.quiet and not opts.list_only and len(paths) > 1:
-            out.write("sending incremental file list\n")
+        if opts.verbose and not opts.quiet and not opts.json and transfer:
+            display.write("receiving incremental file list" if op == "recv" else "sending incremental file list")
         try:
-            listening = opts.itemize or opts.verbose or opts.log_file
-            result = run_paths(paths, opts, on_event=on_event if listening else None, out=out)
+            try:
+                result = run_paths(paths, opts, on_event=hooks, out=listing)
+            finally:
+                if progress is not None:
+                    progress.close()
         except KeyboardInterrupt:
             raise errors.Interrupted("SIGINT") from None
         code = result.exit_code
-        if len(paths) > 1 and not opts.list_only:
+        if transfer and not opts.json:
             _summary(result.report, opts, time.monotonic() - started)
     except ZcsyncError as exc:
+        fatal = exc
         if os.environ.get("ZCSYNC_DEBUG"):
             log.exception("%s", exc.message)
         else:
             log.error("%s", exc.message)
         code = exc.exit_code
     finally:
+        report = result.report if result is not None else hooks.report
+        if runlog is not None:
+            runlog.finish(report.stats if report is not None else Stats(), code)
+        if opts.json:
+            lines = tuple(listing.getvalue().splitlines()) if isinstance(listing, io.StringIO) else ()
+            doc = SyncResult(code, report.stats if report is not None else Stats(),
+                             tuple(report.problems) if report is not None else (),
+                             tuple(items), lines).as_dict(items=collect)
+            if fatal is not None:  # the error that ended the run names no one file
+                doc["errors"].append({"path": None, "message": fatal.message,  # type: ignore[attr-defined]
+                                      "code": fatal.exit_code})
+            out.write(json.dumps(doc) + "\n")
         out.flush()
         for h in handlers:
             h.flush()
     if code:
-        text = EXIT_TEXT.get(code, "unexplained error")
-        sys.stderr.write(f"zcsync error: {text} (code {code})\n")
+        text = exit_text(code)
+        if progress is not None:
+            from tqdm import tqdm
+            with tqdm.external_write_mode(file=sys.stderr):
+                sys.stderr.write(f"zcsync error: {text} (code {code})\n")
+        else:
+            sys.stderr.write(f"zcsync error: {text} (code {code})\n")
     for h in handlers:
-        logging.getLogger("zcsync").removeHandler(h)
+        zlog.removeHandler(h)
         h.close()
+    zlog.propagate = True
+    if runlog is not None:
+        runlog.close()
     return code
 
 

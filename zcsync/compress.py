@@ -283,6 +283,8 @@ class RateLimiter:
     def write(self, write: Callable[[Buffer], None], data: Buffer) -> None:
         """write(data) in pieces, sleeping between them to keep to the rate."""
         view = memoryview(data).cast("B")
+        if self._prior is None:
+            self._prior = self._clock()  # the first write's own time counts too
         for off in range(0, len(view), self.piece):
             piece = view[off:off + self.piece]
             write(piece)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import operator
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -116,7 +117,17 @@ class ScanState:
     on_problem: Callable[[FileProblem], None] | None = None
     inodes: dict[tuple[int, int], int] = field(default_factory=dict)
     next_index: int = 0
-    paths: dict[int, bytes] = field(default_factory=dict)  # index -> source path (local reads)
+    # Where each listed directory and each top-level name is on disk: a file's path is
+    # derived from its directory's (kept per directory, not per file).
+    dirs: dict[bytes, bytes] = field(default_factory=dict)  # directory name -> fs path
+    tops: dict[int, bytes] = field(default_factory=dict)  # index of a top-level entry -> fs path
+
+    def path_of(self, entry: FileEntry) -> bytes:
+        """The source path of an entry of the scan."""
+        top = self.tops.get(entry.index)
+        if top is not None:
+            return top
+        return self.dirs[entry.parent] + b"/" + entry.basename
 
     def problem(self, path: bytes, message: str, code: int = PARTIAL) -> None:
         problem = FileProblem(escape(path), "[sender] " + message, code)
@@ -130,13 +141,12 @@ class Scanner:
     """Walks the sources and yields DirBatch values in rsync's order, without building the whole list."""
 
     def __init__(self, sources: list[SourceArg], options: Options, filters: FilterRules,
-                 state: ScanState | None = None, keep_paths: bool = True,
+                 state: ScanState | None = None,
                  read_xattrs: Callable[[bytes], dict[bytes, bytes]] | None = None) -> None:
         self.sources = sources
         self.opts = options
         self.filters = filters
         self.state = state or ScanState()
-        self.keep_paths = keep_paths
         self.read_xattrs = read_xattrs
         self._root_dev: int | None = None
         # No size limits, no xattrs: a regular file with one link needs no further checks.
@@ -179,8 +189,6 @@ class Scanner:
             # The common case, kept short: a regular file and nothing else to look up.
             index = self.state.next_index
             self.state.next_index = index + 1
-            if self.keep_paths:
-                self.state.paths[index] = path
             return FileEntry(index, name, mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid)
         link = None
         if stat.S_ISLNK(mode):
@@ -225,8 +233,6 @@ class Scanner:
                 self.state.problem(path, f"get_xattr_names {quote(path)} failed: {exc.strerror} ({exc.errno})")
                 self.state.io_error = True
         self.state.next_index = index + 1
-        if self.keep_paths:
-            self.state.paths[index] = path
         has_size = stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)
         return FileEntry(index, name, mode, st.st_size if has_size else 0,
                          st.st_mtime_ns, st.st_uid, st.st_gid,
@@ -253,18 +259,29 @@ class Scanner:
                 self._open_failed(path, exc)
                 return None
             prefix = b"" if name == ROOT else name + b"/"
-            listed = []
+            files, dirs = [], []
             for row in rows:
-                base, mode = row[0], row[1]
+                mode = row[1]
                 if mode <= 0:
-                    self._stat_failed(path + b"/" + base, -mode)
+                    self._stat_failed(path + b"/" + row[0], -mode)
                     continue
-                if rules.has_rules and rules.excluded(prefix + base, stat.S_ISDIR(mode)):
+                is_dir = mode & 0o170000 == stat.S_IFDIR
+                if rules.has_rules and rules.excluded(prefix + row[0], is_dir):
                     continue
-                listed.append(row)
-            listed.sort(key=lambda row: (stat.S_ISDIR(row[1]), row[0]))
+                (dirs if is_dir else files).append(row)
+            files.sort(key=_by_name)  # rsync's order: files, then directories, each by name
+            dirs.sort(key=_by_name)
+            self.state.dirs[name] = path
             entries = []
-            for row in listed:
+            state = self.state
+            plain = self._plain
+            for row in files + dirs:
+                mode = row[1]
+                if plain and mode & 0o170000 == stat.S_IFREG and row[8] == 1:
+                    index = state.next_index  # the common case, inline: a plain regular file
+                    state.next_index = index + 1
+                    entries.append(FileEntry(index, prefix + row[0], mode, row[2], row[3], row[4], row[5]))
+                    continue
                 entry = self.make_entry(prefix + row[0], path + b"/" + row[0], Stat(*row[1:]))
                 if entry is not None:
                     entries.append(entry)
@@ -316,6 +333,7 @@ class Scanner:
                     continue
                 entry = self.make_entry(iname, ipath, st)
                 if entry is not None:
+                    self.state.tops[entry.index] = ipath
                     top.append((entry, ipath, False))
             st = self._lstat(src.path, top=True)
             if st is None:
@@ -328,6 +346,7 @@ class Scanner:
             entry = self.make_entry(src.prefix, src.path, st)
             if entry is None:
                 continue
+            self.state.tops[entry.index] = src.path
             top.append((entry, src.path, entry.is_dir and (src.contents or opts.recursive)))
         yield DirBatch(None, tuple(e for e, _, _ in top),
                        frozenset(e.name for e, _, recurse in top if recurse))
@@ -362,6 +381,9 @@ class Scanner:
             return os.stat(path, follow_symlinks=False).st_dev == self._root_dev
         except OSError:
             return False
+
+
+_by_name = operator.itemgetter(0)
 
 
 def _merge_reader(dir_path: bytes) -> Callable[[bytes], bytes | None]:

@@ -27,7 +27,13 @@ from .writer import PARTIAL_DIR, FATAL_ERRNOS, Request, Writer
 log = logging.getLogger(__name__)
 
 NEW = "+++++++++"
+# (destination dir, base name -> fsscan stat row or None, entry index -> -c digest)
+Prefetch = tuple[bytes, list["tuple | None"], dict[int, bytes]]  # (dest dir, stat rows in entry order, -c digests)
 _MISSING = object()
+
+
+def _NONES(n: int) -> list[None]:
+    return [None] * n
 
 
 @dataclass
@@ -63,7 +69,8 @@ class Generator:
     _virtual_dirs: set[bytes] = field(default_factory=set)  # created only in a dry run
     _pending_dirs: dict[bytes, FileEntry] = field(default_factory=dict)
     _dir_rules: dict[bytes, FilterRules] = field(default_factory=dict)
-    _prefetched: dict[bytes, tuple | None] = field(default_factory=dict)
+    _prefetched: dict[bytes, tuple | None] = field(default_factory=dict)  # base name -> stat row
+    _prefetch_dir: bytes | None = None
     _dest_digests: dict[int, bytes] = field(default_factory=dict)
     _after: list[tuple[bytes, frozenset[bytes]]] = field(default_factory=list)
 
@@ -84,24 +91,23 @@ class Generator:
         just before its contents (rsync's order); --delete-during removes extraneous names
         once the batch is through.
         """
+        prefetched = None
         if batch.dir_name is not None:
             pending = self._pending_dirs.pop(batch.dir_name, None)
             if pending is not None:
                 self.entry(pending)
             if self.opts.delete and self.filters.has_dir_merge:
                 self._rules_for(batch.dir_name)  # read the destination's merge files before they change
-            self._prefetch_dir(batch)
+            if not self._dry_run_dir(batch.dir_name):
+                prefetched = self.prefetch(batch)
+        rows: list | None = None
+        if prefetched is not None:
+            self._prefetch_dir, rows, self._dest_digests = prefetched
+            self._prefetched = dict(zip((e.basename for e in batch.entries), rows))
         try:
-            for entry in batch.entries:
-                if entry.name in batch.expanded:
-                    self._pending_dirs[entry.name] = entry
-                    continue
-                request = self.entry(entry)
-                if request is not None:
-                    yield request
+            yield from self._entries(batch, rows)
         finally:
-            self._prefetched = {}
-            self._dest_digests = {}
+            self._prefetch_dir, self._prefetched, self._dest_digests = None, {}, {}
         if batch.dir_name is not None and self.opts.delete:
             names = frozenset(e.basename for e in batch.entries)
             if self.opts.delete_mode == "during":
@@ -110,6 +116,50 @@ class Generator:
                 self.delete_extraneous(batch.dir_name, names)
             elif self.opts.delete_mode == "after":
                 self._after.append((batch.dir_name, names))
+
+    def _entries(self, batch: DirBatch, rows: list | None) -> Iterator[Request]:
+        expanded = batch.expanded
+        quick = self._quick and self._plain_final and rows is not None
+        same = self.policy.unchanged_row
+        for entry, row in zip(batch.entries, rows if quick else _NONES(len(batch.entries))):
+            if entry.name in expanded:
+                self._pending_dirs[entry.name] = entry
+                continue
+            # The no-change case, inline: a regular file whose destination stat already matches.
+            if row is not None and same(entry, row):
+                continue
+            request = self.entry(entry)
+            if request is not None:
+                yield request
+
+    def _dry_run_dir(self, dir_name: bytes) -> bool:
+        dest_dir = self.rename_root.get(dir_name, dir_name)
+        return self._under_virtual(dest_dir) or dest_dir in self._virtual_dirs
+
+    def prefetch(self, batch: DirBatch) -> Prefetch | None:
+        """lstat the batch's names in the destination in one call (C, without the GIL), and
+        with -c digest the same-size regular files.
+
+        Each entry's stat is used once, when that entry is handled; only that entry's
+        handling changes its name, so the early stat is still current then.
+        """
+        if batch.dir_name is None:
+            return None
+        dest_dir = self.rename_root.get(batch.dir_name, batch.dir_name)
+        try:
+            fd = self.tree.dir_fd(dest_dir)
+        except OSError:
+            return None
+        names = [e.basename for e in batch.entries]
+        rows = fsscan.stat_names(fd, names)
+        digests: dict[int, bytes] = {}
+        if self.opts.checksum:
+            # -c: read the destination files that may be equal (same size) in one C call.
+            same = [e for e, row in zip(batch.entries, rows)
+                    if e.is_reg and row is not None and stat.S_ISREG(row[0]) and row[1] == e.size]
+            found = fsscan.digest_names(fd, [e.basename for e in same], [e.size for e in same])
+            digests = {e.index: d for e, d in zip(same, found) if isinstance(d, bytes)}
+        return dest_dir, rows, digests
 
     def delete_all(self, batches: list[DirBatch]) -> None:
         """--delete-before: delete extraneous names before anything is transferred."""
@@ -121,39 +171,15 @@ class Generator:
     def dest_name(self, entry: FileEntry) -> bytes:
         return self.rename_root.get(entry.name, entry.name)
 
-    def _prefetch_dir(self, batch: DirBatch) -> None:
-        """lstat the batch's names in the destination in one call (C, without the GIL).
-
-        Each entry's own stat is used once, when that entry is handled; only that entry's
-        handling changes its name, so the early stat is still current then.
-        """
-        dest_dir = self.rename_root.get(batch.dir_name, batch.dir_name)
-        if self._under_virtual(dest_dir) or dest_dir in self._virtual_dirs:
-            return
-        try:
-            fd = self.tree.dir_fd(dest_dir)
-        except OSError:
-            return
-        prefix = b"" if dest_dir == ROOT else dest_dir + b"/"
-        names = [e.basename for e in batch.entries]
-        rows = fsscan.stat_names(fd, names)
-        self._prefetched = {prefix + n: row for n, row in zip(names, rows)}
-        if self.opts.checksum:
-            # -c: read the destination files that may be equal (same size) in one C call.
-            same = [(e, row) for e, row in zip(batch.entries, rows)
-                    if e.is_reg and row is not None and stat.S_ISREG(row[0]) and row[1] == e.size]
-            digests = fsscan.digest_names(fd, [e.basename for e, _ in same], [e.size for e, _ in same])
-            self._dest_digests = {e.index: d for (e, _), d in zip(same, digests) if isinstance(d, bytes)}
-
     def lookup(self, name: bytes) -> os.stat_result | Stat | None:
-        row = self._prefetched.pop(name, _MISSING)
+        parent, base = split(name)
+        row = self._prefetched.pop(base, _MISSING) if parent == self._prefetch_dir else _MISSING
         if row is not _MISSING:
             if row is None:
                 return None
             if row[0] < 0:
                 raise OSError(-row[0], os.strerror(-row[0]), name)
             return Stat(*row)
-        parent = split(name)[0]
         if self._under_virtual(parent):
             return None
         try:

@@ -1036,38 +1036,43 @@ class Connection:
     def send_data(self, data: Buffer, compress: bool = False) -> None:
         """Send bytes of the open file as DATA frames of at most frame_max, without copying big ones.
 
-        With compress (and a negotiated codec) each chunk goes as a DataZ frame when its
-        compressed block is smaller, and as it is otherwise.
+        With compress (and a negotiated codec) each frame's worth goes as a DataZ frame
+        when its compressed block is smaller, and as it is otherwise.
+        """
+        for header, body in self.pack_data(data, compress):
+            self.send_packed(header, body)
+
+    def pack_data(self, data: Buffer, compress: bool = False) -> list[tuple[bytes, Buffer]]:
+        """The (frame header, body) pairs that carry data; compresses, but sends nothing.
+
+        Any one thread at a time may pack (e.g. a worker, one chunk ahead of the sender).
         """
         view = memoryview(data).cast("B")
         step = self._frame_max
         codec = self.codec if compress else None
+        frames: list[tuple[bytes, Buffer]] = []
         for off in range(0, len(view), step):
             chunk = view[off:off + step]
             if codec is not None and len(chunk) >= _MIN_COMPRESS:
                 block = codec.compress(chunk)
                 if len(block) + _DATAZ.size < len(chunk):
-                    frame = _HEADER.pack(DataZ.TYPE, _DATAZ.size + len(block)) + _DATAZ.pack(len(chunk))
-                    with self._lock:
-                        self._wbuf += frame
-                        if len(block) < _SMALL_DATA:
-                            self._wbuf += block
-                            if len(self._wbuf) >= self.buffer_size:
-                                self._flush_locked()
-                        else:
-                            self._flush_locked()
-                            self._write(block)
+                    frames.append((_HEADER.pack(DataZ.TYPE, _DATAZ.size + len(block)) + _DATAZ.pack(len(chunk)),
+                                   block))
                     continue
-            header = _HEADER.pack(Data.TYPE, len(chunk))
-            with self._lock:
-                self._wbuf += header
-                if len(chunk) < _SMALL_DATA:
-                    self._wbuf += chunk
-                    if len(self._wbuf) >= self.buffer_size:
-                        self._flush_locked()
-                else:
+            frames.append((_HEADER.pack(Data.TYPE, len(chunk)), chunk))
+        return frames
+
+    def send_packed(self, header: bytes, body: Buffer) -> None:
+        """Send one frame from pack_data(): a small body is copied into the buffer, a big one written as is."""
+        with self._lock:
+            self._wbuf += header
+            if len(body) < _SMALL_DATA:
+                self._wbuf += body
+                if len(self._wbuf) >= self.buffer_size:
                     self._flush_locked()
-                    self._write(chunk)
+            else:
+                self._flush_locked()
+                self._write(body)
 
     def send_file(self, index: int, size: int, chunks: Iterable[Buffer], digest: bytes,
                   compress: bool = False) -> None:

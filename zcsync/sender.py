@@ -40,7 +40,7 @@ class Sender:
         return self.scanner.batches()
 
     def path(self, entry: FileEntry) -> bytes:
-        return self.state.paths[entry.index]
+        return self.state.path_of(entry)
 
     def open(self, entry: FileEntry) -> int:
         """Open a regular source file for reading; it must still be the file the scan saw."""

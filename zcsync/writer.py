@@ -68,6 +68,8 @@ class Writer:
         """Write, verify and commit one file; per-file problems are reported, fatal ones raised."""
         entry, name = req.entry, req.dest_name
         parent, base = split(name)
+        if self.report.on_progress is not None:  # a progress display is on: let it see the data
+            source = self.report.on_progress.track(name, source)
         try:
             committed = self._write(req, source, parent, base)
         except OSError as exc:

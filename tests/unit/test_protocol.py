@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import stat
 import struct
 import threading
+import time
 
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from zcsync import compress as zc
 from zcsync import protocol as p
 from zcsync.errors import ProtocolError, StartupError, StreamError, ZcsyncError
 from zcsync.flist import DirBatch, FileEntry
@@ -691,3 +695,160 @@ def test_largest_allowed_entry_fits_the_smallest_frame():
     receiver.frame_max = p.MIN_FRAME_MAX
     receiver.recv()
     assert receiver.recv().entries == (e,)
+
+
+# -- compressed data (DataZ) ---------------------------------------------------
+
+COMPRESSIBLE = b"".join(b"line %06d of a rather repetitive text file\n" % i for i in range(60000))  # 2.6 MB
+
+
+def dataz_frame(size: int, block: bytes) -> bytes:
+    return frame(p.DataZ.TYPE, struct.pack(">I", size) + block)
+
+
+def open_file_frames() -> bytes:
+    return frame(p.FileBegin.TYPE, struct.pack(">IQ", 1, 10 << 20))
+
+
+def decode_z(*frames: bytes, codec="zstd"):
+    """Decode frames on a receiving connection that negotiated codec; inflate every DataZ."""
+    data = b"".join(frames)
+    conn0 = p.Connection(BytesStream())
+    conn0.send(top_batch())
+    conn0.flush()
+    conn = p.Connection(BytesStream(bytes(conn0.stream.out) + data), side="receiver")
+    conn.set_codec(zc.get_codec(codec) if codec else None)
+    out = []
+    while True:
+        try:
+            msg = conn.recv()
+        except p.ConnectionClosed:
+            return out[1:]
+        out.append(conn.inflate(msg) if isinstance(msg, p.DataZ) else msg)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_compressed_file_transfer(pair, codec):
+    left, right = pair
+    join = in_thread(p.handshake, right, "server", {"compress": "zstd,lz4,none"})
+    assert p.handshake(left, "client", {"compress": codec}).compress == codec
+    join()
+    assert left.codec.name == right.codec.name == codec
+    payload = COMPRESSIBLE + os.urandom(3 << 20)
+
+    def send():
+        left.send(top_batch())
+        left.send_file(1, len(payload), [payload[:10], payload[10:]], DIGEST, compress=True)
+        left.send_file(2, len(payload), [payload], DIGEST)  # compress=False: all Data
+        left.flush()
+    join = in_thread(send)
+    right.recv()
+    kinds: dict[int, list[str]] = {1: [], 2: []}
+    for index in (1, 2):
+        assert right.recv() == p.FileBegin(index, len(payload))
+        data = bytearray()
+        while not isinstance(m := right.recv(), p.FileEnd):
+            kinds[index].append(type(m).__name__)
+            data += right.inflate(m) if isinstance(m, p.DataZ) else m.payload
+        assert data == payload and m == p.FileEnd(index, DIGEST)
+    join()
+    # 10 bytes are too few to compress; the text shrinks; random data goes as it is.
+    assert kinds[1][0] == "Data" and "DataZ" in kinds[1] and kinds[1][-2:] == ["Data", "Data"]
+    assert set(kinds[2]) == {"Data"}
+    assert left.bytes_sent < 2 * len(payload) - len(COMPRESSIBLE) // 2
+
+
+def test_dataz_round_trip_and_encoder_bounds():
+    block = zc.get_codec("zstd").compress(COMPRESSIBLE[:100_000])
+    msg = p.DataZ(100_000, block)
+    assert p.encode_payload(msg) == struct.pack(">I", 100_000) + block
+    assert decode_z(open_file_frames(), frame(p.DataZ.TYPE, p.encode_payload(msg))) == [
+        p.FileBegin(1, 10 << 20), COMPRESSIBLE[:100_000]]
+    with pytest.raises(ValueError, match="shorter"):
+        p.encode_payload(p.DataZ(10, b"x" * 10))
+    with pytest.raises(ValueError, match="not in"):
+        p.encode_payload(p.DataZ(p.DEFAULT_FRAME_MAX + 1, b"x"))
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_decompression_bomb_is_a_protocol_error(codec):
+    """A block that would inflate beyond its declared size stops at the bound, however small it is."""
+    block = zc.get_codec(codec).compress(bytes(64 << 20))  # 64 MiB of zeros: a few KiB (lz4: 250 KiB)
+    assert len(block) < 300_000
+    with pytest.raises(ProtocolError, match="DataZ block that is not 1000000 bytes"):
+        decode_z(open_file_frames(), dataz_frame(1_000_000, block), codec=codec)
+
+
+def test_zstd_frame_must_declare_the_size():
+    nocs = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(1 << 20))
+    with pytest.raises(ProtocolError, match="no content size"):
+        decode_z(open_file_frames(), dataz_frame(1 << 20, nocs))
+    small = zc.get_codec("zstd").compress(bytes(1000))
+    with pytest.raises(ProtocolError, match="content size of 1000"):
+        decode_z(open_file_frames(), dataz_frame(5000, small))
+    with pytest.raises(ProtocolError, match="unused data"):  # a second frame or junk after the block
+        decode_z(open_file_frames(), dataz_frame(1000, small + small))
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_corrupt_or_short_blocks(codec):
+    c = zc.get_codec(codec)
+    block = c.compress(COMPRESSIBLE[:50_000])
+    with pytest.raises(ProtocolError, match="DataZ block"):
+        decode_z(open_file_frames(), dataz_frame(60_000, block), codec=codec)  # inflates short
+    with pytest.raises(ProtocolError, match="DataZ block"):
+        decode_z(open_file_frames(), dataz_frame(50_000, b"\xff" * 100), codec=codec)
+
+
+@pytest.mark.parametrize("payload,match", [
+    (struct.pack(">I", p.DEFAULT_FRAME_MAX + 1) + b"x" * 10, "uncompressed"),  # beyond the bound
+    (struct.pack(">I", 0), "uncompressed"),
+    (struct.pack(">I", 10) + b"x" * 10, "must be shorter"),  # not smaller: should have been Data
+    (struct.pack(">I", 10), "must be shorter"),  # empty block
+    (b"\x00\x01", "truncated"),
+])
+def test_dataz_header_bounds(payload, match):
+    with pytest.raises(ProtocolError, match=match):
+        decode_z(open_file_frames(), frame(p.DataZ.TYPE, payload))
+
+
+def test_dataz_needs_negotiated_compression_and_an_open_file():
+    block = zc.get_codec("zstd").compress(bytes(1000))
+    with pytest.raises(ProtocolError, match="no compression was negotiated"):
+        decode_z(open_file_frames(), dataz_frame(1000, block), codec=None)
+    with pytest.raises(ProtocolError, match="outside a file"):
+        decode_z(dataz_frame(1000, block))
+    with pytest.raises(ProtocolError, match="never accepts"):
+        conn = p.Connection(BytesStream(dataz_frame(1000, block)), side="sender")
+        conn.set_codec(zc.get_codec("zstd"))
+        conn.recv()
+
+
+def test_handshake_sets_the_codec_on_both_sides(pair):
+    left, right = pair
+    join = in_thread(p.handshake, right, "server", {"compress": "lz4,none"})
+    assert p.handshake(left, "client", {"compress": "zstd,lz4"}).compress == "lz4"
+    join()
+    assert left.codec.name == right.codec.name == "lz4"
+    assert left.decoder.codec is left.codec
+
+
+def test_no_compression_leaves_no_codec(pair):
+    left, right = pair
+    join = in_thread(p.handshake, right, "server", {"compress": "zstd,lz4,none"})
+    assert p.handshake(left, "client").compress == "none"
+    join()
+    assert left.codec is None and right.decoder.codec is None
+
+
+def test_bwlimit_paces_writes():
+    s = BytesStream()
+    conn = p.Connection(s)
+    conn.set_bwlimit(4 << 20)
+    start = time.monotonic()
+    conn.send_data(b"x" * (2 << 20))
+    elapsed = time.monotonic() - start
+    assert len(s.out) == (2 << 20) + 10 and s.writes >= 4 + 2  # pieces of rate/8, and the headers
+    assert 0.3 <= elapsed < 1.5  # 0.5 s of data, less the burst allowance
+    conn.set_bwlimit(None)
+    assert conn.limiter is None
