@@ -85,11 +85,34 @@ def _cp(inv: Invocation) -> list[str]:
     return ["cp", "-a", inv.src.rstrip("/") + "/.", inv.dst]
 
 
+class Remote:
+    """The sshd the remote cases talk to (started by main() when a remote case is selected)."""
+
+    alias = "zcs-test"
+    rsh = ""  # OpenSSH command for -e, with the server's config
+    zcsync_path = ""  # --zcsync-path for the server side
+
+
+def _zcsync_ssh(*extra: str) -> Callable[[Invocation], list[str]]:
+    def argv(inv: Invocation) -> list[str]:
+        rsh = ["-e", Remote.rsh] if "rsh" in extra else []
+        return [*inv.zcsync, "-a", "--no-fsync", *rsh, "--zcsync-path", Remote.zcsync_path, *inv.options,
+                inv.src, inv.dst]
+    return argv
+
+
+def _rsync_ssh(inv: Invocation) -> list[str]:
+    return ["rsync", "-a", "-e", Remote.rsh, *inv.options, inv.src, inv.dst]
+
+
 TOOLS: dict[str, Tool] = {t.name: t for t in (
     Tool("zcsync", _zcsync(), "zcsync -a (fsyncs every file and directory)"),
     Tool("zcsync-nofsync", _zcsync("--no-fsync"), "zcsync -a --no-fsync (like rsync and cp)"),
     Tool("rsync", _rsync, "rsync -a"),
     Tool("cp", _cp, "cp -a SRC/. DST/ (GNU coreutils)"),
+    Tool("zcsync-paramiko", _zcsync_ssh(), "zcsync -a --no-fsync over ssh with its own paramiko client"),
+    Tool("zcsync-e-ssh", _zcsync_ssh("rsh"), "zcsync -a --no-fsync -e ssh (OpenSSH)"),
+    Tool("rsync-e-ssh", _rsync_ssh, "rsync -a -e ssh (OpenSSH)"),
 )}
 
 
@@ -120,6 +143,12 @@ class Case:
 
 
 SYNCING = ("zcsync", "zcsync-nofsync", "rsync")
+SSH_TOOLS = ("zcsync-paramiko", "zcsync-e-ssh", "rsync-e-ssh")
+
+
+def ssh_spec(tool: str, path: Path) -> str:
+    """The same local directory, reached through the test sshd on 127.0.0.1."""
+    return f"{Remote.alias}:{path}/"
 
 CASES: dict[str, Case] = {c.name: c for c in (
     Case("big1g-fresh", "big1g", FRESH, "copy one 1 GiB file into an empty destination"),
@@ -131,10 +160,21 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("small100k-checksum-nochange", "small100k", SYNCED,
          "as nochange, with -c: every file is read and checksummed on both sides",
          options=("-c",), tools=SYNCING),
+    Case("ssh-push-512m", "big512m", FRESH, "push one 512 MiB file over ssh (127.0.0.1)",
+         tools=SSH_TOOLS, dst_spec=ssh_spec),
+    Case("ssh-pull-512m", "big512m", FRESH, "pull one 512 MiB file over ssh (127.0.0.1)",
+         tools=SSH_TOOLS, src_spec=ssh_spec),
+    Case("ssh-push-1g", "big1g", FRESH, "push one 1 GiB file over ssh (127.0.0.1)",
+         tools=SSH_TOOLS, dst_spec=ssh_spec),
+    Case("ssh-pull-1g", "big1g", FRESH, "pull one 1 GiB file over ssh (127.0.0.1)",
+         tools=SSH_TOOLS, src_spec=ssh_spec),
+    Case("ssh-push-small20k", "small20k", FRESH, "push 20,000 small files over ssh (127.0.0.1)",
+         tools=SSH_TOOLS, dst_spec=ssh_spec),
 )}
 
 RATIOS = (("rsync", "zcsync"), ("rsync", "zcsync-nofsync"),
-          ("zcsync", "cp"), ("zcsync-nofsync", "cp"), ("rsync", "cp"))
+          ("zcsync", "cp"), ("zcsync-nofsync", "cp"), ("rsync", "cp"),
+          ("rsync-e-ssh", "zcsync-paramiko"), ("rsync-e-ssh", "zcsync-e-ssh"))
 
 
 # --------------------------------------------------------------------------- results
@@ -650,6 +690,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _start_sshd(env: dict[str, str]):
+    """Start the tests' sshd fixture on 127.0.0.1 and point zcsync and rsync at it."""
+    import tempfile
+    sys.path.insert(0, str(REPO / "tests" / "integration"))
+    from sshd import Sshd, missing_reason, remote_zcsync_path
+    reason = missing_reason()
+    if reason:
+        raise SystemExit(f"remote cases need sshd: {reason}")
+    server = Sshd(Path(tempfile.mkdtemp(prefix="zcsync-bench-sshd-"))).start()
+    env.update({k: v for k, v in server.env().items() if k.startswith(("ZCSYNC_", "RSYNC_"))})
+    Remote.alias = server.alias
+    Remote.rsh = server.rsh
+    Remote.zcsync_path = remote_zcsync_path()
+    return server
+
+
 def _on_signal(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -674,6 +730,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     zcsync = tuple(shlex.split(args.zcsync)) if args.zcsync else (sys.executable, "-m",
                                                                   "zcsync")
+    sshd = None
+    if any(c.tools == SSH_TOOLS for c in cases) and any(t in SSH_TOOLS for t in tool_names):
+        sshd = _start_sshd(env)
     settings = Settings(runs=args.runs, timeout=args.timeout,
                         verify=args.verify, seed=args.seed,
                         zcsync=zcsync, env=env)
@@ -712,6 +771,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rm_rf(work)
         for s, h in old.items():
             signal.signal(s, h)
+        if sshd is not None:
+            sshd.stop()
     elapsed = time.perf_counter() - started
     info["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     log(f"total wall time {elapsed:.0f} s")

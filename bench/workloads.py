@@ -265,8 +265,18 @@ class Workload:
     build: Callable[[Path, float, int], None]
 
 
+def build_big512(root: Path, scale: float, seed: int) -> None:
+    build_big(root, scale, seed, size=GiB // 2)
+
+
+def build_small20k(root: Path, scale: float, seed: int) -> None:
+    build_small(root, scale * 0.2, seed)
+
+
 WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("big1g", "one 1 GiB file of random data", build_big),
+    Workload("big512m", "one 512 MiB file of random data", build_big512),
+    Workload("small20k", "20,000 files, ~118 MB (small100k at 1/5)", build_small20k),
     Workload("small100k", "100,000 files, ~590 MB, avg 5.9 KB, in ~1000 directories",
              build_small),
 )}

@@ -13,6 +13,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import xxhash
 
@@ -29,6 +30,7 @@ from .protocol import (Committed, Connection, Data, DataZ, Done, EntryExtras, Fi
                        Stats)
 from .sender import Sender, SourceChanged
 from .stats import Event, Report
+from .transport.base import Buffer
 from .transport.local import count_entries
 from .writer import Request as WriteRequest
 
@@ -109,6 +111,7 @@ class SendingSide:
         self.entries: dict[int, FileEntry] = {}
         self.skip_compress = SkipCompress(opts.skip_compress) if conn.codec is not None else None
         self._flist_error: BaseException | None = None
+        self._packer: ThreadPoolExecutor | None = None
 
     def _extras(self, entry: FileEntry) -> EntryExtras | None:
         digest = uname = gname = None
@@ -151,20 +154,55 @@ class SendingSide:
         try:
             hasher = xxhash.xxh3_128()  # over the file's bytes, compressed on the wire or not
             self.conn.send(FileBegin(index, entry.size))
-            pos = 0
-            while pos < entry.size:
-                data = os.pread(fd, min(CHUNK, entry.size - pos), pos)
-                if not data:
-                    break
-                hasher.update(data)
-                self.conn.send_data(data, compress)
-                pos += len(data)
+            if compress and entry.size > CHUNK:
+                pos = self._send_compressed(fd, entry.size, hasher)
+            else:
+                pos = 0
+                while pos < entry.size:
+                    data = os.pread(fd, min(CHUNK, entry.size - pos), pos)
+                    if not data:
+                        break
+                    hasher.update(data)
+                    self.conn.send_data(data, compress)
+                    pos += len(data)
             # A file that shrank meanwhile ends early: its digest cannot match, the receiver
             # discards it and asks once more.
             self.conn.send(FileEnd(index, hasher.digest()))
             self.report.stats.bytes_sent += pos
         finally:
             os.close(fd)
+
+    def _send_compressed(self, fd: int, size: int, hasher: xxhash.xxh3_128) -> int:
+        """Send a file's data while a worker reads, hashes and compresses the next chunk; bytes sent.
+
+        The codecs release the GIL, so compressing chunk k+1 overlaps with writing chunk k.
+        One worker runs the chunks in order, so the hash sees the bytes in order.
+        """
+        if self._packer is None:
+            self._packer = ThreadPoolExecutor(1, thread_name_prefix="zcsync-pack")
+
+        def pack(pos: int) -> tuple[int, list[tuple[bytes, Buffer]]]:
+            data = os.pread(fd, min(CHUNK, size - pos), pos)
+            hasher.update(data)
+            return len(data), self.conn.pack_data(data, compress=True)
+
+        pos = 0
+        pending: Future | None = self._packer.submit(pack, 0)
+        try:
+            while pending is not None:
+                n, frames = pending.result()
+                pending = None
+                if not n:
+                    break
+                pos += n
+                if pos < size:
+                    pending = self._packer.submit(pack, pos)
+                for header, body in frames:
+                    self.conn.send_packed(header, body)
+        finally:
+            if pending is not None:  # the caller closes fd: the worker must be done with it
+                wait([pending])
+        return pos
 
     def run(self) -> None:
         """Serve requests until the receiver's Done; then say goodbye."""
@@ -187,6 +225,8 @@ class SendingSide:
                     raise self._flist_error
         finally:
             flist.join(timeout=10)
+            if self._packer is not None:
+                self._packer.shutdown()
         if self._flist_error is not None:
             raise self._flist_error
         self.conn.send(Goodbye(self.report.exit_code))
