@@ -1,0 +1,1304 @@
+"""`zcsync daemon`: serve modules over raw TCP; and the client's way in (`host::module/path`).
+
+Connection preamble (version 1; all numbers big-endian; every field is bounded and
+checked on receipt; nothing the client sends reaches the filesystem before it has
+authenticated):
+
+    server -> client  GREETING  "ZCSYNCD\\x01", u8 status
+                                  0: 32-byte server nonce
+                                  3: u8 exit code, u16 len, text (refused, e.g. max connections)
+    client -> server  REQUEST   "ZCSYNCD\\x01", u32 len (<= 256 KiB), body:
+                                  u8 kind (1 list modules, 2 transfer)
+                                  u8 len, module (printable ASCII, no '/', <= 255)
+                                  u8 len, user (printable ASCII, no ':', <= 255)
+                                  u8 role (the server's: 0 none, 1 sender, 2 receiver)
+                                  u32 len, options (JSON, options.to_wire, <= 64 KiB)
+                                  u16 count (<= 256), count x (u16 len, path <= 4096, no NUL)
+                                  32-byte client nonce
+    server -> client  REPLY     u8 code
+                                  0 OK      [+ 32-byte server proof if the client authenticated]
+                                  1 AUTH    the client sends a 32-byte proof, then gets OK or ERROR
+                                  2 LIST    u16 count, count x (u8 len, name, u16 len, comment)
+                                  3 ERROR   u8 exit code, u16 len (<= 1024), text
+
+After OK both sides run the ordinary zcsync protocol (docs/protocol.md) on the socket,
+exactly as over ssh, with the module directory as the only root. Proofs: see auth.py.
+
+The daemon is one process that accepts connections and forks one child per
+connection. The parent never touches a client's bytes except to refuse one when the
+daemon-wide ``max connections`` is reached; it enforces the absolute pre-auth deadline
+(a child that has not authenticated by then is killed, whatever it is blocked in),
+keeps the per-address failure counts for throttling, and re-reads the config on SIGHUP.
+Per-module connection limits are byte-range locks on one shared file (as rsync's
+``lock file``), so they free themselves when a child dies.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import errno
+import fcntl
+import getpass
+import grp
+import logging
+import logging.handlers
+import os
+import pwd
+import selectors
+import signal
+import socket
+import stat
+import struct
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from . import auth, compress, errors
+from .daemon_config import ConfigError, DaemonConfig, Module, host_allowed, load_config, valid_module_name, \
+    with_overrides
+from .endpoints import DEFAULT_DAEMON_PORT, Endpoint
+from .engine import source_args
+from .errors import (FileProblem, FileSelectError, ProtocolError, SocketIOError, StartupError, StreamError,
+                     UsageError, ZcsyncError)
+from .filters import FilterRules
+from .flist import DirBatch
+from .options import MAX_WIRE_OPTIONS, Options, from_wire, to_wire
+from .pathnames import escape
+from .protocol import Connection, FlistBatch, Goodbye, Log, handshake
+from .remote import ReceivingSide, SendingSide, forward_report
+from .sender import Sender
+from .stats import Report
+from .transport import tcp
+from .transport.base import Stream
+
+log = logging.getLogger("zcsync.daemon")
+
+MAGIC = b"ZCSYNCD\x01"
+KIND_LIST, KIND_TRANSFER = 1, 2
+_ROLE_CODES = {"sender": 1, "receiver": 2}
+_ROLE_NAMES = {v: k for k, v in _ROLE_CODES.items()}
+R_OK, R_AUTH, R_LIST, R_ERROR = 0, 1, 2, 3
+
+MAX_REQUEST = 256 * 1024
+MAX_USER = 255
+MAX_PATHS = 256
+MAX_PATH = 4096
+MAX_MESSAGE = 1024
+MAX_LISTED = 4096
+MAX_COMMENT = 1024
+PREAMBLE_TIMEOUT = 60.0  # client side, while the daemon greets, throttles and answers
+DEFAULT_CONFIG = "/etc/zcsyncd.conf"
+
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+_ERROR_CLASSES: dict[int, type[ZcsyncError]] = {
+    errors.USAGE: UsageError, errors.PROTOCOL: ProtocolError, errors.FILE_SELECT: FileSelectError,
+    errors.STARTUP: StartupError, errors.SOCKET_IO: SocketIOError, errors.STREAM: StreamError,
+}
+
+
+# -- the preamble codec (both sides) ---------------------------------------------
+
+@dataclass(frozen=True)
+class DaemonRequest:
+    """What the client asks for, sent once after the greeting."""
+
+    kind: int
+    module: str = ""
+    user: str = ""
+    role: str | None = None  # the server's role: "sender" (pull) or "receiver" (push)
+    options: str = ""
+    paths: tuple[bytes, ...] = ()
+    client_nonce: bytes = b"\0" * auth.NONCE_SIZE
+
+    def encode(self) -> bytes:
+        """The body (after MAGIC and its length), exactly as the proofs digest it."""
+        module, user, options = self.module.encode("ascii"), self.user.encode("ascii"), self.options.encode()
+        parts = [_U8.pack(self.kind), _U8.pack(len(module)), module, _U8.pack(len(user)), user,
+                 _U8.pack(_ROLE_CODES.get(self.role or "", 0)), _U32.pack(len(options)), options,
+                 _U16.pack(len(self.paths))]
+        for path in self.paths:
+            parts += [_U16.pack(len(path)), path]
+        parts.append(self.client_nonce)
+        body = b"".join(parts)
+        if len(body) > MAX_REQUEST:
+            raise UsageError("too many or too long paths for one daemon request")
+        return body
+
+    @classmethod
+    def decode(cls, body: bytes) -> DaemonRequest:
+        """Parse and check an untrusted request body; raises ProtocolError."""
+        r = _Reader(body)
+        kind = r.u8()
+        if kind not in (KIND_LIST, KIND_TRANSFER):
+            raise ProtocolError(f"unknown request kind {kind}")
+        module = r.text(r.u8(), "module name")
+        user = r.text(r.u8(), "user name")
+        role_code = r.u8()
+        options_len = r.u32()
+        if options_len > MAX_WIRE_OPTIONS:
+            raise ProtocolError("options are too long")
+        try:
+            options = r.take(options_len).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("options are not UTF-8") from None
+        count = r.u16()
+        if count > MAX_PATHS:
+            raise ProtocolError(f"too many paths ({count}, limit {MAX_PATHS})")
+        paths = []
+        for _ in range(count):
+            n = r.u16()
+            if n > MAX_PATH:
+                raise ProtocolError("a path is too long")
+            path = r.take(n)
+            if b"\0" in path:
+                raise ProtocolError("a path contains NUL")
+            paths.append(path)
+        nonce = r.take(auth.NONCE_SIZE)
+        r.finish()
+        if kind == KIND_TRANSFER:
+            if not valid_module_name(module):
+                raise ProtocolError(f"bad module name {module!r}")
+            if role_code not in _ROLE_NAMES or not paths:
+                raise ProtocolError("a transfer request needs a role and at least one path")
+        if ":" in user:
+            raise ProtocolError("bad user name")
+        return cls(kind, module, user, _ROLE_NAMES.get(role_code), options, tuple(paths), nonce)
+
+
+class _Reader:
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.buf):
+            raise ProtocolError("truncated daemon request")
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int(_U16.unpack(self.take(2))[0])
+
+    def u32(self) -> int:
+        return int(_U32.unpack(self.take(4))[0])
+
+    def text(self, n: int, what: str) -> str:
+        raw = self.take(n)
+        if any(not 0x20 <= b < 0x7f for b in raw):
+            raise ProtocolError(f"bad {what}: only printable ASCII is allowed")
+        return raw.decode("ascii")
+
+    def finish(self) -> None:
+        if self.pos != len(self.buf):
+            raise ProtocolError("trailing bytes in daemon request")
+
+
+def _clean(raw: bytes) -> str:
+    """Peer text for display: printable ASCII kept, everything else escaped as rsync does."""
+    return "".join(chr(b) if 0x20 <= b < 0x7f else f"\\#{b:03o}" for b in raw)
+
+
+def _error_record(code: int, text: str) -> bytes:
+    data = text.encode("utf-8", "replace")[:MAX_MESSAGE]
+    return _U8.pack(code) + _U16.pack(len(data)) + data
+
+
+def _read_exact(stream: Stream, n: int, what: str) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise _PeerClosed(what)
+    return data
+
+
+class _PeerClosed(Exception):
+    """The other side closed the connection during the preamble."""
+
+
+# -- the client ---------------------------------------------------------------
+
+def _port(endpoint: Endpoint, opts: Options) -> int:
+    # --port only changes the default port (rsync: "specify double-colon alternate port").
+    if opts.port and (endpoint.port in (None, DEFAULT_DAEMON_PORT)):
+        return opts.port
+    return endpoint.port or DEFAULT_DAEMON_PORT
+
+
+def _default_user() -> str:
+    for var in ("USER", "LOGNAME"):
+        value = os.environ.get(var)
+        if value:
+            return value
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "nobody"
+
+
+def _raise_daemon_error(stream: Stream, where: str) -> None:
+    code = _read_exact(stream, 1, "an error")[0]
+    (n,) = _U16.unpack(_read_exact(stream, 2, "an error"))
+    if n > MAX_MESSAGE:
+        raise ProtocolError(f"{where} sent an over-long error message")
+    text = _clean(_read_exact(stream, n, "an error"))
+    cls = _ERROR_CLASSES.get(code, StartupError)
+    exc = cls(f"@ERROR: {text}")
+    if cls is StartupError and code != errors.STARTUP:
+        exc.exit_code = code if 0 < code < 256 else errors.STARTUP  # keep the daemon's code
+    raise exc
+
+
+def _greet(endpoint: Endpoint, opts: Options) -> tuple[tcp.SocketStream, bytes, str]:
+    """Connect and read the daemon's greeting; returns (stream, server nonce, "host:port")."""
+    if not endpoint.host:
+        raise UsageError("a daemon location needs a host name")
+    port = _port(endpoint, opts)
+    where = f"{endpoint.host}:{port}"
+    stream = tcp.connect(endpoint.host, port,
+                         connect_timeout=float(opts.contimeout) if opts.contimeout else None,
+                         timeout=float(opts.timeout) if opts.timeout else PREAMBLE_TIMEOUT)
+    try:
+        head = stream.read(len(MAGIC))
+        if head != MAGIC:
+            if not head:
+                raise StartupError(f"{where} closed the connection before greeting us")
+            head += stream.read(40) if head.startswith(b"@RSYNCD") else b""
+            if head.startswith(b"@RSYNCD"):
+                raise StartupError(f"{where} is an rsync daemon, not a zcsync daemon "
+                                   f"(it greeted us with {_clean(head.splitlines()[0])!r})")
+            raise StartupError(f"{where} is not a zcsync daemon (it sent {_clean(head)!r})")
+        status = _read_exact(stream, 1, "the greeting")[0]
+        if status == R_ERROR:
+            _raise_daemon_error(stream, where)
+        if status != R_OK:
+            raise ProtocolError(f"{where} sent an unknown greeting status {status}")
+        return stream, _read_exact(stream, auth.NONCE_SIZE, "the greeting"), where
+    except _PeerClosed:
+        stream.close()
+        raise StartupError(f"{where} closed the connection during its greeting") from None
+    except BaseException:
+        stream.close()
+        raise
+
+
+def _send_request(stream: Stream, request: DaemonRequest) -> bytes:
+    body = request.encode()
+    stream.write(MAGIC + _U32.pack(len(body)) + body)
+    return body
+
+
+def open_daemon_stream(endpoint: Endpoint, opts: Options, role: str, paths: list[str],
+                       password: bytes | str | None = None) -> Stream:
+    """Connect to ``zcsync daemon``, select the module and authenticate; return the Stream.
+
+    ``role`` is what the server will be ("sender" for a pull, "receiver" for a push);
+    ``paths`` are relative to the module. The password is ``password``, else
+    ``--password-file``, else ``$ZCSYNC_PASSWORD``, read only if the module asks for one.
+    The protocol handshake (protocol.handshake) then runs on the stream as over ssh.
+    """
+    if role not in _ROLE_CODES:
+        raise ValueError("role must be 'sender' or 'receiver'")
+    if not endpoint.module:
+        raise UsageError(f"{endpoint}: no module named (use 'zcsync {endpoint.host}::' to list them)")
+    stream, server_nonce, where = _greet(endpoint, opts)
+    try:
+        user = endpoint.user or _default_user()
+        request = DaemonRequest(KIND_TRANSFER, endpoint.module, user, role, to_wire(opts),
+                                tuple(os.fsencode(p or ".") for p in paths), auth.new_nonce())
+        body = _send_request(stream, request)
+        reply = _read_exact(stream, 1, "the reply")[0]
+        proof_expected = None
+        if reply == R_AUTH:
+            secret = password if password is not None else auth.client_password(opts.password_file)
+            if secret is None:
+                raise StartupError(f"@ERROR: module {endpoint.module!r} on {where} needs a password: "
+                                   "give --password-file=FILE or set ZCSYNC_PASSWORD")
+            secret_b = secret.encode() if isinstance(secret, str) else secret
+            digest = auth.request_digest(body)
+            args = (server_nonce, request.client_nonce, request.module.encode(), user.encode(), digest)
+            stream.write(auth.client_proof(secret_b, *args))
+            proof_expected = auth.server_proof(secret_b, *args)
+            reply = _read_exact(stream, 1, "the reply")[0]
+        if reply == R_ERROR:
+            _raise_daemon_error(stream, where)
+        if reply != R_OK:
+            raise ProtocolError(f"{where} sent an unexpected reply {reply}")
+        if proof_expected is not None:
+            proof = _read_exact(stream, auth.PROOF_SIZE, "the daemon's proof")
+            if not auth.proofs_equal(proof_expected, proof):
+                raise StartupError(f"{where} could not prove that it knows the password of {user!r} "
+                                   f"for module {endpoint.module!r}: is it the daemon you meant?")
+        stream.timeout = float(opts.timeout) if opts.timeout else None
+        return stream
+    except _PeerClosed:
+        stream.close()
+        raise StartupError(f"{where} closed the connection before the transfer started") from None
+    except BaseException:
+        stream.close()
+        raise
+
+
+def list_modules(endpoint: Endpoint, opts: Options) -> list[tuple[str, str]]:
+    """The daemon's listable modules as (name, comment), for ``zcsync host::``."""
+    stream, _, where = _greet(endpoint, opts)
+    try:
+        _send_request(stream, DaemonRequest(KIND_LIST, client_nonce=auth.new_nonce()))
+        reply = _read_exact(stream, 1, "the module list")[0]
+        if reply == R_ERROR:
+            _raise_daemon_error(stream, where)
+        if reply != R_LIST:
+            raise ProtocolError(f"{where} sent an unexpected reply {reply} to a module listing")
+        (count,) = _U16.unpack(_read_exact(stream, 2, "the module list"))
+        if count > MAX_LISTED:
+            raise ProtocolError(f"{where} listed too many modules ({count})")
+        out = []
+        for _ in range(count):
+            name = _clean(_read_exact(stream, _read_exact(stream, 1, "the module list")[0], "a module name"))
+            (n,) = _U16.unpack(_read_exact(stream, 2, "the module list"))
+            if n > MAX_COMMENT:
+                raise ProtocolError(f"{where} sent an over-long module comment")
+            out.append((name, _clean(_read_exact(stream, n, "a comment"))))
+        return out
+    except _PeerClosed:
+        raise StartupError(f"{where} closed the connection while listing modules") from None
+    finally:
+        stream.close()
+
+
+def format_module_list(modules: list[tuple[str, str]]) -> str:
+    """The listing as rsync prints it: name padded to 15, a tab, the comment."""
+    return "".join(f"{name:<15}\t{comment}\n" for name, comment in modules)
+
+
+# -- path safety inside a module ---------------------------------------------------
+
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "armv7l": 437, "ppc64le": 437, "s390x": 437,
+                "riscv64": 437}.get(os.uname().machine)
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_BENEATH = 0x08
+_libc: ctypes.CDLL | None = None
+
+
+def _openat2_beneath(root_fd: int, path: bytes) -> int:
+    """openat2(RESOLVE_BENEATH) as O_PATH; returns 0 if it resolves inside root, else an errno."""
+    global _libc
+    if _SYS_OPENAT2 is None:
+        return errno.ENOSYS
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    how = struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
+    buf = ctypes.create_string_buffer(how, len(how))
+    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(root_fd), ctypes.c_char_p(path), buf,
+                       ctypes.c_size_t(len(how)))
+    if fd < 0:
+        return ctypes.get_errno()
+    os.close(fd)
+    return 0
+
+
+def _walk_nofollow(root_fd: int, path: bytes) -> int:
+    """Fallback without openat2: any symlink on the way counts as an escape (strict)."""
+    fd = os.dup(root_fd)
+    try:
+        for part in path.split(b"/"):
+            try:
+                nfd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                return exc.errno or errno.EIO
+            os.close(fd)
+            fd = nfd
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                return errno.EXDEV
+        return 0
+    finally:
+        os.close(fd)
+
+
+def _resolves_beneath(root_fd: int, path: bytes) -> int:
+    result = _openat2_beneath(root_fd, path)
+    if result in (errno.ENOSYS, errno.EPERM):  # no openat2 here (old kernel, seccomp)
+        result = _walk_nofollow(root_fd, path)
+    return result
+
+
+def _lexical_parts(raw: bytes, what: str) -> list[bytes]:
+    """The components of a client path, refusing absolute paths and '..'."""
+    if raw.startswith(b"/"):
+        raise FileSelectError(f"absolute path {escape(raw)!r} refused: {what} paths are relative to the module")
+    parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
+    if b".." in parts:
+        raise FileSelectError(f"path {escape(raw)!r} refused: '..' is not allowed in a module")
+    return parts
+
+
+def check_in_module(root_fd: int, raw: bytes, module_name: str) -> bytes:
+    """Refuse a client path that is absolute, uses '..', or leads out of the module through a symlink.
+
+    Returns the path as the engine should get it (relative to the module root, which
+    is the working directory). The deepest existing part is resolved beneath the root
+    fd (openat2 RESOLVE_BENEATH): symlinks inside the module may point anywhere inside it.
+    """
+    parts = _lexical_parts(raw, "module")
+    while parts:
+        result = _resolves_beneath(root_fd, b"/".join(parts))
+        if result in (errno.EXDEV, errno.ELOOP):
+            raise FileSelectError(f"path {escape(raw)!r} refused: it leads out of module {module_name!r}")
+        if result not in (errno.ENOENT, errno.ENOTDIR):
+            break  # resolves inside, or fails for a reason the transfer itself will report
+        parts.pop()
+    return raw or b"."
+
+
+def _module_relative(path: bytes) -> bytes:
+    norm = os.path.normpath(path)
+    return b"" if norm == b"." else norm
+
+
+def _join(root: bytes, name: bytes) -> bytes:
+    if name == b".":
+        return root or b"."
+    return root + b"/" + name if root else name
+
+
+def _under(name: bytes, dropped: set[bytes]) -> bool:
+    while name:
+        if name in dropped:
+            return True
+        name = name.rpartition(b"/")[0]
+    return False
+
+
+class ModuleFilter:
+    """The module's ``exclude`` patterns, matched on module-relative names (as rsync's daemon does)."""
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self.patterns = patterns
+        self.rules = FilterRules.parse([f"- {p}" for p in patterns]) if patterns else None
+
+    def __bool__(self) -> bool:
+        return self.rules is not None
+
+    def excluded(self, rel: bytes, is_dir: bool) -> bool:
+        """Is the module-relative name rel, or any directory above it, excluded?"""
+        if self.rules is None or rel in (b"", b"."):
+            return False
+        if self.rules.excluded(rel, is_dir):
+            return True
+        parent = rel.rpartition(b"/")[0]
+        while parent:
+            if self.rules.excluded(parent, True):
+                return True
+            parent = parent.rpartition(b"/")[0]
+        return False
+
+    def client_rules(self, dest_rel: bytes | None) -> list[str]:
+        """Rules put before the client's: hide (sender) and protect (receiver) what the module excludes.
+
+        They save scanning excluded directories and keep --delete off excluded names;
+        the module-relative check (excluded()) stays the authority for what is sent or
+        accepted. An anchored pattern is rewritten relative to the destination when it
+        lies below it; one that cannot be rewritten protects nothing (see README gaps).
+        """
+        out = []
+        for pattern in self.patterns:
+            body = pattern.rstrip("/")
+            if pattern.startswith("/"):
+                if dest_rel is None:
+                    continue
+                prefix = os.fsdecode(dest_rel)
+                if not prefix:
+                    rel = pattern
+                elif body.startswith("/" + prefix + "/"):
+                    rel = pattern[len(prefix) + 1:]
+                else:
+                    continue
+            elif "/" in body or "**" in body:
+                continue
+            else:
+                rel = pattern
+            out += [f"H {rel}", f"P {rel}"]
+        return out
+
+
+class _ModuleSender(Sender):
+    """A Sender that leaves out what the module excludes (by module-relative name)."""
+
+    def __init__(self, sources, opts: Options, filters: FilterRules, module_filter: ModuleFilter,
+                 on_problem: Callable[[FileProblem], None]) -> None:
+        super().__init__(sources, opts, filters, on_problem=on_problem)
+        self.module_filter = module_filter
+
+    def batches(self) -> Iterator[DirBatch]:
+        dropped: set[bytes] = set()
+        for batch in super().batches():
+            if batch.dir_name is not None and _under(batch.dir_name, dropped):
+                continue
+            keep = []
+            for entry in batch.entries:
+                if self.module_filter.excluded(_module_relative(self.path(entry)), entry.is_dir):
+                    if entry.is_dir:
+                        dropped.add(entry.name)
+                    continue
+                keep.append(entry)
+            yield DirBatch(batch.dir_name, tuple(keep), batch.expanded - dropped)
+
+
+class _ModuleConnection(Connection):
+    """A Connection that drops incoming file-list entries the module excludes (push into a module)."""
+
+    incoming: Callable[[FlistBatch], FlistBatch | None] | None = None
+
+    def recv(self):  # type: ignore[no-untyped-def]
+        while True:
+            msg = super().recv()
+            if self.incoming is not None and isinstance(msg, FlistBatch):
+                msg = self.incoming(msg)
+                if msg is None:
+                    continue
+            return msg
+
+
+def _incoming_filter(dest_rel: bytes, module_filter: ModuleFilter,
+                     report: Report) -> Callable[[FlistBatch], FlistBatch | None]:
+    dropped: set[bytes] = set()
+
+    def check(msg: FlistBatch) -> FlistBatch | None:
+        if msg.dir_name is not None and _under(msg.dir_name, dropped):
+            return None
+        keep, extras = [], []
+        for i, entry in enumerate(msg.entries):
+            if module_filter.excluded(_module_relative(_join(dest_rel, entry.name)), entry.is_dir):
+                kind = "directory" if entry.is_dir else "file"
+                if entry.is_dir:
+                    dropped.add(entry.name)
+                report.problem(FileProblem(escape(entry.name),
+                                           f'ERROR: daemon refused to receive {kind} "{escape(entry.name)}"'))
+                continue
+            keep.append(entry)
+            extras.append(msg.extras_of(i))
+        if len(keep) == len(msg.entries):
+            return msg
+        return dataclasses.replace(msg, entries=tuple(keep), extras=tuple(extras) if msg.extras else (),
+                                   expanded=msg.expanded - dropped)
+    return check
+
+
+# -- the daemon's side of one connection ----------------------------------------------
+
+class _Refuse(Exception):
+    """Answer the client with an ERROR record and end the session."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _PreAuthTimeout(BaseException):
+    """The absolute pre-auth deadline passed (raised from SIGALRM)."""
+
+
+class ModuleSlots:
+    """Per-module connection limits as byte-range locks on one file shared by every child."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def take(self, module: Module) -> bool:
+        """Lock one of the module's slots for the life of this process; False if all are taken."""
+        if not module.max_connections:
+            return True
+        base = zlib.crc32(module.name.encode()) << 20
+        for slot in range(module.max_connections):
+            try:
+                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, base + slot, os.SEEK_SET)
+                return True
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+        return False
+
+
+@dataclass
+class ConnectionContext:
+    """What the parent hands a child for one connection."""
+
+    config: DaemonConfig
+    slots: ModuleSlots
+    throttle_delay: float = 0.0
+    notify: Callable[[bytes], None] = lambda _: None
+
+
+def _names(spec: str | None, default: str, lookup: Callable[[str], int]) -> int:
+    value = spec if spec is not None else default
+    if value.isdigit():
+        return int(value)
+    return lookup(value)
+
+
+def _drop_privileges(module: Module) -> None:
+    """As root: become the module's uid/gid (rsync's default: nobody)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        uid = _names(module.uid, "nobody", lambda n: pwd.getpwnam(n).pw_uid)
+        default_group = "nogroup"
+        try:
+            grp.getgrnam(default_group)
+        except KeyError:
+            default_group = "nobody"
+        gid = _names(module.gid, default_group, lambda n: grp.getgrnam(n).gr_gid)
+    except KeyError as exc:
+        log.error("module %s: unknown user or group %s", module.name, exc)
+        raise _Refuse(errors.STARTUP, "invalid uid/gid setting for this module") from None
+    if uid == 0 and gid == 0:
+        return
+    os.setgroups([gid])
+    os.setgid(gid)
+    if uid != 0:
+        os.setuid(uid)
+
+
+class Session:
+    """One client connection, in its own process: greeting, request, auth, then the transfer."""
+
+    def __init__(self, stream: tcp.SocketStream, addr: str, ctx: ConnectionContext) -> None:
+        self.stream = stream
+        self.addr = addr
+        self.ctx = ctx
+        self.config = ctx.config
+
+    def run(self) -> int:
+        try:
+            return self._run()
+        except _Refuse as exc:
+            self._send(bytes([R_ERROR]) + _error_record(exc.code, exc.message))
+            return exc.code
+        except ProtocolError as exc:
+            log.warning("protocol error from %s: %s", self.addr, exc.detail)
+            self._send(bytes([R_ERROR]) + _error_record(errors.PROTOCOL, f"protocol error: {exc.detail}"))
+            return errors.PROTOCOL
+        except _PeerClosed:
+            log.info("%s closed the connection during the preamble", self.addr)
+            return errors.STREAM
+        except _PreAuthTimeout:
+            log.warning("%s did not authenticate within %g seconds: connection dropped",
+                        self.addr, self.config.auth_timeout)
+            return errors.TIMEOUT
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self.stream.close()
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self.stream.write(data)
+        except ZcsyncError:
+            pass
+
+    def _read_request(self) -> tuple[DaemonRequest, bytes]:
+        head = _read_exact(self.stream, len(MAGIC), "the request")
+        if head != MAGIC:
+            log.warning("%s sent something that is not a zcsync request: %s", self.addr, _clean(head))
+            raise _PeerClosed("bad magic")
+        (n,) = _U32.unpack(_read_exact(self.stream, 4, "the request"))
+        if n > MAX_REQUEST:
+            raise ProtocolError(f"request of {n} bytes is over the limit of {MAX_REQUEST}")
+        body = _read_exact(self.stream, n, "the request")
+        return DaemonRequest.decode(body), body
+
+    def _listing(self) -> bytes:
+        rows = []
+        for module in self.config.modules.values():
+            if module.list and host_allowed(module, self.addr):
+                name = module.name.encode("ascii")
+                comment = module.comment.encode("utf-8", "replace")[:MAX_COMMENT]
+                rows.append(_U8.pack(len(name)) + name + _U16.pack(len(comment)) + comment)
+        rows = rows[:MAX_LISTED]
+        return bytes([R_LIST]) + _U16.pack(len(rows)) + b"".join(rows)
+
+    def _run(self) -> int:
+        server_nonce = auth.new_nonce()
+        self.stream.write(MAGIC + bytes([R_OK]) + server_nonce)
+        request, body = self._read_request()
+        if request.kind == KIND_LIST:
+            self._send(self._listing())
+            return 0
+        module = self.config.modules.get(request.module)
+        if module is None:
+            log.warning("%s asked for unknown module %r", self.addr, request.module)
+            raise _Refuse(errors.STARTUP, f"Unknown module '{request.module}'")
+        if not host_allowed(module, self.addr):
+            log.warning("access to module %s denied to %s", module.name, self.addr)
+            raise _Refuse(errors.STARTUP, f"access denied to {module.name} from {self.addr}")
+        if not self.ctx.slots.take(module):
+            log.warning("max connections (%d) reached for module %s: refused %s",
+                        module.max_connections, module.name, self.addr)
+            raise _Refuse(errors.STARTUP, f"max connections ({module.max_connections}) reached -- "
+                          "try again later")
+        read_only = module.read_only
+        proof_reply = b""
+        if module.auth_users:
+            self.stream.write(bytes([R_AUTH]))
+            proof = _read_exact(self.stream, auth.PROOF_SIZE, "the client's proof")
+            if self.ctx.throttle_delay:
+                time.sleep(self.ctx.throttle_delay)
+            secret, access = self._secret_for(module, request.user)
+            digest = auth.request_digest(body)
+            args = (server_nonce, request.client_nonce, module.name.encode(), request.user.encode(), digest)
+            # Compare even for an unknown user (against a random key), so timing says nothing.
+            expected = auth.client_proof(secret if secret is not None else auth.new_nonce(), *args)
+            if secret is None or access == "deny" or not auth.proofs_equal(expected, proof):
+                self.ctx.notify(b"F")
+                log.warning("auth failed on module %s from %s for user %r", module.name, self.addr, request.user)
+                raise _Refuse(errors.STARTUP, f"auth failed on module {module.name}")
+            self.ctx.notify(b"A")
+            proof_reply = auth.server_proof(secret, *args)
+            if access in ("ro", "rw"):
+                read_only = access == "ro"
+        else:
+            self.ctx.notify(b"O")
+        signal.setitimer(signal.ITIMER_REAL, 0)  # authenticated: the pre-auth deadline is over
+        return self._transfer(module, request, read_only, proof_reply)
+
+    def _secret_for(self, module: Module, user: str) -> tuple[bytes | None, str | None]:
+        entry = module.user(user)
+        if entry is None:
+            return None, None
+        try:
+            table = auth.load_secrets(module.secrets_file or "", strict=module.strict_modes)
+        except auth.SecretsError as exc:
+            log.error("module %s: %s", module.name, exc.message)
+            return None, None
+        return table.get(user), entry.access
+
+    def _transfer(self, module: Module, request: DaemonRequest, read_only: bool, proof_reply: bytes) -> int:
+        role = request.role
+        assert role is not None
+        try:
+            opts = from_wire(request.options)
+        except UsageError as exc:
+            raise _Refuse(errors.USAGE, exc.message) from None
+        if role == "receiver" and read_only:
+            raise _Refuse(errors.USAGE, "module is read only")
+        if role == "sender" and module.write_only:
+            raise _Refuse(errors.USAGE, "module is write only")
+        if role == "sender" and opts.remove_source_files and read_only:
+            raise _Refuse(errors.USAGE, "module is read only (--remove-source-files)")
+        if role == "sender" and opts.copy_links:
+            raise _Refuse(errors.USAGE, "--copy-links (-L) is refused by the daemon: links could lead "
+                          "out of the module")
+        module_filter = ModuleFilter(module.exclude)
+        if module_filter and any(_is_clear_rule(rule) for rule in opts.filter_rules):
+            raise _Refuse(errors.USAGE, "a '!' (clear) filter rule is refused on a module with excludes")
+        if role == "receiver" and len(request.paths) != 1:
+            raise _Refuse(errors.USAGE, "a push names one destination path")
+        try:
+            root_fd = os.open(module.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.fchdir(root_fd)
+        except OSError as exc:
+            log.error("module %s: cannot enter %s: %s", module.name, module.path, exc.strerror)
+            raise _Refuse(errors.STARTUP, f"chdir failed for module {module.name}") from None
+        _drop_privileges(module)
+        paths, problems = [], []
+        for raw in request.paths:
+            try:
+                path = check_in_module(root_fd, raw, module.name)
+            except FileSelectError as exc:
+                raise _Refuse(errors.FILE_SELECT, exc.message) from None
+            if module_filter.excluded(_module_relative(path), True) or \
+                    module_filter.excluded(_module_relative(path), False):
+                # As rsync: an excluded name looks like one that does not exist.
+                problems.append(FileProblem(escape(path), f'[sender] change_dir "{escape(path)}" (in '
+                                            f"{module.name}) failed: No such file or directory (2)"))
+                if role == "receiver":
+                    raise _Refuse(errors.FILE_SELECT, f'daemon refused to receive "{escape(path)}"')
+                continue
+            paths.append(os.fsdecode(path))
+        if role == "receiver":
+            _check_path_options(root_fd, opts, request.paths[0], module.name)
+        os.close(root_fd)
+        log.info("%s %s/%s from %s@%s", "send" if role == "sender" else "receive", module.name,
+                 " ".join(paths) or ".", request.user or "-", self.addr)
+        self._send(bytes([R_OK]) + proof_reply)
+        self.stream.timeout = float(module.timeout) if module.timeout else None
+        return run_role(self.stream, role, opts, paths, module_filter, problems, peer=self.addr)
+
+
+def _is_clear_rule(rule: str) -> bool:
+    words = rule.strip().split(None, 1)
+    return bool(words) and (words[0] in ("!", "clear") or words[0].startswith("!"))
+
+
+def _check_path_options(root_fd: int, opts: Options, dest: bytes, module_name: str) -> None:
+    """--backup-dir, --partial-dir and the *-dest dirs must stay inside the module as well."""
+    for name in ("backup_dir", "partial_dir", "link_dest", "compare_dest", "copy_dest"):
+        value = getattr(opts, name)
+        for item in (value if isinstance(value, tuple) else (value,)):
+            if not item:
+                continue
+            raw = os.fsencode(item)
+            flag = f"--{name.replace('_', '-')}"
+            if raw.startswith(b"/") or b".." in raw.split(b"/"):
+                raise _Refuse(errors.FILE_SELECT, f"{flag}={item} refused: it must stay inside the module")
+            if name != "partial_dir":  # relative to the destination (partial-dir: to each file's dir)
+                try:
+                    check_in_module(root_fd, dest.rstrip(b"/") + b"/" + raw, module_name)
+                except FileSelectError as exc:
+                    raise _Refuse(errors.FILE_SELECT, f"{flag}: {exc.message}") from None
+
+
+def run_role(stream: Stream, role: str, opts: Options, paths: list[str], module_filter: ModuleFilter,
+             problems: list[FileProblem], peer: str = "client") -> int:
+    """The server end of a transfer inside a module (mirrors server.serve, plus the module's excludes)."""
+    conn = _ModuleConnection(stream, peer=peer)
+    try:
+        handshake(conn, "server", {"compress": ",".join(compress.supported())})
+    except ZcsyncError as exc:
+        log.error("%s: %s", peer, exc.message)
+        return exc.exit_code
+    report = Report()
+    try:
+        _accept_only(conn, role)
+        conn.set_bwlimit(opts.bwlimit)
+        forward_report(conn, report)
+        for problem in problems:
+            report.problem(problem)
+        dest_rel = _module_relative(os.fsencode(paths[0])) if role == "receiver" and paths else None
+        prefix = module_filter.client_rules(dest_rel) if module_filter else []
+        filters = FilterRules.parse([*prefix, *opts.filter_rules], delete_excluded=opts.delete_excluded,
+                                    trusted=False)
+        if role == "sender":
+            sender = _ModuleSender(source_args(paths, opts), opts, filters, module_filter,
+                                   on_problem=report.problem)
+            SendingSide(conn, sender, opts, report).run()
+        else:
+            if module_filter:
+                assert dest_rel is not None
+                conn.incoming = _incoming_filter(dest_rel, module_filter, report)
+            side = ReceivingSide(conn, paths[0] or ".", opts, report, filters)
+            try:
+                side.run()
+            finally:
+                side.close()
+        log.info("%s: sent %d bytes, received %d bytes, exit %d", peer, conn.bytes_sent, conn.bytes_received,
+                 report.exit_code)
+        return report.exit_code
+    except ZcsyncError as exc:
+        log.error("%s: %s", peer, exc.message)
+        try:
+            conn.send(Log(logging.ERROR, exc.message))
+            conn.send(Goodbye(exc.exit_code))
+            conn.flush()
+        except ZcsyncError:
+            pass
+        return exc.exit_code
+    finally:
+        conn.close()
+
+
+def _accept_only(conn: Connection, role: str) -> None:
+    """From now on the peer may send only what our role takes."""
+    try:
+        from .protocol import ACCEPTS
+    except ImportError:  # older codec: the decoder knows roles by name
+        conn.decoder.side = role
+    else:
+        conn.decoder.accepts = ACCEPTS[role]
+
+
+# -- the daemon process -----------------------------------------------------------
+
+@dataclass
+class _Child:
+    addr: str
+    started: float
+    status_fd: int
+    past_auth: bool = False
+
+
+class Daemon:
+    """The listening parent: accept, fork a Session per connection, reap, reload, stop."""
+
+    def __init__(self, config_path: str, *, port: int | None = None, address: str | None = None,
+                 detach: bool = True) -> None:
+        self.config_path = config_path
+        self.overrides = {"port": port, "address": address}
+        self.detach = detach
+        self.config = with_overrides(load_config(config_path), **self.overrides)
+        self.throttle = auth.FailureThrottle()
+        self.children: dict[int, _Child] = {}
+        self.listeners: list[socket.socket] = []
+        self.selector = selectors.DefaultSelector()
+        self._stop = False
+        self._reload = False
+        self._pid_fd: int | None = None
+        self._pid_path: str | None = None
+        self._lock_file = tempfile.TemporaryFile(prefix="zcsyncd-slots-")
+        self._log_handler: logging.Handler | None = None
+        self._wake_r, self._wake_w = os.pipe()
+
+    # -- start-up --
+    def bind(self) -> None:
+        """Open the listening sockets (before detaching, so that errors reach the terminal)."""
+        cfg = self.config
+        host = cfg.address
+        try:
+            infos = socket.getaddrinfo(host, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE) \
+                if host else [(socket.AF_INET6, socket.SOCK_STREAM, 0, "", ("::", cfg.port, 0, 0))]
+        except socket.gaierror as exc:
+            raise SocketIOError(f"cannot resolve listen address {host!r}: {exc.strerror}") from exc
+        last: OSError | None = None
+        for family, kind, proto, _, addr in infos:
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as exc:
+                if host is None:  # no IPv6 here: all IPv4 addresses instead
+                    infos.append((socket.AF_INET, socket.SOCK_STREAM, 0, "", ("0.0.0.0", cfg.port)))
+                last = exc
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and host is None:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(addr)
+                sock.listen(128)
+                sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            self.listeners.append(sock)
+        if not self.listeners:
+            assert last is not None
+            raise SocketIOError(f"cannot listen on {host or '*'} port {cfg.port}: {last.strerror}") from last
+
+    def _daemonize(self) -> None:
+        if os.fork():
+            os._exit(0)
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        os.chdir("/")
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+
+    def _write_pid_file(self) -> None:
+        path = self.config.pid_file
+        if not path:
+            return
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StartupError(f"Cannot create pid file {path!r}: {exc.strerror}") from exc
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StartupError(f"pid file {path!r} is locked: another daemon is running") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._pid_fd, self._pid_path = fd, path
+
+    def _remove_pid_file(self) -> None:
+        if self._pid_path is not None:
+            try:
+                os.unlink(self._pid_path)
+            except OSError:
+                pass
+        if self._pid_fd is not None:
+            os.close(self._pid_fd)
+        self._pid_fd = self._pid_path = None
+
+    def _setup_logging(self) -> None:
+        root = logging.getLogger("zcsync")
+        if self._log_handler is not None:
+            root.removeHandler(self._log_handler)
+            self._log_handler.close()
+        handler: logging.Handler
+        if self.config.log_file:
+            handler = logging.FileHandler(self.config.log_file)
+            handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(message)s", "%Y/%m/%d %H:%M:%S"))
+        elif not self.detach:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("zcsync daemon [%(process)d]: %(message)s"))
+        else:
+            try:
+                handler = logging.handlers.SysLogHandler(address="/dev/log")
+            except OSError:
+                handler = logging.NullHandler()
+            handler.setFormatter(logging.Formatter("zcsyncd[%(process)d]: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+        self._log_handler = handler
+
+    # -- signals --
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self._stop = True
+        elif signum == signal.SIGHUP:
+            self._reload = True
+
+    def _install_signals(self) -> None:
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+
+    # -- the loop --
+    def serve_forever(self) -> int:
+        """Run until SIGTERM; returns the exit code (0 on a clean stop)."""
+        if self.detach:
+            self._daemonize()
+        self._write_pid_file()
+        self._setup_logging()
+        self._install_signals()
+        for sock in self.listeners:
+            self.selector.register(sock, selectors.EVENT_READ, "listen")
+        self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        where = ", ".join(f"{s.getsockname()[0]} port {s.getsockname()[1]}" for s in self.listeners)
+        log.info("zcsync daemon listening on %s (config %s)", where, self.config_path)
+        try:
+            while not self._stop:
+                for key, _ in self.selector.select(self._next_timeout()):
+                    if key.data == "listen":
+                        self._accept(key.fileobj)  # type: ignore[arg-type]
+                    elif key.data == "wake":
+                        try:
+                            while os.read(self._wake_r, 512):
+                                pass
+                        except BlockingIOError:
+                            pass
+                    else:
+                        self._child_status(key.data)
+                self._reap()
+                if self._reload:
+                    self._reload = False
+                    self.reload()
+                self._enforce_deadlines()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _next_timeout(self) -> float | None:
+        waiting = [c.started + self.config.auth_timeout + 1.0 for c in self.children.values() if not c.past_auth]
+        if not waiting:
+            return None
+        return max(0.0, min(waiting) - time.monotonic())
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            sock, addr = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # EMFILE and friends: keep serving the others
+            log.error("accept failed: %s", exc.strerror)
+            return
+        ip = str(addr[0])
+        if ip.startswith("::ffff:"):
+            ip = ip[7:]
+        sock.setblocking(True)
+        limit = self.config.max_connections
+        if limit and len(self.children) >= limit:
+            log.warning("max connections (%d) reached: refused %s", limit, ip)
+            try:
+                sock.settimeout(2.0)
+                sock.sendall(MAGIC + bytes([R_ERROR]) + _error_record(
+                    errors.STARTUP, f"max connections ({limit}) reached -- try again later"))
+            except OSError:
+                pass
+            sock.close()
+            return
+        log.info("connect from %s", ip)
+        status_r, status_w = os.pipe()
+        delay = self.throttle.delay(ip)
+        pid = os.fork()
+        if pid == 0:  # the child never returns from here
+            code = errors.STREAM
+            try:
+                os.close(status_r)
+                code = self._child_main(sock, ip, status_w, delay)
+            except BaseException:  # noqa: BLE001 - the child must end in os._exit whatever happened
+                log.exception("session with %s failed", ip)
+            finally:
+                os._exit(code)
+        os.close(status_w)
+        sock.close()
+        os.set_blocking(status_r, False)
+        self.children[pid] = _Child(ip, time.monotonic(), status_r)
+        self.selector.register(status_r, selectors.EVENT_READ, pid)
+
+    def _child_main(self, sock: socket.socket, ip: str, status_w: int, delay: float) -> int:
+        signal.set_wakeup_fd(-1)
+        for s in self.listeners:
+            s.close()
+        for child in self.children.values():
+            os.close(child.status_fd)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        if self._pid_fd is not None:
+            os.close(self._pid_fd)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, _interrupted)
+
+        def on_alarm(signum: int, frame: object) -> None:
+            raise _PreAuthTimeout()
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, self.config.auth_timeout)
+
+        def notify(what: bytes) -> None:
+            try:
+                os.write(status_w, what)
+            except OSError:
+                pass
+        stream = tcp.SocketStream(sock, peer=ip, timeout=self.config.auth_timeout)
+        ctx = ConnectionContext(self.config, ModuleSlots(self._lock_file.fileno()), delay, notify)
+        try:
+            return Session(stream, ip, ctx).run()
+        except errors.Interrupted:
+            return errors.SIGNAL
+
+    def _child_status(self, pid: int) -> None:
+        child = self.children.get(pid)
+        if child is not None:
+            self._drain_status(child)
+
+    def _drain_status(self, child: _Child) -> None:
+        """Act on what the child reported: F (auth failed), A (authenticated), O (open module)."""
+        while child.status_fd >= 0:
+            try:
+                data = os.read(child.status_fd, 64)
+            except BlockingIOError:
+                return
+            if not data:  # the child is ending
+                self.selector.unregister(child.status_fd)
+                os.close(child.status_fd)
+                child.status_fd = -1
+                return
+            for byte in data:
+                if byte == ord("F"):
+                    self.throttle.failed(child.addr)
+                elif byte == ord("A"):
+                    self.throttle.succeeded(child.addr)
+                child.past_auth = child.past_auth or byte in (ord("A"), ord("O"))
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is not None:
+                self._drain_status(child)  # to EOF: the child is gone
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for pid, child in self.children.items():
+            if not child.past_auth and now > child.started + self.config.auth_timeout + 1.0:
+                log.warning("%s did not authenticate within %g seconds: killing its session",
+                            child.addr, self.config.auth_timeout)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                child.past_auth = True  # killed once; the reaper frees the slot
+
+    def reload(self) -> None:
+        """SIGHUP: read the config again; keep the old one if the new one is bad."""
+        try:
+            new = with_overrides(load_config(self.config_path), **self.overrides)
+        except ZcsyncError as exc:
+            log.error("config not reloaded: %s", exc.message)
+            return
+        if (new.port, new.address) != (self.config.port, self.config.address):
+            log.warning("port and address changes take effect only when the daemon restarts")
+            new = dataclasses.replace(new, port=self.config.port, address=self.config.address)
+        if new.pid_file != self.config.pid_file:
+            log.warning("a new pid file takes effect only when the daemon restarts")
+            new = dataclasses.replace(new, pid_file=self.config.pid_file)
+        self.config = new
+        self._setup_logging()  # also reopens the log file (log rotation)
+        log.info("config reloaded: %d module(s)", len(new.modules))
+
+    def _shutdown(self) -> None:
+        for sock in self.listeners:
+            try:
+                self.selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+            sock.close()
+        self.listeners = []
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5.0
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.02)
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        self._remove_pid_file()
+        log.info("zcsync daemon stopped")
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise errors.Interrupted(signal.Signals(signum).name)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"zcsync daemon: {message}\n")
+        sys.exit(errors.USAGE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``zcsync daemon [--config FILE] [--port N] [--address ADDR] [--no-detach]``."""
+    parser = _Parser(prog="zcsync daemon", description="Serve modules to zcsync clients over TCP.")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+                        help=f"configuration file (rsyncd.conf syntax; default {DEFAULT_CONFIG})")
+    parser.add_argument("--port", type=int, default=None, metavar="N",
+                        help=f"listen on port N (default: the config's, else {DEFAULT_DAEMON_PORT})")
+    parser.add_argument("--address", default=None, metavar="ADDR", help="listen on this address only")
+    parser.add_argument("--no-detach", action="store_true", help="stay in the foreground")
+    args = parser.parse_args(argv)
+    if args.port is not None and not 0 < args.port < 65536:
+        parser.error(f"bad port {args.port}")
+    try:
+        daemon = Daemon(args.config, port=args.port, address=args.address, detach=not args.no_detach)
+        daemon.bind()
+        return daemon.serve_forever()
+    except ConfigError as exc:
+        sys.stderr.write(f"zcsync daemon: {exc.message}\n")
+        return exc.exit_code
+    except ZcsyncError as exc:
+        sys.stderr.write(f"zcsync daemon: {exc.message}\n")
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
