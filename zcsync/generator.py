@@ -579,18 +579,8 @@ class Generator:
             self._event(itemize, name, entry, " -> " + escape(entry.link))
         if self.opts.dry_run:
             return
-        pfd = self.tree.dir_fd(parent)
-        tmp = commit.temp_name(base)
-        os.symlink(entry.link, tmp, dir_fd=pfd)
-        try:
-            apply_name(pfd, tmp, self.policy.wanted(entry, None), is_link=True)
-            if st is not None and self.opts.backup:
-                self.backup(pfd, base, name)
-            os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
-        except BaseException:
-            commit.unlink_quietly(pfd, tmp)
-            raise
-        self.tree.mark_dirty(parent)
+        target = entry.link
+        self._put_in_place(entry, name, st, lambda pfd, tmp: os.symlink(target, tmp, dir_fd=pfd))
         self._final(entry, name)
 
     def _special(self, entry: FileEntry, name: bytes, st: os.stat_result | None) -> None:
@@ -615,11 +605,20 @@ class Generator:
             self._event(itemize, name, entry)
         if self.opts.dry_run:
             return
+        self._put_in_place(entry, name, st, lambda pfd, tmp: os.mknod(
+            tmp, stat.S_IFMT(entry.mode) | 0o600, entry.rdev, dir_fd=pfd))
+        self._final(entry, name)
+
+    def _put_in_place(self, entry: FileEntry, name: bytes, st: os.stat_result | None,
+                      make: Callable[[int, bytes], None]) -> None:
+        """Make a node at a temp name beside name, give it its attributes, back up what it
+        replaces, and rename it over the old one (so the name is never missing)."""
+        parent, base = split(name)
         pfd = self.tree.dir_fd(parent)
         tmp = commit.temp_name(base)
-        os.mknod(tmp, stat.S_IFMT(entry.mode) | 0o600, entry.rdev, dir_fd=pfd)
+        make(pfd, tmp)
         try:
-            apply_name(pfd, tmp, self.policy.wanted(entry, None), is_link=False)
+            apply_name(pfd, tmp, self.policy.wanted(entry, None), is_link=entry.is_link)
             if st is not None and self.opts.backup:
                 self.backup(pfd, base, name)
             os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
@@ -627,7 +626,6 @@ class Generator:
             commit.unlink_quietly(pfd, tmp)
             raise
         self.tree.mark_dirty(parent)
-        self._final(entry, name)
 
     # -- backups --------------------------------------------------------------
     def _backup_parent(self, parent: bytes) -> int:

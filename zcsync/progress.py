@@ -213,8 +213,11 @@ class Progress:
             bar.refresh()
 
     def _new_bar(self, total: int, desc: str | None, leave: bool) -> Any:
+        # A terminal that reports no width (a fresh pty, some serial consoles) gets 80 columns.
+        sized = _columns(self.stream) > 0
         return tqdm(total=total, desc=desc, file=self.stream, leave=leave, unit="B", unit_scale=True,
-                    unit_divisor=1024, dynamic_ncols=True, mininterval=0, miniters=1, smoothing=0.1)
+                    unit_divisor=1024, dynamic_ncols=sized, ncols=None if sized else 80,
+                    mininterval=0, miniters=1, smoothing=0.1)
 
 
 class _Tracked:
@@ -249,6 +252,13 @@ class _Tracked:
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self.source, attr)
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 def _short(name: bytes) -> str:

@@ -154,7 +154,7 @@ class SendingSide:
         try:
             hasher = xxhash.xxh3_128()  # over the file's bytes, compressed on the wire or not
             self.conn.send(FileBegin(index, entry.size))
-            if compress and entry.size > CHUNK and False:
+            if compress and entry.size > CHUNK:
                 pos = self._send_compressed(fd, entry.size, hasher)
             else:
                 pos = 0

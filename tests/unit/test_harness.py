@@ -17,7 +17,7 @@ _ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from tests import oracle, treecmp, treegen  # noqa: E402
+from tests import oracle, treecmp  # noqa: E402
 from tests.treecmp import assert_same_tree, diff_trees, snapshot  # noqa: E402
 from tests.treegen import copy_tree, make_tree, mutate_tree  # noqa: E402
 
