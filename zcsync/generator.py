@@ -584,7 +584,6 @@ class Generator:
         self._final(entry, name)
 
     def _special(self, entry: FileEntry, name: bytes, st: os.stat_result | None) -> None:
-        parent, base = split(name)
         if st is not None and stat.S_IFMT(st.st_mode) == stat.S_IFMT(entry.mode) \
                 and st.st_rdev == entry.rdev:
             self._attr_only(entry, name, st, "." + type_letter(entry.mode))

@@ -132,3 +132,14 @@ def test_man_renders_without_warnings(page):
     assert proc.returncode == 0 and not proc.stderr.strip(), f"man --warnings on {page.name}:\n{proc.stderr}"
     text = re.sub(r".\x08", "", proc.stdout)  # overstrike bold and underline
     assert "NAME" in text and "SEE ALSO" in text
+
+
+def test_zcsyncd_conf_example_parses():
+    """The EXAMPLE of zcsyncd.conf(5) is a configuration the daemon accepts."""
+    daemon_config = pytest.importorskip("zcsync.daemon_config")
+    example = sections(MAN5)["EXAMPLE"]
+    start = example.index(".EX")
+    text = "\n".join(plain(line) for line in example[start + 1:example.index(".EE", start)])
+    config = daemon_config.parse_config(text, "zcsyncd.conf.5")
+    assert set(config.modules) == {"www", "backup"}
+    assert config.modules["backup"].secrets_file and not config.modules["backup"].read_only
