@@ -165,7 +165,7 @@ def get_codec(name: str) -> Codec:
     try:
         return cls()
     except ImportError as exc:
-        module, package = _MODULES[name]
+        package = _MODULES[name][1]
         raise CodecUnavailable(f"--compress-choice={name} needs the Python package {package!r}, which is "
                                f"not installed here ({exc}); pip install {package}, or choose another "
                                "--compress-choice") from None

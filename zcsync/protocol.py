@@ -1253,10 +1253,11 @@ def _frame_max_cap(value: str, who: str) -> int:
 
 
 def handshake(conn: Connection, role: str, caps: Mapping[str, str] | None = None) -> Negotiated:
-    """Exchange HELLOs and agree on version and capabilities; sets conn.frame_max.
+    """Exchange HELLOs and agree on version and capabilities; sets conn.frame_max and conn.codec.
 
     Both sides send first, then read, so neither waits on the other. The client's
     preference order decides checksum and compression; frame-max is the smaller.
+    The negotiated codec's library is imported here, and only if there is one.
     """
     if role not in ("client", "server"):
         raise ValueError("role must be 'client' or 'server'")

@@ -13,7 +13,6 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import xxhash
 
@@ -30,7 +29,6 @@ from .protocol import (Committed, Connection, Data, DataZ, Done, EntryExtras, Fi
                        Stats)
 from .sender import Sender, SourceChanged
 from .stats import Event, Report
-from .transport.base import Buffer
 from .transport.local import count_entries
 from .writer import Request as WriteRequest
 
@@ -111,7 +109,6 @@ class SendingSide:
         self.entries: dict[int, FileEntry] = {}
         self.skip_compress = SkipCompress(opts.skip_compress) if conn.codec is not None else None
         self._flist_error: BaseException | None = None
-        self._packer: ThreadPoolExecutor | None = None
 
     def _extras(self, entry: FileEntry) -> EntryExtras | None:
         digest = uname = gname = None
@@ -154,17 +151,14 @@ class SendingSide:
         try:
             hasher = xxhash.xxh3_128()  # over the file's bytes, compressed on the wire or not
             self.conn.send(FileBegin(index, entry.size))
-            if compress and entry.size > CHUNK:
-                pos = self._send_compressed(fd, entry.size, hasher)
-            else:
-                pos = 0
-                while pos < entry.size:
-                    data = os.pread(fd, min(CHUNK, entry.size - pos), pos)
-                    if not data:
-                        break
-                    hasher.update(data)
-                    self.conn.send_data(data, compress)
-                    pos += len(data)
+            pos = 0
+            while pos < entry.size:
+                data = os.pread(fd, min(CHUNK, entry.size - pos), pos)
+                if not data:
+                    break
+                hasher.update(data)
+                self.conn.send_data(data, compress)
+                pos += len(data)
             # A file that shrank meanwhile ends early: its digest cannot match, the receiver
             # discards it and asks once more.
             self.conn.send(FileEnd(index, hasher.digest()))
@@ -172,42 +166,11 @@ class SendingSide:
         finally:
             os.close(fd)
 
-    def _send_compressed(self, fd: int, size: int, hasher: xxhash.xxh3_128) -> int:
-        """Send a file's data while a worker reads, hashes and compresses the next chunk; bytes sent.
-
-        The codecs release the GIL, so compressing chunk k+1 overlaps with writing chunk k.
-        One worker runs the chunks in order, so the hash sees the bytes in order.
-        """
-        if self._packer is None:
-            self._packer = ThreadPoolExecutor(1, thread_name_prefix="zcsync-pack")
-
-        def pack(pos: int) -> tuple[int, list[tuple[bytes, Buffer]]]:
-            data = os.pread(fd, min(CHUNK, size - pos), pos)
-            hasher.update(data)
-            return len(data), self.conn.pack_data(data, compress=True)
-
-        pos = 0
-        pending: Future | None = self._packer.submit(pack, 0)
-        try:
-            while pending is not None:
-                n, frames = pending.result()
-                pending = None
-                if not n:
-                    break
-                pos += n
-                if pos < size:
-                    pending = self._packer.submit(pack, pos)
-                for header, body in frames:
-                    self.conn.send_packed(header, body)
-        finally:
-            if pending is not None:  # the caller closes fd: the worker must be done with it
-                wait([pending])
-        return pos
-
     def run(self) -> None:
         """Serve requests until the receiver's Done; then say goodbye."""
         flist = threading.Thread(target=self._send_flist, name="zcsync-flist", daemon=True)
         flist.start()
+        gave_up = False
         try:
             while True:
                 msg = self.conn.recv()
@@ -219,14 +182,19 @@ class SendingSide:
                         self.sender.remove(entry)
                 elif isinstance(msg, Done):
                     break
+                elif isinstance(msg, Goodbye):
+                    # The receiver stopped on a fatal error (it logged why): its code is the outcome.
+                    self.report.outcome(msg.exit_code)
+                    gave_up = True
+                    break
                 elif not common(msg, self.report, sending=True):
                     raise ProtocolError(f"unexpected {type(msg).__name__} from the receiver")
                 if self._flist_error is not None:
                     raise self._flist_error
         finally:
             flist.join(timeout=10)
-            if self._packer is not None:
-                self._packer.shutdown()
+        if gave_up:
+            return
         if self._flist_error is not None:
             raise self._flist_error
         self.conn.send(Goodbye(self.report.exit_code))

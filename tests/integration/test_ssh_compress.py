@@ -57,6 +57,13 @@ def test_compressed_resync_via_rsh(tmp_path, sshd):
     _same_items(rs, zc)
 
 
+def test_receiver_failing_early_ends_with_its_exit_code(tmp_path, sshd):
+    """The receiving server stops before any data (no parent for dst): rsync's code 11, not a protocol error."""
+    rs, zc = differential(tmp_path, ["-a", "-z"], seed=13, env=sshd.env(),
+                          paths=["src/", f"{ALIAS}:{{run}}/missing/parent/dst"], zcsync_extra=EXTRA)
+    assert zc.returncode == 11 and "Protocol error" not in zc.stderr, zc.stderr
+
+
 # -- bytes on the wire ----------------------------------------------------------------
 
 def _wire_bytes(tmp_path: pathlib.Path, sshd, direction: str, *options: str, name: str = "") -> int:
@@ -69,7 +76,7 @@ def _wire_bytes(tmp_path: pathlib.Path, sshd, direction: str, *options: str, nam
     for f in (tmp_path / "src").iterdir():
         assert (dst / f.name).read_bytes() == f.read_bytes(), f.name
     key = "sent" if direction == "push" else "received"
-    match = re.search(rf"^Total bytes {key}: ([\d,]+)$", result.stdout, re.M)
+    match = re.search(rf"^Total bytes {key}: ([\d,]+)$", result.stdout, re.MULTILINE)
     assert match, result.stdout
     return int(match.group(1).replace(",", ""))
 

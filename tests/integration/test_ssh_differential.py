@@ -15,6 +15,31 @@ from tests.oracle import differential, output_lines
 from .sshd import ALIAS, remote_zcsync_path
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _descendants(pid: int, depth: int = 8) -> list[int]:
+    """Processes below pid (to signal only what this test started, never the whole machine)."""
+    found, level = [], [pid]
+    for _ in range(depth):
+        level = [c for p in level for c in _children(p)]
+        found += level
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
 @pytest.fixture(params=["paramiko", "rsh"])
 def via(request, sshd):
     """How zcsync reaches the server: its own paramiko client, or OpenSSH through -e (as rsync)."""
@@ -139,8 +164,12 @@ def test_sshd_killed_mid_transfer_keeps_old_files(tmp_path, sshd):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not [p for p in dst.iterdir() if p.name.endswith(".zcs")]:
         time.sleep(0.01)
-    # Kill the sshd process that serves this session (sshd's per-connection child).
-    subprocess.run(["pkill", "-KILL", "-f", "sshd: root@notty"], check=False)
+    # Kill the sshd processes that serve this session: the fixture sshd's children only.
+    for pid in _descendants(sshd.proc.pid, depth=1):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     _, err = proc.communicate(timeout=120)
     if proc.returncode == 0:
         pytest.skip("the transfer finished before sshd was killed")
@@ -168,17 +197,17 @@ def test_timeout_on_stalled_peer(tmp_path, sshd):
     proc = subprocess.Popen([sys.executable, "-m", "zcsync", "-a", "--timeout=3", "--zcsync-path",
                              remote_zcsync_path(), f"{src}/", f"{ALIAS}:{tmp_path}/dst"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Stop the remote end (the server process) as soon as it exists.
+    # Stop the remote end (the server process under our sshd) as soon as it exists.
     deadline = time.monotonic() + 20
     stopped = []
     while time.monotonic() < deadline and not stopped:
-        out = subprocess.run(["pgrep", "-f", "zcsync --server"], capture_output=True, text=True).stdout.split()
-        for pid in out:
-            try:
-                os.kill(int(pid), signal.SIGSTOP)
-                stopped.append(int(pid))
-            except ProcessLookupError:
-                pass
+        for pid in _descendants(sshd.proc.pid):
+            if b"--server" in _cmdline(pid):
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+                except ProcessLookupError:
+                    pass
         time.sleep(0.02)
     try:
         _, err = proc.communicate(timeout=60)

@@ -164,14 +164,14 @@ def test_limiter_keeps_the_average_rate():
 
 
 def test_limiter_does_not_sleep_below_the_rate():
-    limiter, clock, pieces, write = limited(1_000_000, per_byte=2e-6)  # the stream does 500 kB/s
+    limiter, clock, _, write = limited(1_000_000, per_byte=2e-6)  # the stream does 500 kB/s
     for _ in range(10):
         limiter.write(write, b"x" * 100_000)
     assert clock.slept == []
 
 
 def test_limiter_sleeps_in_steps_of_at_least_a_tenth_of_a_second():
-    limiter, clock, pieces, write = limited(100_000)
+    limiter, clock, _, write = limited(100_000)
     for _ in range(100):
         limiter.write(write, b"x" * 1000)
     assert clock.slept and min(clock.slept) >= 0.1
@@ -179,7 +179,7 @@ def test_limiter_sleeps_in_steps_of_at_least_a_tenth_of_a_second():
 
 
 def test_limiter_small_rates_write_small_pieces():
-    limiter, clock, pieces, write = limited(1000)
+    limiter, _, pieces, write = limited(1000)
     limiter.write(write, b"x" * 2000)
     assert max(pieces) == 512 and sum(pieces) == 2000
     with pytest.raises(ValueError):
