@@ -41,10 +41,16 @@ def server_argv(role: str, opts: Options, paths: list[str]) -> list[str]:
     return ["--server", f"--{role}", f"--options={to_wire(opts)}", "--", *paths]
 
 
+def open_remote(endpoint: Endpoint, role: str, opts: Options, paths: list[str]) -> Stream:
+    """A stream to the server end in `role`: a zcsync daemon, or `zcsync --server` over ssh / -e."""
+    if endpoint.kind == "daemon":
+        from .daemon import open_daemon_stream
+        return open_daemon_stream(endpoint, opts, role, paths)
+    return open_stream(endpoint, server_argv(role, opts, paths), opts)
+
+
 def open_stream(endpoint: Endpoint, argv: list[str], opts: Options) -> Stream:
     """Start the remote end over ssh (paramiko) or the -e command."""
-    if endpoint.kind != "ssh":
-        raise UsageError(f"{endpoint}: the zcsync daemon transport is not available yet")
     rsh = opts.rsh or os.environ.get("ZCSYNC_RSH")
     if rsh:
         from .transport.rsh import open_rsh
@@ -73,10 +79,10 @@ def run_remote(paths: list[str], opts: Options, on_event: Callable[[Event], None
     filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded)
     if dst.is_remote:
         endpoint = dst
-        stream = open_stream(endpoint, server_argv("receiver", opts, [dst.path or "."]), opts)
+        stream = open_remote(endpoint, "receiver", opts, [dst.path or "."])
     else:
         endpoint = srcs[0]
-        stream = open_stream(endpoint, server_argv("sender", opts, [s.path or "." for s in srcs]), opts)
+        stream = open_remote(endpoint, "sender", opts, [s.path or "." for s in srcs])
     conn = Connection(stream, side="sender" if dst.is_remote else "receiver", peer=endpoint.host or "peer")
     conn.set_bwlimit(opts.bwlimit)
     try:

@@ -58,17 +58,32 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from . import auth, compress, errors
-from .daemon_config import ConfigError, DaemonConfig, Module, host_allowed, load_config, valid_module_name, \
-    with_overrides
+from .daemon_config import (
+    ConfigError,
+    DaemonConfig,
+    Module,
+    host_allowed,
+    load_config,
+    valid_module_name,
+    with_overrides,
+)
 from .endpoints import DEFAULT_DAEMON_PORT, Endpoint
 from .engine import source_args
-from .errors import (FileProblem, FileSelectError, ProtocolError, SocketIOError, StartupError, StreamError,
-                     UsageError, ZcsyncError)
+from .errors import (
+    FileProblem,
+    FileSelectError,
+    ProtocolError,
+    SocketIOError,
+    StartupError,
+    StreamError,
+    UsageError,
+    ZcsyncError,
+)
 from .filters import FilterRules
 from .flist import DirBatch
 from .options import MAX_WIRE_OPTIONS, Options, from_wire, to_wire
 from .pathnames import escape
-from .protocol import Connection, FlistBatch, Goodbye, Log, handshake
+from .protocol import ACCEPTS, Connection, FlistBatch, Goodbye, Log, handshake
 from .remote import ReceivingSide, SendingSide, forward_report
 from .sender import Sender
 from .stats import Report
@@ -84,7 +99,6 @@ _ROLE_NAMES = {v: k for k, v in _ROLE_CODES.items()}
 R_OK, R_AUTH, R_LIST, R_ERROR = 0, 1, 2, 3
 
 MAX_REQUEST = 256 * 1024
-MAX_USER = 255
 MAX_PATHS = 256
 MAX_PATH = 4096
 MAX_MESSAGE = 1024
@@ -251,10 +265,11 @@ def _raise_daemon_error(stream: Stream, where: str) -> None:
     if n > MAX_MESSAGE:
         raise ProtocolError(f"{where} sent an over-long error message")
     text = _clean(_read_exact(stream, n, "an error"))
-    cls = _ERROR_CLASSES.get(code, StartupError)
-    exc = cls(f"@ERROR: {text}")
-    if cls is StartupError and code != errors.STARTUP:
-        exc.exit_code = code if 0 < code < 256 else errors.STARTUP  # keep the daemon's code
+    cls = _ERROR_CLASSES.get(code)
+    if cls is not None:
+        raise cls(f"@ERROR: {text}")
+    exc = StartupError(f"@ERROR: {text}")
+    exc.exit_code = code if 0 < code < 256 else errors.STARTUP  # keep the daemon's code
     raise exc
 
 
@@ -272,10 +287,8 @@ def _greet(endpoint: Endpoint, opts: Options) -> tuple[tcp.SocketStream, bytes, 
         if head != MAGIC:
             if not head:
                 raise StartupError(f"{where} closed the connection before greeting us")
-            head += stream.read(40) if head.startswith(b"@RSYNCD") else b""
             if head.startswith(b"@RSYNCD"):
-                raise StartupError(f"{where} is an rsync daemon, not a zcsync daemon "
-                                   f"(it greeted us with {_clean(head.splitlines()[0])!r})")
+                raise StartupError(f"{where} is an rsync daemon, not a zcsync daemon (use rsync for it)")
             raise StartupError(f"{where} is not a zcsync daemon (it sent {_clean(head)!r})")
         status = _read_exact(stream, 1, "the greeting")[0]
         if status == R_ERROR:
@@ -310,9 +323,13 @@ def open_daemon_stream(endpoint: Endpoint, opts: Options, role: str, paths: list
         raise ValueError("role must be 'sender' or 'receiver'")
     if not endpoint.module:
         raise UsageError(f"{endpoint}: no module named (use 'zcsync {endpoint.host}::' to list them)")
+    if not valid_module_name(endpoint.module):
+        raise UsageError(f"Bad module name {endpoint.module!r} (printable ASCII, no '/' or ']')")
+    user = endpoint.user or _default_user()
+    if not (len(user) <= 255 and all(0x20 < ord(c) < 0x7f for c in user) and ":" not in user):
+        raise UsageError(f"Bad daemon user name {user!r} (printable ASCII without ':' or blanks)")
     stream, server_nonce, where = _greet(endpoint, opts)
     try:
-        user = endpoint.user or _default_user()
         request = DaemonRequest(KIND_TRANSFER, endpoint.module, user, role, to_wire(opts),
                                 tuple(os.fsencode(p or ".") for p in paths), auth.new_nonce())
         body = _send_request(stream, request)
@@ -488,12 +505,14 @@ class ModuleFilter:
     def __bool__(self) -> bool:
         return self.rules is not None
 
-    def excluded(self, rel: bytes, is_dir: bool) -> bool:
-        """Is the module-relative name rel, or any directory above it, excluded?"""
+    def excluded(self, rel: bytes, is_dir: bool, parents: bool = True) -> bool:
+        """Is the module-relative name rel, or (with parents) any directory above it, excluded?"""
         if self.rules is None or rel in (b"", b"."):
             return False
         if self.rules.excluded(rel, is_dir):
             return True
+        if not parents:
+            return False
         parent = rel.rpartition(b"/")[0]
         while parent:
             if self.rules.excluded(parent, True):
@@ -544,8 +563,9 @@ class _ModuleSender(Sender):
             if batch.dir_name is not None and _under(batch.dir_name, dropped):
                 continue
             keep = []
+            top = batch.dir_name is None  # inside a listed directory the parents were checked already
             for entry in batch.entries:
-                if self.module_filter.excluded(_module_relative(self.path(entry)), entry.is_dir):
+                if self.module_filter.excluded(_module_relative(self.path(entry)), entry.is_dir, parents=top):
                     if entry.is_dir:
                         dropped.add(entry.name)
                     continue
@@ -576,8 +596,9 @@ def _incoming_filter(dest_rel: bytes, module_filter: ModuleFilter,
         if msg.dir_name is not None and _under(msg.dir_name, dropped):
             return None
         keep, extras = [], []
+        top = msg.dir_name is None
         for i, entry in enumerate(msg.entries):
-            if module_filter.excluded(_module_relative(_join(dest_rel, entry.name)), entry.is_dir):
+            if module_filter.excluded(_module_relative(_join(dest_rel, entry.name)), entry.is_dir, parents=top):
                 kind = "directory" if entry.is_dir else "file"
                 if entry.is_dir:
                     dropped.add(entry.name)
@@ -682,11 +703,11 @@ class Session:
         try:
             return self._run()
         except _Refuse as exc:
-            self._send(bytes([R_ERROR]) + _error_record(exc.code, exc.message))
+            self._refuse(exc.code, exc.message)
             return exc.code
         except ProtocolError as exc:
             log.warning("protocol error from %s: %s", self.addr, exc.detail)
-            self._send(bytes([R_ERROR]) + _error_record(errors.PROTOCOL, f"protocol error: {exc.detail}"))
+            self._refuse(errors.PROTOCOL, exc.detail)
             return errors.PROTOCOL
         except _PeerClosed:
             log.info("%s closed the connection during the preamble", self.addr)
@@ -698,6 +719,24 @@ class Session:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self.stream.close()
+
+    def _refuse(self, code: int, message: str) -> None:
+        """Send an ERROR record and close gently: bytes the client sent meanwhile (a proof, a
+        HELLO) are read and dropped, so that our close is not a reset that loses the message."""
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        self._send(bytes([R_ERROR]) + _error_record(code, message))
+        sock = self.stream.sock
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(1.0)
+            until, drained = time.monotonic() + 1.0, 0
+            while time.monotonic() < until and drained < (1 << 20):
+                data = sock.recv(65536)
+                if not data:
+                    break
+                drained += len(data)
+        except OSError:
+            pass
 
     def _send(self, data: bytes) -> None:
         try:
@@ -771,15 +810,17 @@ class Session:
         return self._transfer(module, request, read_only, proof_reply)
 
     def _secret_for(self, module: Module, user: str) -> tuple[bytes | None, str | None]:
-        entry = module.user(user)
-        if entry is None:
-            return None, None
+        """(password, access) of user, or (None, None); the same work whether user exists or not."""
         try:
             table = auth.load_secrets(module.secrets_file or "", strict=module.strict_modes)
         except auth.SecretsError as exc:
             log.error("module %s: %s", module.name, exc.message)
             return None, None
-        return table.get(user), entry.access
+        entry = module.user(user)
+        secret = table.get(user)
+        if entry is None or secret is None:
+            return None, None
+        return secret, entry.access
 
     def _transfer(self, module: Module, request: DaemonRequest, read_only: bool, proof_reply: bytes) -> int:
         role = request.role
@@ -868,7 +909,7 @@ def run_role(stream: Stream, role: str, opts: Options, paths: list[str], module_
         return exc.exit_code
     report = Report()
     try:
-        _accept_only(conn, role)
+        conn.decoder.accepts = ACCEPTS[role]  # from now on the peer may send only what our role takes
         conn.set_bwlimit(opts.bwlimit)
         forward_report(conn, report)
         for problem in problems:
@@ -906,16 +947,6 @@ def run_role(stream: Stream, role: str, opts: Options, paths: list[str], module_
         conn.close()
 
 
-def _accept_only(conn: Connection, role: str) -> None:
-    """From now on the peer may send only what our role takes."""
-    try:
-        from .protocol import ACCEPTS
-    except ImportError:  # older codec: the decoder knows roles by name
-        conn.decoder.side = role
-    else:
-        conn.decoder.accepts = ACCEPTS[role]
-
-
 # -- the daemon process -----------------------------------------------------------
 
 @dataclass
@@ -943,7 +974,7 @@ class Daemon:
         self._reload = False
         self._pid_fd: int | None = None
         self._pid_path: str | None = None
-        self._lock_file = tempfile.TemporaryFile(prefix="zcsyncd-slots-")
+        self._lock_file = tempfile.TemporaryFile(prefix="zcsyncd-slots-")  # noqa: SIM115 - lives as long as we do
         self._log_handler: logging.Handler | None = None
         self._wake_r, self._wake_w = os.pipe()
 
@@ -1062,6 +1093,8 @@ class Daemon:
     def serve_forever(self) -> int:
         """Run until SIGTERM; returns the exit code (0 on a clean stop)."""
         if self.detach:
+            self._write_pid_file()  # fail here, where the error still reaches the terminal
+            self._remove_pid_file()
             self._daemonize()
         self._write_pid_file()
         self._setup_logging()
@@ -1108,8 +1141,7 @@ class Daemon:
             log.error("accept failed: %s", exc.strerror)
             return
         ip = str(addr[0])
-        if ip.startswith("::ffff:"):
-            ip = ip[7:]
+        ip = ip.removeprefix("::ffff:")
         sock.setblocking(True)
         limit = self.config.max_connections
         if limit and len(self.children) >= limit:
@@ -1125,13 +1157,20 @@ class Daemon:
         log.info("connect from %s", ip)
         status_r, status_w = os.pipe()
         delay = self.throttle.delay(ip)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of processes or memory: refuse this one, keep serving
+            log.error("cannot start a session for %s: %s", ip, exc.strerror)
+            for fd in (status_r, status_w):
+                os.close(fd)
+            sock.close()
+            return
         if pid == 0:  # the child never returns from here
             code = errors.STREAM
             try:
                 os.close(status_r)
                 code = self._child_main(sock, ip, status_w, delay)
-            except BaseException:  # noqa: BLE001 - the child must end in os._exit whatever happened
+            except BaseException:
                 log.exception("session with %s failed", ip)
             finally:
                 os._exit(code)
@@ -1146,7 +1185,8 @@ class Daemon:
         for s in self.listeners:
             s.close()
         for child in self.children.values():
-            os.close(child.status_fd)
+            if child.status_fd >= 0:
+                os.close(child.status_fd)
         os.close(self._wake_r)
         os.close(self._wake_w)
         if self._pid_fd is not None:

@@ -113,7 +113,7 @@ class SendingSide:
     def _extras(self, entry: FileEntry) -> EntryExtras | None:
         digest = uname = gname = None
         if self.opts.checksum and entry.is_reg:
-            digest = self.sender.digest(entry)
+            digest = entry.digest if entry.digest is not None else self.sender.digest(entry)
         if not self.opts.numeric_ids:
             if self.opts.owner and (name := meta.uid_name(entry.uid)):
                 uname = name.encode()
