@@ -5,8 +5,8 @@ import logging
 
 __version__ = "0.1.0"
 
-from .api import SyncOptions, SyncResult, sync  # noqa: E402
-from .errors import (  # noqa: E402
+from .api import SyncOptions, SyncResult, sync
+from .errors import (
     ConnectTimeout,
     FileIOError,
     FileProblem,
@@ -22,33 +22,33 @@ from .errors import (  # noqa: E402
     UsageError,
     ZcsyncError,
 )
-from .options import Options  # noqa: E402
-from .stats import Event, Stats  # noqa: E402
+from .options import Options
+from .stats import Event, Stats
 
 # A library logs, it does not print: without logging configured by the program, the
 # "zcsync" logger's messages (per-file problems, warnings) go nowhere, not to stderr.
 logging.getLogger("zcsync").addHandler(logging.NullHandler())
 
 __all__ = [
-    "sync",
-    "SyncResult",
-    "SyncOptions",
-    "Stats",
+    "ConnectTimeout",
     "Event",
-    "Options",
-    "FileProblem",
-    "ZcsyncError",
-    "UsageError",
-    "ProtocolError",
-    "FileSelectError",
-    "StartupError",
-    "SocketIOError",
     "FileIOError",
-    "StreamError",
+    "FileProblem",
+    "FileSelectError",
     "Interrupted",
     "MaxDeleteReached",
-    "Timeout",
-    "ConnectTimeout",
+    "Options",
+    "ProtocolError",
     "RemoteNotFound",
+    "SocketIOError",
+    "StartupError",
+    "Stats",
+    "StreamError",
+    "SyncOptions",
+    "SyncResult",
+    "Timeout",
+    "UsageError",
+    "ZcsyncError",
     "__version__",
+    "sync",
 ]

@@ -16,7 +16,8 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO, TypedDict, Union, Unpack
+from types import MappingProxyType
+from typing import TextIO, TypedDict, Unpack
 
 from . import meta
 from .endpoints import parse_endpoint
@@ -28,7 +29,7 @@ from .options import Options
 from .pathnames import escape
 from .stats import Event, Hooks, Report, RunLog, Stats, exit_text
 
-PathArg = Union[str, "os.PathLike[str]"]
+PathArg = str | os.PathLike[str]
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class SyncResult:
 
 # -- keyword options ----------------------------------------------------------------
 
-Paths = Union[PathArg, Sequence[PathArg]]
+Paths = PathArg | Sequence[PathArg]
 
 
 class SyncOptions(TypedDict, total=False):
@@ -182,7 +183,7 @@ def keywords() -> Mapping[str, _Keyword]:
                 else "multiple" if param.multiple else "value")
         negative = param.secondary_opts[0] if param.secondary_opts else None
         table[longs[0][2:].replace("-", "_")] = _Keyword(longs[0], negative, kind)
-    return table
+    return MappingProxyType(table)
 
 
 def _text(key: str, value: object) -> str:
@@ -267,8 +268,8 @@ def sync(src: Paths, dst: PathArg | None, **options: Unpack[SyncOptions]) -> Syn
     opts = parse_options(options)
     paths = _operands(src, dst)
     events: list[Event] = []
-    runlog = RunLog.open(opts.log_file, transfer_op(paths), opts.dry_run) \
-        if opts.log_file and len(paths) > 1 and not opts.list_only else None
+    runlog = RunLog.open(opts, transfer_op(paths)) if opts.log_file and len(paths) > 1 and not opts.list_only \
+        else None
 
     def on_event(event: Event) -> None:
         events.append(event)
@@ -321,6 +322,12 @@ def run_paths(paths: list[str], opts: Options, on_event: Callable[[Event], None]
     on_event may be a zcsync.stats.Hooks (events, problems, progress) for the run's Report.
     """
     started = time.monotonic()
+    if len(paths) == 1:
+        endpoint = parse_endpoint(paths[0])
+        if endpoint.kind == "daemon" and not endpoint.module:  # `zcsync host::`: the module list
+            from .daemon import format_module_list, list_modules
+            (out or sys.stdout).write(format_module_list(list_modules(endpoint, opts)))
+            return RunResult(0, Report(), [])
     if len(paths) == 1 or opts.list_only:
         sources = paths if len(paths) == 1 else paths[:-1] if not opts.list_only else paths
         return list_only(sources, opts, out or sys.stdout, on_event)
@@ -351,7 +358,7 @@ def list_only(sources_text: list[str], opts: Options, out: TextIO,
     filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded)
     report = Report(on_event=on_event)
     scanner = Scanner(source_args(sources_text, opts), opts.replace(links=True, devices=True, specials=True),
-                      filters, ScanState(on_problem=report.problem), keep_paths=False)
+                      filters, ScanState(on_problem=report.problem))
     for batch in scanner.batches():
         for e in batch.entries:
             link = escape(e.link) if e.link is not None else None

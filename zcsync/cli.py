@@ -17,8 +17,17 @@ from . import __version__, errors
 from .errors import ZcsyncError
 from .filters import FilterRules
 from .options import Options, from_mapping
-from .stats import (EXIT_TEXT, ITEMIZE_FORMAT, VERBOSE_FORMAT, Event, Hooks, LineFormat, Report, RunLog,
-                    Stats, exit_text)
+from .stats import (
+    EXIT_TEXT,
+    Event,
+    Hooks,
+    LineFormat,
+    Report,
+    RunLog,
+    Stats,
+    exit_text,
+    stdout_format,
+)
 from .units import parse_size
 
 if TYPE_CHECKING:
@@ -61,7 +70,7 @@ class RsyncCommand(click.Command):
         ctx.meta["zcsync.filters"] = ordered_filter_rules(args)
         return super().parse_args(ctx, expand_short_negations(args))
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D401
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.Exit as exc:
@@ -284,7 +293,9 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     if before or during or after or values["delete_excluded"]:
         values["delete"] = True
     values["delete_mode"] = "before" if before else "after" if after else "during"
-    values["itemize"] = bool(values["itemize"])
+    # rsync itemizes when stdout does: -i, or an --out-format with %i (the format wins for the lines).
+    out_format = values["out_format"]
+    values["itemize"] = bool(values["itemize"]) or bool(out_format and LineFormat(out_format).has_i)
     progress_flag, partial_progress, info = (values.pop("progress_flag"), values.pop("partial_progress"),
                                              values.pop("info"))
     values["json"] = values.pop("json_")
@@ -323,8 +334,7 @@ class _Display:
     lines, or --out-format lines, with rsync's rules for which items get one."""
 
     def __init__(self, opts: Options, out: TextIO, op: str, progress: Progress | None) -> None:
-        fmt = opts.out_format or (ITEMIZE_FORMAT if opts.itemize else VERBOSE_FORMAT if opts.verbose else None)
-        self.format = LineFormat(fmt) if fmt else None
+        self.format = stdout_format(opts)
         self.out = out
         self.op = op
         self.progress = progress
@@ -416,7 +426,7 @@ def run_cli(paths: list[str], opts: Options) -> int:
     progress = Progress.for_options(opts, sys.stderr, push=is_push(paths)) if transfer else None
     handlers = _setup_logging(opts, progress)
     zlog = logging.getLogger("zcsync")
-    runlog = RunLog.open(opts.log_file, op, opts.dry_run) if opts.log_file and transfer else None
+    runlog = RunLog.open(opts, op) if opts.log_file and transfer else None
     if runlog is not None:
         handlers.append(_RunLogHandler(runlog))
         zlog.addHandler(handlers[-1])
@@ -443,56 +453,53 @@ def run_cli(paths: list[str], opts: Options) -> int:
     result = None
     fatal: ZcsyncError | None = None
     try:
-        if opts.verbose and not opts.quiet and not opts.json and transfer:
-            display.write("receiving incremental file list" if op == "recv" else "sending incremental file list")
         try:
+            if opts.verbose and not opts.quiet and not opts.json and transfer:
+                display.write("receiving incremental file list" if op == "recv"
+                              else "sending incremental file list")
             try:
-                result = run_paths(paths, opts, on_event=hooks, out=listing)
-            finally:
-                if progress is not None:
-                    progress.close()
-        except KeyboardInterrupt:
-            raise errors.Interrupted("SIGINT") from None
-        code = result.exit_code
-        if transfer and not opts.json:
-            _summary(result.report, opts, time.monotonic() - started)
-    except ZcsyncError as exc:
-        fatal = exc
-        if os.environ.get("ZCSYNC_DEBUG"):
-            log.exception("%s", exc.message)
-        else:
-            log.error("%s", exc.message)
-        code = exc.exit_code
-    finally:
+                try:
+                    result = run_paths(paths, opts, on_event=hooks, out=listing)
+                finally:
+                    if progress is not None:
+                        progress.close()
+            except KeyboardInterrupt:
+                raise errors.Interrupted("SIGINT") from None
+            code = result.exit_code
+            if transfer and not opts.json:
+                _summary(result.report, opts, time.monotonic() - started)
+        except ZcsyncError as exc:
+            fatal = exc
+            if os.environ.get("ZCSYNC_DEBUG"):
+                log.exception("%s", exc.message)
+            else:
+                log.error("%s", exc.message)
+            code = exc.exit_code
+        # What the run got to, even when it ended early: the counters and problems so far.
         report = result.report if result is not None else hooks.report
+        stats = report.stats if report is not None else Stats()
         if runlog is not None:
-            runlog.finish(report.stats if report is not None else Stats(), code)
+            runlog.finish(stats, code)
         if opts.json:
             lines = tuple(listing.getvalue().splitlines()) if isinstance(listing, io.StringIO) else ()
-            doc = SyncResult(code, report.stats if report is not None else Stats(),
-                             tuple(report.problems) if report is not None else (),
-                             tuple(items), lines).as_dict(items=collect)
+            problems = tuple(report.problems) if report is not None else ()
+            doc = SyncResult(code, stats, problems, tuple(items), lines).as_dict(items=collect)
             if fatal is not None:  # the error that ended the run names no one file
-                doc["errors"].append({"path": None, "message": fatal.message,  # type: ignore[attr-defined]
-                                      "code": fatal.exit_code})
+                errors_list = doc["errors"]
+                assert isinstance(errors_list, list)
+                errors_list.append({"path": None, "message": fatal.message, "code": fatal.exit_code})
             out.write(json.dumps(doc) + "\n")
         out.flush()
+        if code:
+            sys.stderr.write(f"zcsync error: {exit_text(code)} (code {code})\n")
+    finally:
         for h in handlers:
             h.flush()
-    if code:
-        text = exit_text(code)
-        if progress is not None:
-            from tqdm import tqdm
-            with tqdm.external_write_mode(file=sys.stderr):
-                sys.stderr.write(f"zcsync error: {text} (code {code})\n")
-        else:
-            sys.stderr.write(f"zcsync error: {text} (code {code})\n")
-    for h in handlers:
-        zlog.removeHandler(h)
-        h.close()
-    zlog.propagate = True
-    if runlog is not None:
-        runlog.close()
+            zlog.removeHandler(h)
+            h.close()
+        zlog.propagate = True
+        if runlog is not None:
+            runlog.close()
     return code
 
 
@@ -544,5 +551,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args[:1] == ["--server"]:
         from .server import main as server_main
         sys.exit(server_main(args))
+    if args[:1] in (["daemon"], ["--daemon"]):
+        from .daemon import main as daemon_main
+        sys.exit(daemon_main(args[1:]))
     command.main(args=list(argv) if argv is not None else sys.argv[1:], prog_name="zcsync")
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, TextIO
+import time
+from typing import TYPE_CHECKING, Any, Self, TextIO
 
 from tqdm import tqdm
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 FILE = "file"  # --progress, -P
 TOTAL = "total"  # --info=progress2
 NAME_WIDTH = 40
+WATCH_SIZE = 4 << 20  # files at least this big are watched while they are written
 
 
 def wanted(opts: Options, stream: TextIO) -> bool:
@@ -78,6 +80,7 @@ class Progress:
         self._report: Report | None = None
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._ncols = _columns(self.stream) or 80
 
     @classmethod
     def for_options(cls, opts: Options, stream: TextIO | None = None, *, push: bool = False) -> Progress | None:
@@ -124,7 +127,7 @@ class Progress:
                 self._bar.close()
                 self._bar = None
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -132,18 +135,23 @@ class Progress:
 
     # -- the writer's side (through _Tracked) --------------------------------------
     def _begin(self, tracked: _Tracked, fd: int) -> None:
-        try:
-            base = os.fstat(fd).st_size
-        except OSError:
-            base = -1
+        base = -1
+        if tracked.size >= WATCH_SIZE:  # smaller files are done before the next tick
+            try:
+                base = os.fstat(fd).st_size
+            except OSError:
+                pass
         with self._lock:
             # A file that already has data (--inplace) cannot show its progress by its size.
             tracked.fd = fd if base == 0 else None
             self._current = tracked
             if self.mode == FILE:
+                tracked.started = time.monotonic()
                 if tracked.bar is not None:  # written a second time (verification retry)
                     tracked.bar.close()
-                tracked.bar = self._new_bar(tracked.size, _short(tracked.name), leave=True)
+                    tracked.bar = None
+                if tracked.size >= WATCH_SIZE:  # a live bar; a small file gets its final line only
+                    tracked.bar = self._new_bar(tracked.size, _short(tracked.name), leave=True)
 
     def _end(self, tracked: _Tracked, ok: bool) -> None:
         with self._lock:
@@ -158,9 +166,20 @@ class Progress:
             if bar is not None:
                 tracked.bar = None
                 if ok:
-                    bar.update(tracked.size - bar.n)
                     bar.set_postfix_str(f"xfr#{self.files}", refresh=False)
+                    bar.n = tracked.size
                 bar.close()
+            elif ok and self.mode == FILE:
+                self._final_line(tracked)
+
+    def _final_line(self, tracked: _Tracked) -> None:
+        """A small file's line, as its bar would end (no tqdm object per file: 10x cheaper)."""
+        line = tqdm.format_meter(tracked.size, tracked.size, time.monotonic() - tracked.started,
+                                 ncols=self._ncols, prefix=_short(tracked.name), unit="B", unit_scale=True,
+                                 unit_divisor=1024, postfix=f"xfr#{self.files}")
+        with tqdm.get_lock():
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     # -- the ticker -------------------------------------------------------------------
     def _start(self) -> None:
@@ -213,17 +232,18 @@ class Progress:
             bar.refresh()
 
     def _new_bar(self, total: int, desc: str | None, leave: bool) -> Any:
-        # A terminal that reports no width (a fresh pty, some serial consoles) gets 80 columns.
+        # A terminal that reports no size (a fresh pty, some serial consoles) gets 80x24:
+        # tqdm draws nothing at all into 0 rows.
         sized = _columns(self.stream) > 0
         return tqdm(total=total, desc=desc, file=self.stream, leave=leave, unit="B", unit_scale=True,
                     unit_divisor=1024, dynamic_ncols=sized, ncols=None if sized else 80,
-                    mininterval=0, miniters=1, smoothing=0.1)
+                    nrows=None if sized else 24, mininterval=0, miniters=1, smoothing=0.1)
 
 
 class _Tracked:
     """A file's data source as the progress display sees it (what the writer hook wraps)."""
 
-    __slots__ = ("source", "progress", "name", "fd", "bar", "counted")
+    __slots__ = ("bar", "counted", "fd", "name", "progress", "source", "started")
 
     def __init__(self, progress: Progress, name: bytes, source: DataSource) -> None:
         self.source = source
@@ -232,6 +252,7 @@ class _Tracked:
         self.fd: int | None = None
         self.bar: Any = None
         self.counted = False
+        self.started = 0.0
 
     @property
     def size(self) -> int:

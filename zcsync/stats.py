@@ -16,6 +16,7 @@ from . import errors
 from .errors import FileProblem
 
 if TYPE_CHECKING:
+    from .options import Options
     from .writer import DataSource
 
 log = logging.getLogger("zcsync")
@@ -210,8 +211,7 @@ def significant(event: Event) -> bool:
 
 # -- rsync's --out-format / --log-file-format escapes -------------------------------
 
-_ESCAPE = re.compile(r"%('*)(-?)(\d*)('*)(.?)", re.S)
-_NUMERIC = frozenset("lb")
+_ESCAPE = re.compile(r"%('*)(-?)(\d*)('*)(.?)", re.DOTALL)
 _KNOWN = frozenset("nifltoLMbp%")
 
 
@@ -311,14 +311,22 @@ class LineFormat:
 
 
 def _pad(value: str, left: str, width: str) -> str:
+    """printf's %-Ns / %Ns: the width counts bytes, as rsync's does, not characters."""
     if not width:
         return value
-    return value.ljust(int(width)) if left else value.rjust(int(width))
+    fill = " " * max(0, int(width) - len(value.encode("utf-8", "surrogateescape")))
+    return value + fill if left else fill + value
 
 
 _DELETING = LineFormat("deleting %n")
 ITEMIZE_FORMAT = "%i %n%L"  # -i, and rsync's default --log-file-format
 VERBOSE_FORMAT = "%n%L"
+
+
+def stdout_format(opts: Options) -> LineFormat | None:
+    """The format of the lines rsync would print on stdout: --out-format, else -i's, else -v's."""
+    fmt = opts.out_format or (ITEMIZE_FORMAT if opts.itemize else VERBOSE_FORMAT if opts.verbose else None)
+    return LineFormat(fmt) if fmt else None
 
 
 # -- --log-file ---------------------------------------------------------------------
@@ -328,7 +336,8 @@ class LogFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file: IO[str] = open(path, "a", encoding="utf-8", errors="backslashreplace")
+        # Open for the whole run (closed by close()), not per line.
+        self._file: IO[str] = open(path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -346,35 +355,40 @@ class LogFile:
 
 
 class RunLog:
-    """What one run writes into its --log-file: items as `%i %n%L` (every itemized item, as
-    rsync's default log format has %i), deletions (not in a dry run), problems, the end."""
+    """What one run writes into its --log-file, with rsync's rules: items as `%i %n%L`;
+    attribute-only changes of files only when stdout itemizes too (-i, or %i in
+    --out-format); in a dry run no transfers and no deletions; problems; the end."""
 
     FORMAT = LineFormat(ITEMIZE_FORMAT)
 
-    def __init__(self, logfile: LogFile, op: str, dry_run: bool) -> None:
+    def __init__(self, logfile: LogFile, op: str, dry_run: bool, all_items: bool) -> None:
         self.logfile = logfile
         self.op = op
         self.dry_run = dry_run
+        self.all_items = all_items
 
     @classmethod
-    def open(cls, path: str, op: str, dry_run: bool) -> RunLog | None:
-        """Open the log; like rsync, a log that cannot be opened is a warning, not an error."""
+    def open(cls, opts: Options, op: str) -> RunLog | None:
+        """Open opts.log_file; like rsync, a log that cannot be opened is a warning, not an error."""
+        assert opts.log_file is not None
         try:
-            logfile = LogFile(path)
+            logfile = LogFile(opts.log_file)
         except OSError as exc:
-            log.warning("failed to open log-file %s: %s (%d)", path, exc.strerror, exc.errno or 0)
+            log.warning("failed to open log-file %s: %s (%d)", opts.log_file, exc.strerror, exc.errno or 0)
             log.warning("Ignoring --log-file option.")
             return None
-        run = cls(logfile, op, dry_run)
+        fmt = stdout_format(opts)
+        run = cls(logfile, op, opts.dry_run, all_items=fmt is not None and fmt.has_i)
         run.logfile.write("receiving file list" if op == "recv" else "building file list")
         return run
 
     def event(self, event: Event) -> None:
         if not event.itemize:
             return
-        if event.is_deletion:
-            if not self.dry_run:
-                self.logfile.write(self.FORMAT.render(event, self.op))
+        if event.is_deletion or event.is_transfer:
+            if self.dry_run:
+                return
+        elif not (self.all_items or significant(event)):
             return
         self.logfile.write(self.FORMAT.render(event, self.op))
 
@@ -386,8 +400,8 @@ class RunLog:
 
     def finish(self, stats: Stats, exit_code: int) -> None:
         """rsync's closing lines: the byte counts, and the error line if the run failed."""
-        self.logfile.write(f"sent {stats.bytes_sent:,} bytes  received {stats.bytes_received:,} bytes  "
-                           f"total size {stats.total_size:,}")
+        self.logfile.write(f"sent {stats.bytes_sent} bytes  received {stats.bytes_received} bytes  "
+                           f"total size {stats.total_size}")
         if exit_code:
             self.logfile.write(f"zcsync error: {exit_text(exit_code)} (code {exit_code})")
 
