@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import types
+import typing
 from dataclasses import dataclass
 
 from .errors import UsageError
@@ -135,6 +138,17 @@ CLIENT_ONLY = frozenset({"rsh", "zcsync_path", "ssh_accept_new", "contimeout", "
 MAX_WIRE_OPTIONS = 64 * 1024
 
 
+@functools.cache
+def _field_types() -> dict[str, frozenset[type]]:
+    """Each Options field's accepted value types (None excluded), from its annotation."""
+    out = {}
+    for name, hint in typing.get_type_hints(Options).items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        args = typing.get_args(hint) if union else (hint,)
+        out[name] = frozenset(typing.get_origin(a) or a for a in args) - {type(None)}
+    return out
+
+
 def to_wire(opts: Options) -> str:
     """The options the server needs, as JSON of the fields that differ from the defaults."""
     default = Options()
@@ -153,24 +167,18 @@ def from_wire(text: str) -> Options:
         raise UsageError(f"unreadable options from the client: {exc}") from None
     if not isinstance(raw, dict):
         raise UsageError("options from the client must be an object")
-    default = Options()
+    hints = _field_types()
     values: dict[str, object] = {}
     for key, value in raw.items():
-        if key in CLIENT_ONLY or not hasattr(default, key) or key.startswith("_"):
+        if key in CLIENT_ONLY or key not in hints:
             raise UsageError(f"option {key!r} is not accepted from a client")
-        expected = getattr(default, key)
-        if isinstance(expected, tuple):
-            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-                raise UsageError(f"option {key!r} must be a list of strings")
+        allowed = hints[key]
+        if isinstance(value, list):
+            if tuple not in allowed or not all(isinstance(v, str) for v in value):
+                raise UsageError(f"option {key!r} must not be a list")
             value = tuple(value)
-        elif isinstance(expected, bool) or (expected is None and isinstance(value, bool)):
-            if not isinstance(value, bool):
-                raise UsageError(f"option {key!r} must be true or false")
-        elif isinstance(expected, int) or (expected is None and isinstance(value, int)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise UsageError(f"option {key!r} must be a number")
-        elif not isinstance(value, str):
-            raise UsageError(f"option {key!r} must be a string")
+        elif type(value) not in allowed:  # exact: a JSON true is not a number
+            raise UsageError(f"option {key!r} has the wrong type ({type(value).__name__})")
         values[key] = value
     return Options(**values)  # type: ignore[arg-type]
 

@@ -226,3 +226,15 @@ def test_old_style_patterns(tmp_path):
     rs, zc = differential(tmp_path, ["-a", "-i", "--exclude=+ *.txt", "--exclude=*.bin", "--exclude=!",
                                      "--exclude=*.log"], seed=32)
     _itemize_same(rs, zc)
+
+
+def test_xattrs_and_acls(tmp_path):
+    def prepare(src: pathlib.Path, dst: pathlib.Path) -> None:
+        victim = next(p for p in sorted(src.rglob("*")) if p.is_file() and not p.is_symlink())
+        subprocess.run(["setfacl", "-m", "u:nobody:rwx", str(victim)], check=True)
+        subprocess.run(["setfacl", "-d", "-m", "g:nogroup:rx", str(src / "d0")], check=True)
+        os.setxattr(victim, b"user.zcsync-test", b"value")
+        _age(victim, src / "d0")
+    if subprocess.run(["which", "setfacl"], capture_output=True).returncode:
+        pytest.skip("setfacl (Debian package acl) not installed")
+    differential(tmp_path, ["-aAX"], seed=33, prepare=prepare, compare_kwargs={"xattrs": True})

@@ -1,0 +1,52 @@
+"""`zcsync --server` arguments come from the client: parsed strictly; --restrict-to confines them."""
+from __future__ import annotations
+
+import pytest
+
+from zcsync.errors import UsageError
+from zcsync.options import Options, from_wire, to_wire
+from zcsync.server import check_restricted, parse_server_args
+
+
+def test_parse_roundtrip():
+    opts = Options(recursive=True, times=True, filter_rules=("- *.o",))
+    role, got, restrict, paths = parse_server_args(
+        ["--server", "--receiver", f"--options={to_wire(opts)}", "--", "dst/"])
+    assert (role, got, restrict, paths) == ("receiver", opts, None, ["dst/"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["--server"],
+    ["--server", "--sender", "--options={}"],  # no "--" and paths
+    ["--server", "--options={}", "--", "x"],  # no role
+    ["--server", "--sender", "--evil", "--options={}", "--", "x"],
+    ["--server", "--sender", "--options=[1]", "--", "x"],
+])
+def test_bad_arguments_refused(argv):
+    with pytest.raises(UsageError):
+        parse_server_args(argv)
+
+
+@pytest.mark.parametrize("text", [
+    '{"rsh": "sh -c evil"}',  # client-only options are never accepted from a client
+    '{"recursive": "yes"}',
+    '{"max_delete": true}',
+    '{"filter_rules": [1]}',
+    '{"__class__": 1}',
+])
+def test_wire_options_type_checked(text):
+    with pytest.raises(UsageError):
+        from_wire(text)
+
+
+def test_restrict_to(tmp_path):
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "link").symlink_to("/etc")
+    check_restricted([str(tmp_path / "ok")], Options(), str(tmp_path))
+    for bad in ("/etc", str(tmp_path / "ok" / ".." / ".."), str(tmp_path / "ok" / "link")):
+        with pytest.raises(UsageError):
+            check_restricted([bad], Options(), str(tmp_path))
+    with pytest.raises(UsageError):
+        check_restricted([str(tmp_path / "ok")], Options(backup_dir="/tmp/x"), str(tmp_path))
+    with pytest.raises(UsageError):
+        check_restricted([str(tmp_path / "ok")], Options(link_dest=("../../etc",)), str(tmp_path))
