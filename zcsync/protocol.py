@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Union
 
 from .compress import Codec, CorruptData, RateLimiter, get_codec
+from .delta import MAX_STRONG_LEN, MIN_STRONG_LEN, Signature, validate
 from .errors import ProtocolError, StartupError, StreamError
 from .flist import DirBatch, FileEntry
 from .pathnames import escape, is_safe_name
@@ -26,8 +27,9 @@ __all__ = [
     "MAX_NAME", "MAX_LINK", "MAX_ENTRIES", "MAX_XATTRS", "MAX_XATTR_NAME", "MAX_XATTR_VALUE",
     "MAX_TEXT", "MAX_PATH_TEXT", "MAX_OWNER_NAME", "DIGEST_SIZE",
     "Message", "FlistBatch", "EntryExtras", "FlistEnd", "Request", "FileBegin", "Data", "DataZ", "FileEnd",
-    "FileSkip", "Done", "Committed", "Problem", "Log", "Item", "Stats", "Heartbeat", "Goodbye",
+    "FileSkip", "Match", "Done", "Committed", "Problem", "Log", "Item", "Stats", "Heartbeat", "Goodbye",
     "Negotiated", "Connection", "ConnectionClosed", "Decoder", "handshake", "entry_problem",
+    "encode_signature", "decode_signature", "max_signature_blocks",
 ]
 
 # -- constants ---------------------------------------------------------------
@@ -60,6 +62,7 @@ MAX_CAP_VALUE = 1024
 MAX_CAP_LIST = 16  # items in a comma-separated capability value
 
 _U64_LIMIT = 1 << 63  # sizes are off_t on both ends
+_U32_LIMIT = 1 << 32
 _BATCH_OVERHEAD = 1 + 2 + MAX_NAME + 4  # flags, directory name, count
 _ENTRY_OVERHEAD = 43 + 2 + 4 + 2 + DIGEST_SIZE + 2 * (1 + MAX_OWNER_NAME)  # everything but the variable parts
 _SMALL_DATA = 16 * 1024  # DATA payloads below this are copied into the send buffer
@@ -85,6 +88,9 @@ _REQUEST = struct.Struct(">IBI")  # index, flags, signature length
 _FILE_BEGIN = struct.Struct(">IQ")
 _DATAZ = struct.Struct(">I")  # uncompressed length; the compressed block follows
 _FILE_END = struct.Struct(">I16s")
+_MATCH = struct.Struct(">II")  # first block, block count
+_SIG_HEAD = struct.Struct(">BIBIQQ")  # layout, block_len, strong_len, count, basis size, seed
+_SIG_LAYOUT = 1
 _FILE_SKIP = struct.Struct(">IBH")
 _PROBLEM = struct.Struct(">BH")
 _LOG = struct.Struct(">BH")
@@ -243,6 +249,20 @@ class DataZ(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Match(Message):
+    """Sender -> writer, inside a delta file: copy `count` basis blocks from `first_block` on.
+
+    Only valid for a file whose Request carried a signature; the receiver checks the
+    run against the basis block count it announced (first_block + count <= count).
+    """
+
+    TYPE: ClassVar[int] = 0x35
+    NAME: ClassVar[str] = "Match"
+    first_block: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class FileEnd(Message):
     """The open file's data is complete; digest is xxh3-128 of what the sender read."""
 
@@ -338,22 +358,23 @@ class Goodbye(Message):
     exit_code: int = 0
 
 
-AnyMessage = Union[FlistBatch, FlistEnd, Request, Done, FileBegin, Data, DataZ, FileEnd, FileSkip,
+AnyMessage = Union[FlistBatch, FlistEnd, Request, Done, FileBegin, Data, DataZ, Match, FileEnd, FileSkip,
                    Committed, Problem, Log, Item, Stats, Heartbeat, Goodbye]
 
 _TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in (
-    FlistBatch, FlistEnd, Request, Done, FileBegin, Data, DataZ, FileEnd, FileSkip,
+    FlistBatch, FlistEnd, Request, Done, FileBegin, Data, DataZ, Match, FileEnd, FileSkip,
     Committed, Problem, Log, Item, Stats, Heartbeat, Goodbye)}
 # Exact payload sizes of fixed-layout messages, checked from the header alone.
 _FIXED_SIZE: dict[int, int] = {
     FlistEnd.TYPE: 1, Done.TYPE: 0, FileBegin.TYPE: _FILE_BEGIN.size, FileEnd.TYPE: _FILE_END.size,
+    Match.TYPE: _MATCH.size,
     Committed.TYPE: 4, Heartbeat.TYPE: 0, Goodbye.TYPE: 1,
 }
 _COMMON = frozenset({Problem, Log, Item, Stats, Heartbeat, Goodbye})
 #: What each side accepts from its peer; the rest is a protocol error.
 ACCEPTS: dict[str, frozenset[type[Message]]] = {
     "sender": _COMMON | {Request, Done, Committed},
-    "receiver": _COMMON | {FlistBatch, FlistEnd, FileBegin, Data, DataZ, FileEnd, FileSkip},
+    "receiver": _COMMON | {FlistBatch, FlistEnd, FileBegin, Data, DataZ, Match, FileEnd, FileSkip},
 }
 
 
@@ -558,6 +579,10 @@ def encode_payload(msg: Message, frame_max: int = DEFAULT_FRAME_MAX) -> bytes:
             if not 0 < len(msg.payload) < msg.size:
                 raise ValueError("a DataZ block must be shorter than its data (send Data instead)")
             return _DATAZ.pack(msg.size) + bytes(msg.payload)
+        if isinstance(msg, Match):
+            if not (0 <= msg.first_block and 1 <= msg.count and msg.first_block + msg.count <= _U32_LIMIT):
+                raise ValueError(f"bad block run {msg.first_block}+{msg.count}")
+            return _MATCH.pack(msg.first_block, msg.count)
         if isinstance(msg, FileEnd):
             if len(msg.digest) != DIGEST_SIZE:
                 raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
@@ -604,6 +629,44 @@ def encode_payload(msg: Message, frame_max: int = DEFAULT_FRAME_MAX) -> bytes:
     except struct.error as exc:
         raise ValueError(f"cannot encode {msg.NAME}: {exc}") from None
     raise ValueError(f"not a message with a single-frame encoding: {msg!r}")
+
+
+# -- delta signatures (the opaque Request.signature blob) ------------------
+
+def max_signature_blocks(frame_max: int) -> int:
+    """Most blocks a signature that fits one Request frame can hold (2-byte strong sums)."""
+    return max(0, (frame_max - _REQUEST.size - _SIG_HEAD.size) // (4 + 2))
+
+
+def encode_signature(sig: Signature) -> bytes:
+    """Request.signature for a basis: a small header, then the weak and the strong table."""
+    return b"".join((_SIG_HEAD.pack(_SIG_LAYOUT, sig.block_len, sig.strong_len, sig.count, sig.size, sig.seed),
+                     sig.weak, sig.strong))
+
+
+def decode_signature(blob: bytes, frame_max: int = DEFAULT_FRAME_MAX) -> Signature:
+    """Parse and validate a peer's Request.signature (every count and length is checked).
+
+    Raises ProtocolError (SignatureError) on anything inconsistent: a peer must not be
+    able to make the sender index outside the tables (CVE-2024-12084) or allocate
+    beyond what one frame carried.
+    """
+    r = _Reader(blob, "signature")
+    layout, block_len, strong_len, count, size, seed = r.unpack(_SIG_HEAD)
+    if layout != _SIG_LAYOUT:
+        raise ProtocolError(f"peer sent a signature of unknown layout {layout}")
+    if size >= _U64_LIMIT:
+        raise ProtocolError(f"peer sent a signature of an impossible basis size {size}")
+    if not MIN_STRONG_LEN <= strong_len <= MAX_STRONG_LEN:
+        raise ProtocolError(f"peer sent a signature with strong sums of {strong_len} bytes "
+                            f"(allowed {MIN_STRONG_LEN}..{MAX_STRONG_LEN})")
+    if not 0 <= count <= max_signature_blocks(frame_max):
+        raise ProtocolError(f"peer sent a signature of {count} blocks (limit {max_signature_blocks(frame_max)})")
+    weak = r.take(4 * count, 4 * count, "a weak sum table")
+    strong = r.take(strong_len * count, MAX_STRONG_LEN * count, "a strong sum table")
+    r.finish()
+    return validate(Signature(block_len, strong_len, count, size, weak, strong, seed),
+                    max_signature_blocks(frame_max))
 
 
 # -- decoding ----------------------------------------------------------------
@@ -891,6 +954,14 @@ class Decoder:
         except CorruptData as exc:
             raise ProtocolError(f"peer sent a DataZ block that is not {msg.size} bytes of "
                                 f"{self.codec.name} data ({exc})") from None
+
+    def _d_Match(self, r: _Reader) -> Match:
+        if self.open_file is None:
+            raise ProtocolError("peer sent Match outside a file")
+        first, count = r.unpack(_MATCH)
+        if count == 0 or first + count > _U32_LIMIT:
+            raise ProtocolError(f"peer sent a bad block run {first}+{count}")
+        return Match(first, count)
 
     def _d_FileEnd(self, r: _Reader) -> FileEnd:
         index, digest = r.unpack(_FILE_END)

@@ -11,22 +11,25 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import stat
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import xxhash
 
-from . import meta
+from . import delta, meta
 from .compress import SkipCompress
+from .delta.patch import _copy_range
 from .engine import Receiver, make_receiver
 from .errors import PARTIAL, VANISHED, FileProblem, ProtocolError
 from .filters import FilterRules
 from .flist import DirBatch, FileEntry
 from .options import Options
-from .pathnames import escape
+from .pathnames import escape, split
 from .protocol import (Committed, Connection, Data, DataZ, Done, EntryExtras, FileBegin, FileEnd, FileSkip,
-                       FlistBatch, FlistEnd, Goodbye, Heartbeat, Item, Log, Message, Problem, Request,
-                       Stats)
+                       FlistBatch, FlistEnd, Goodbye, Heartbeat, Item, Log, Match, Message, Problem, Request,
+                       Stats, decode_signature, encode_signature, max_signature_blocks)
 from .sender import Sender, SourceChanged
 from .stats import Event, Report
 from .transport.local import count_entries
@@ -137,10 +140,12 @@ class SendingSide:
         except BaseException as exc:  # re-raised by run() on the main thread
             self._flist_error = exc
 
-    def send_file(self, index: int) -> None:
+    def send_file(self, index: int, signature: bytes | None = None) -> None:
         entry = self.entries.get(index)
         if entry is None:
             raise ProtocolError(f"peer requested index {index}, which is not a regular file we sent")
+        # Checked before anything else: a bad signature is a misbehaving peer, not a file problem.
+        sig = decode_signature(signature, self.conn.frame_max) if signature is not None else None
         try:
             fd = self.sender.open(entry)
         except SourceChanged as exc:
@@ -148,6 +153,12 @@ class SendingSide:
             self.report.problem(FileProblem(escape(entry.name), str(exc), exc.code))
             return
         compress = self.skip_compress is not None and entry.name not in self.skip_compress
+        if sig is not None and entry.size > 0:
+            try:
+                self._send_delta(index, entry, fd, sig, compress)
+            finally:
+                os.close(fd)
+            return
         try:
             hasher = xxhash.xxh3_128()  # over the file's bytes, compressed on the wire or not
             self.conn.send(FileBegin(index, entry.size))
@@ -166,6 +177,49 @@ class SendingSide:
         finally:
             os.close(fd)
 
+    def _send_delta(self, index: int, entry: FileEntry, fd: int, sig: delta.Signature, compress: bool) -> None:
+        """FileBegin, Match runs and literal Data in source order, FileEnd with the whole file's digest.
+
+        The scan maps the source under the C kernel's SIGBUS guard; everything sent or
+        hashed afterwards is read with pread, so a file that shrinks later ends short
+        (its digest cannot match: the receiver asks again) instead of killing us.
+        """
+        size = entry.size
+        try:
+            if os.fstat(fd).st_size < size:
+                raise delta.SourceChanged(5, "file shrank")
+            ops = delta.delta_ops_fd(fd, size, sig)
+        except delta.SourceChanged:
+            message = f"File {escape(entry.name)!r} changed during transfer (it shrank)"
+            self.conn.send(FileSkip(index, PARTIAL, message))
+            self.report.problem(FileProblem(escape(entry.name), message, PARTIAL))
+            return
+        hasher = xxhash.xxh3_128()
+        self.conn.send(FileBegin(index, size))
+        pos = literal = 0
+        short = False
+        for kind, a, b in delta.iter_ops(ops):
+            if kind == delta.MATCH:
+                self.conn.send(Match(a, b))
+                length = min((a + b) * sig.block_len, sig.size) - a * sig.block_len
+            else:
+                length = b
+            end = pos + length
+            while pos < end:
+                data = os.pread(fd, min(CHUNK, end - pos), pos)
+                if not data:
+                    short = True
+                    break
+                hasher.update(data)
+                if kind != delta.MATCH:
+                    self.conn.send_data(data, compress)
+                    literal += len(data)
+                pos += len(data)
+            if short:
+                break
+        self.conn.send(FileEnd(index, hasher.digest()))
+        self.report.stats.bytes_sent += literal
+
     def run(self) -> None:
         """Serve requests until the receiver's Done; then say goodbye."""
         flist = threading.Thread(target=self._send_flist, name="zcsync-flist", daemon=True)
@@ -175,7 +229,7 @@ class SendingSide:
             while True:
                 msg = self.conn.recv()
                 if isinstance(msg, Request):
-                    self.send_file(msg.index)
+                    self.send_file(msg.index, msg.signature)
                 elif isinstance(msg, Committed):
                     entry = self.entries.get(msg.index)
                     if entry is not None and self.opts.remove_source_files:
@@ -251,6 +305,8 @@ class StreamFile:
             elif isinstance(msg, FileEnd):
                 self._digest = msg.digest if got == self.size else b"short"
                 return hasher.digest()
+            elif isinstance(msg, Match):
+                raise ProtocolError("peer sent Match for a file requested whole")
             elif not self.other(msg):
                 raise ProtocolError(f"unexpected {type(msg).__name__} inside a file's data")
 
@@ -263,9 +319,99 @@ class StreamFile:
         if self._digest is not None:
             return
         while not isinstance(msg := self.conn.recv(), FileEnd):
-            if not isinstance(msg, (Data, DataZ)) and not self.other(msg):
+            if isinstance(msg, Match) and not self.delta:
+                raise ProtocolError("peer sent Match for a file requested whole")
+            if not isinstance(msg, (Data, DataZ, Match)) and not self.other(msg):
                 raise ProtocolError(f"unexpected {type(msg).__name__} inside a file's data")
         self._digest = msg.digest
+
+    delta = False
+    matched = 0
+    literal = 0
+
+
+@dataclass(frozen=True)
+class Basis:
+    """What the receiver told the sender about a basis file: the bounds its Match runs must keep."""
+
+    block_len: int
+    count: int
+    size: int
+
+
+class DeltaFile(StreamFile):
+    """A DataSource rebuilt from basis blocks (Match frames) and literal data (Data/DataZ).
+
+    Each Match run is checked against the basis the signature described before anything
+    is copied; blocks go by copy_file_range (pread/write where that is refused) and are
+    hashed as read back from the temp file, so the digest is of what was really written.
+    """
+
+    delta = True
+
+    def __init__(self, conn: Connection, index: int, size: int, other: Callable[[Message], bool],
+                 basis: Basis, open_basis: Callable[[], int]) -> None:
+        super().__init__(conn, index, size, other)
+        self.basis = basis
+        self.open_basis = open_basis
+
+    def write_into(self, fd: int, sparse: bool) -> bytes:
+        if self.consumed:
+            raise _Redo()
+        self.consumed = True
+        try:
+            bfd = self.open_basis()
+        except OSError as exc:
+            log.info("Cannot open the basis of index %d (%s): asking for the whole file", self.index, exc.strerror)
+            raise _Redo() from exc
+        try:
+            return self._rebuild(fd, bfd)
+        finally:
+            os.close(bfd)
+
+    def _rebuild(self, fd: int, bfd: int) -> bytes:
+        basis = self.basis
+        hasher = xxhash.xxh3_128()
+        got = 0
+        while True:
+            msg = self.conn.recv()
+            if isinstance(msg, (Data, DataZ)):
+                n = len(msg.payload) if isinstance(msg, Data) else msg.size
+                if got + n > self.size:
+                    raise ProtocolError(f"peer sent more than the {self.size} bytes announced for a file")
+                payload = msg.payload if isinstance(msg, Data) else self.conn.inflate(msg)
+                hasher.update(payload)
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
+                got += n
+                self.literal += n
+            elif isinstance(msg, Match):
+                if msg.first_block + msg.count > basis.count:
+                    raise delta.DeltaError(f"block run {msg.first_block}+{msg.count} outside the basis's "
+                                           f"{basis.count} blocks")
+                start = msg.first_block * basis.block_len
+                length = min((msg.first_block + msg.count) * basis.block_len, basis.size) - start
+                if got + length > self.size:
+                    raise ProtocolError(f"peer sent more than the {self.size} bytes announced for a file")
+                try:
+                    _copy_range(bfd, fd, start, length)
+                except delta.SourceChanged as exc:
+                    raise _Redo() from exc  # the basis shrank: the whole file, then
+                pos, end = got, got + length
+                while pos < end:
+                    data = os.pread(fd, min(CHUNK, end - pos), pos)
+                    if not data:
+                        raise OSError(5, "temp file shorter than written")
+                    hasher.update(data)
+                    pos += len(data)
+                got = end
+                self.matched += length
+            elif isinstance(msg, FileEnd):
+                self._digest = msg.digest if got == self.size else b"short"
+                return hasher.digest()
+            elif not self.other(msg):
+                raise ProtocolError(f"unexpected {type(msg).__name__} inside a file's data")
 
 
 class ReceivingSide:
@@ -284,6 +430,8 @@ class ReceivingSide:
         self.requests: dict[int, WriteRequest] = {}
         self.redo: dict[int, WriteRequest] = {}
         self.digests: dict[int, bytes] = {}
+        self.bases: dict[int, Basis] = {}  # requests that carried a signature
+        self.seed = int.from_bytes(os.urandom(8), "big")  # per transfer, as rsync's checksum seed
         self._parts: list[FileEntry] = []
         self._lock = threading.Lock()
         self._listed = False
@@ -299,9 +447,10 @@ class ReceivingSide:
         try:
             while (batch := self.batches.get()) is not None:
                 for request in generator.process(batch):
+                    signature = self._signature(request)
                     with self._lock:
                         self.requests[request.entry.index] = request
-                    self.conn.send(Request(request.entry.index))
+                    self.conn.send(Request(request.entry.index, signature))
                 self.conn.flush()
         except BaseException as exc:  # re-raised by run() on the reading thread
             self._gen_error = exc
@@ -310,6 +459,51 @@ class ReceivingSide:
         with self._lock:
             self._listed = True
         self._maybe_done()
+
+    def _delta_wanted(self) -> bool:
+        # rsync's default for a remote transfer is the delta algorithm; --inplace would
+        # rebuild over its own basis, so it goes whole here.
+        return self.opts.whole_file is not True and not self.opts.inplace
+
+    def _open_basis(self, name: bytes) -> int:
+        """The destination file `name`, opened beneath the destination root for reading."""
+        assert self.receiver is not None
+        parent, base = split(name)
+        pfd = self.receiver.writer.tree.dir_fd(parent)
+        fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=pfd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(21, "basis is not a regular file")
+        return fd
+
+    def _signature(self, request: WriteRequest) -> bytes | None:
+        """Request.signature for a file with a basis (the file it replaces), or None for the whole file."""
+        st = request.existing
+        if not self._delta_wanted() or st is None or not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return None
+        try:
+            fd = self._open_basis(request.dest_name)
+        except OSError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                return None
+            block_len = delta.block_length(size)
+            if delta.block_count(size, block_len) > max_signature_blocks(self.conn.frame_max):
+                log.info("%s: basis too big for one signature frame; sending it whole",
+                         escape(request.dest_name))
+                return None
+            sig = delta.make_signature(fd, size, block_len, seed=self.seed)
+        except OSError as exc:  # SourceChanged included: the basis shrank while hashed
+            log.info("%s: cannot hash the basis (%s); sending it whole", escape(request.dest_name), exc.strerror)
+            return None
+        finally:
+            os.close(fd)
+        blob = encode_signature(sig)
+        with self._lock:
+            self.bases[request.entry.index] = Basis(sig.block_len, sig.count, sig.size)
+        return blob
 
     def _maybe_done(self) -> None:
         """Once the list is through and every request answered: retry failures once, then Done."""
@@ -320,6 +514,8 @@ class ReceivingSide:
                 self._redo_sent = True
                 self.requests.update(self.redo)
                 indexes = list(self.redo)
+                for index in indexes:  # rsync redoes with full checksums: whole files, here
+                    self.bases.pop(index, None)
             else:
                 self._done_sent = True
                 indexes = None
@@ -363,9 +559,15 @@ class ReceivingSide:
         with self._lock:
             request = self.requests.pop(begin.index, None)
             second_try = begin.index in self.redo
+            basis = self.bases.pop(begin.index, None)
         if request is None:
             raise ProtocolError(f"peer sent data for index {begin.index}, which was not requested")
-        source = StreamFile(self.conn, begin.index, begin.size, self._flist_or_common)
+        source: StreamFile
+        if basis is None:
+            source = StreamFile(self.conn, begin.index, begin.size, self._flist_or_common)
+        else:
+            source = DeltaFile(self.conn, begin.index, begin.size, self._flist_or_common, basis,
+                               lambda: self._open_basis(request.dest_name))
         try:
             ok = self.receiver.writer.write(request, source)
         except _Redo:
@@ -379,6 +581,9 @@ class ReceivingSide:
             else:
                 with self._lock:
                     self.redo[begin.index] = request
+        elif ok and source.delta:
+            self.report.stats.literal_bytes += source.literal
+            self.report.stats.matched_bytes += source.matched
         elif ok:
             self.report.stats.literal_bytes += begin.size
         if ok is not None:
@@ -418,6 +623,7 @@ class ReceivingSide:
                     self._receive_file(msg)
                 elif isinstance(msg, FileSkip):
                     with self._lock:
+                        self.bases.pop(msg.index, None)
                         if self.requests.pop(msg.index, None) is None:
                             raise ProtocolError(f"peer skipped index {msg.index}, which was not requested")
                     if msg.code == PARTIAL:

@@ -250,7 +250,6 @@ def test_identity_file_option(sshd: Sshd, tmp_path: Path) -> None:
     [
         "zcsync-not-installed-here",
         "/nonexistent/bin/zcsync",
-        "env PYTHONPATH=/nonexistent python3 -m zcsync",
         f"{sys.executable} -I -S -m zcsync",  # no PYTHONPATH, no site-packages: ModuleNotFoundError, exit 1
     ],
 )

@@ -450,6 +450,13 @@ D_CLOSED = raw_entry(0, b"d", DIR)  # a directory that is not expanded
     ([frame(p.FileBegin.TYPE, struct.pack(">IQ", 1, 0)) + frame(p.FileSkip.TYPE, struct.pack(">IBH", 2, 23, 0))],
      "FileSkip for index 2 while"),
     ([frame(p.Committed.TYPE, struct.pack(">I", 99))], "Committed for index 99"),
+    ([frame(p.Match.TYPE, struct.pack(">II", 0, 1))], "Match outside a file"),
+    ([frame(p.FileBegin.TYPE, struct.pack(">IQ", 1, 9)) + frame(p.Match.TYPE, struct.pack(">II", 0, 0))],
+     "bad block run 0\\+0"),
+    ([frame(p.FileBegin.TYPE, struct.pack(">IQ", 1, 9)) + frame(p.Match.TYPE, struct.pack(">II", 2**32 - 1, 2))],
+     "bad block run"),
+    ([frame(p.FileBegin.TYPE, struct.pack(">IQ", 1, 9)) + frame(p.Match.TYPE, struct.pack(">III", 0, 1, 0))],
+     "expected 8"),
 ])
 def test_violations(frames, match):
     with pytest.raises(ProtocolError, match=match) as info:
@@ -852,3 +859,73 @@ def test_bwlimit_paces_writes():
     assert 0.3 <= elapsed < 1.5  # 0.5 s of data, less the burst allowance
     conn.set_bwlimit(None)
     assert conn.limiter is None
+
+
+# -- delta signatures ---------------------------------------------------------
+
+def _sig(size=100_000, seed=5):
+    import tempfile
+
+    from zcsync.delta import make_signature
+    with tempfile.TemporaryFile() as f:
+        f.write(os.urandom(size))
+        f.flush()
+        return make_signature(f.fileno(), size, seed=seed)
+
+
+def test_signature_round_trip_and_size():
+    sig = _sig()
+    blob = p.encode_signature(sig)
+    assert p.decode_signature(blob) == sig
+    # a header and 4 + strong_len bytes per block: as compact as rsync's sum_struct
+    assert len(blob) == 26 + sig.count * (4 + sig.strong_len)
+
+
+def test_round_trip_delta_file(pair):
+    left, right = pair
+    msgs = [top_batch(), p.FileBegin(1, 5000), p.Match(0, 1), p.Data(b"x" * 10), p.Match(2**32 - 2, 2),
+            p.FileEnd(1, DIGEST)]
+    for m in msgs:
+        left.send(m)
+    left.flush()
+    assert [right.recv() for _ in msgs][1:] == msgs[1:]
+
+
+def test_receiver_accepts_match_only_from_the_sender():
+    with pytest.raises(ProtocolError, match="never accepts"):
+        decode_frames(frame(p.Match.TYPE, struct.pack(">II", 0, 1)), side="sender")
+
+
+def _tamper(blob: bytes, offset: int, fmt: str, value: int) -> bytes:
+    b = bytearray(blob)
+    struct.pack_into(fmt, b, offset, value)
+    return bytes(b)
+
+
+@pytest.mark.parametrize(("mutate", "match"), [
+    (lambda b: _tamper(b, 0, ">B", 2), "unknown layout"),
+    (lambda b: _tamper(b, 1, ">I", 8), "block length 8 out of range"),
+    (lambda b: _tamper(b, 1, ">I", 1 << 20), "block length"),
+    (lambda b: _tamper(b, 5, ">B", 17), "strong"),
+    (lambda b: _tamper(b, 5, ">B", 1), "strong"),
+    (lambda b: _tamper(b, 6, ">I", 2**32 - 1), "blocks \\(limit"),
+    (lambda b: _tamper(b, 6, ">I", 3), "truncated|trailing"),
+    (lambda b: _tamper(b, 10, ">Q", 2**63), "impossible basis size"),
+    (lambda b: _tamper(b, 10, ">Q", 10**9), "does not fit size"),
+    (lambda b: b[:-1], "truncated"),
+    (lambda b: b + b"x", "trailing"),
+    (lambda b: b[:20], "truncated"),
+])
+def test_bad_signatures_are_protocol_errors(mutate, match):
+    blob = p.encode_signature(_sig())
+    with pytest.raises(ProtocolError, match=match) as info:
+        p.decode_signature(mutate(blob))
+    assert info.value.exit_code == 2
+
+
+def test_signature_block_limit_follows_the_frame():
+    assert p.max_signature_blocks(p.MIN_FRAME_MAX) < p.max_signature_blocks(p.DEFAULT_FRAME_MAX)
+    sig = _sig(size=200_000)
+    blob = p.encode_signature(sig)
+    with pytest.raises(ProtocolError, match="limit"):
+        p.decode_signature(blob, frame_max=p.MIN_FRAME_MAX // 2 ** 20 + 40)

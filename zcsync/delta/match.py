@@ -1,11 +1,13 @@
 """Sender side: find the basis blocks in the source (the C scanner does the bytes)."""
 from __future__ import annotations
 
+import errno
 import mmap
 from array import array
 from collections.abc import Iterable, Iterator
 
 from ._ext import rolling
+from .errors import SourceChanged
 from .signature import Signature
 
 LITERAL = 0
@@ -50,7 +52,11 @@ def delta_ops_fd(fd: int, size: int, sig: Signature, **kw: int) -> Ops:
     """delta_ops over the first `size` bytes of the file open on `fd`, via mmap."""
     if size == 0:
         return array("q")
-    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as m:
+    try:
+        m = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    except ValueError:  # the file is already shorter than `size`
+        raise SourceChanged(errno.EIO, "Source is shorter than expected") from None
+    with m:
         if hasattr(m, "madvise"):
             m.madvise(mmap.MADV_SEQUENTIAL)
         return delta_ops(m, sig, **kw)
