@@ -75,6 +75,7 @@ def run_remote(paths: list[str], opts: Options, on_event: Callable[[Event], None
     if opts.files_from is not None:
         raise UsageError("--files-from is not supported with a remote host yet")
     caps = client_caps(opts)  # a codec missing here is an error before anything starts
+    opts = opts.replace(want_items=on_event is not None)  # else the server sends no Item per file
     report = Report(on_event=on_event)
     filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded)
     if dst.is_remote:

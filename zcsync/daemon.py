@@ -911,7 +911,7 @@ def run_role(stream: Stream, role: str, opts: Options, paths: list[str], module_
     try:
         conn.decoder.accepts = ACCEPTS[role]  # from now on the peer may send only what our role takes
         conn.set_bwlimit(opts.bwlimit)
-        forward_report(conn, report)
+        forward_report(conn, report, items=opts.want_items)
         for problem in problems:
             report.problem(problem)
         dest_rel = _module_relative(os.fsencode(paths[0])) if role == "receiver" and paths else None
@@ -939,7 +939,7 @@ def run_role(stream: Stream, role: str, opts: Options, paths: list[str], module_
         try:
             conn.send(Log(logging.ERROR, exc.message))
             conn.send(Goodbye(exc.exit_code))
-            conn.flush()
+            conn.drain()
         except ZcsyncError:
             pass
         return exc.exit_code

@@ -83,6 +83,7 @@ class Options:
     progress: str | None = None  # None | "file" (--progress) | "total" (--info=progress2)
     progress_always: bool = False  # draw progress even when stderr is not a terminal
     out_format: str | None = None
+    want_items: bool = False  # the client shows per-file items: the server sends them (Item)
     # remote transports (client side only; never sent to the server)
     port: int | None = None
     password_file: str | None = None

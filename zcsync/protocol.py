@@ -7,6 +7,7 @@ used or anything is allocated for it, and any violation is a :class:`ProtocolErr
 """
 from __future__ import annotations
 
+import queue
 import re
 import stat
 import struct
@@ -1065,6 +1066,9 @@ class Connection:
         self._frame_max = frame_max
         self._lock = threading.Lock()
         self._wbuf = bytearray()
+        self._outbox: queue.Queue[object] | None = None  # see start_writer()
+        self._writer: threading.Thread | None = None
+        self._writer_error: BaseException | None = None
 
     @property
     def frame_max(self) -> int:
@@ -1154,17 +1158,65 @@ class Connection:
         self.send(FileEnd(index, digest))
 
     def flush(self) -> None:
-        """Write out buffered frames."""
+        """Write out buffered frames (with a writer thread: hand them to it)."""
         with self._lock:
             self._flush_locked()
+        self._raise_writer_error()
 
     def write_eof(self) -> None:
         """Flush and half-close: we send nothing more."""
-        self.flush()
+        self.drain()
         self.stream.write_eof()
 
     def close(self) -> None:
+        if self._outbox is not None:
+            self._outbox.put(None)
         self.stream.close()
+
+    def start_writer(self) -> None:
+        """Write on a thread of our own from now on: send() queues and never blocks.
+
+        The receiving side needs this: its reading thread also sends (items, problems),
+        and if a send blocked while the peer is itself blocked writing to us, neither
+        would read again. Only the sending side's bulk data must block (backpressure);
+        the receiver sends small frames, so its queue stays small.
+        """
+        if self._outbox is not None:
+            return
+        self._outbox = queue.Queue()
+        self._writer = threading.Thread(target=self._write_loop, name="zcsync-conn-writer", daemon=True)
+        self._writer.start()
+
+    def drain(self) -> None:
+        """Flush, and wait until the writer thread has written everything queued."""
+        self.flush()
+        if self._outbox is not None:
+            done = threading.Event()
+            self._outbox.put(done)
+            while not done.wait(0.1):
+                if not self._writer.is_alive():
+                    break
+            self._raise_writer_error()
+
+    def _write_loop(self) -> None:
+        assert self._outbox is not None
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            if self._writer_error is not None:
+                continue  # keep consuming so that drain() returns; the error is raised there
+            try:
+                self._write_now(item)
+            except BaseException as exc:  # raised to the next sender
+                self._writer_error = exc
+
+    def _raise_writer_error(self) -> None:
+        if self._writer_error is not None:
+            raise self._writer_error
 
     def _flush_locked(self) -> None:
         if self._wbuf:
@@ -1173,6 +1225,13 @@ class Connection:
             self._write(data)
 
     def _write(self, data: Buffer) -> None:
+        if self._outbox is not None:
+            self._raise_writer_error()
+            self._outbox.put(bytes(data))
+            return
+        self._write_now(data)
+
+    def _write_now(self, data: Buffer) -> None:
         if self.limiter is None:
             self.stream.write(data)
         else:

@@ -44,11 +44,12 @@ RECEIVER_STATS = ("files", "regular_files", "dirs", "links", "specials", "total_
                   "literal_bytes", "matched_bytes")
 
 
-def forward_report(conn: Connection, report: Report) -> None:
-    """Server side: events travel to the client as Item, problems as Problem."""
+def forward_report(conn: Connection, report: Report, items: bool = True) -> None:
+    """Server side: problems travel to the client as Problem; events as Item, if it shows them
+    (one Item per file would otherwise cost as much as the file itself on small files)."""
     def on_event(event: Event) -> None:
         conn.send(Item(event.itemize, event.name, event.extra, event.size))
-    report.on_event = on_event
+    report.on_event = on_event if items else None
     report.forward = lambda problem: conn.send(Problem(problem.path, problem.message, problem.code))
 
 
@@ -616,6 +617,7 @@ class ReceivingSide:
 
     def run(self) -> None:
         """Read frames until the sender's Goodbye; then finish the destination."""
+        self.conn.start_writer()  # this thread reads and also sends: it must never block on a write
         try:
             while True:
                 msg = self.conn.recv()
@@ -650,7 +652,7 @@ class ReceivingSide:
             self.receiver.generator.finish()
         self.conn.send(stats_message(self.report))
         self.conn.send(Goodbye(self.report.exit_code))
-        self.conn.flush()
+        self.conn.drain()
 
     def close(self) -> None:
         if self.receiver is not None:

@@ -88,7 +88,7 @@ def serve(argv: list[str], rfd: int = 0, wfd: int = 1) -> int:
             check_restricted(paths, opts, restrict)
         conn.decoder.accepts = ACCEPTS[role]  # from now on the peer may send only what our role takes
         conn.set_bwlimit(opts.bwlimit)  # in a pull we are the sender: --bwlimit is ours to keep
-        forward_report(conn, report)
+        forward_report(conn, report, items=opts.want_items)
         filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded, trusted=False)
         if role == "sender":
             sender = Sender(source_args(paths, opts), opts, filters, on_problem=report.problem)
@@ -116,7 +116,7 @@ def _fatal(conn: Connection, message: str, code: int) -> None:
     try:
         conn.send(Log(logging.ERROR, message))
         conn.send(Goodbye(code))
-        conn.flush()
+        conn.drain()
     except ZcsyncError:
         log.error("%s", message)
 
