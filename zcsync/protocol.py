@@ -1239,11 +1239,16 @@ class Connection:
         self.bytes_sent += len(data)
 
     # -- receiving -------------------------------------------------------
+    def _input_ready(self) -> bool:
+        has_input = getattr(self.stream, "has_input", None)
+        return bool(has_input is not None and has_input())
+
     def recv(self) -> Message:
         """Receive, decode and validate the next message (ConnectionClosed at a clean EOF)."""
-        if self._wbuf and self._lock.acquire(blocking=False):
-            # Never wait for the lock: its holder may be blocked writing to a peer
-            # that is itself waiting for us to read.
+        if self._wbuf and not self._input_ready() and self._lock.acquire(blocking=False):
+            # Flush only when we are about to wait for the peer (so that answers to many
+            # small requests go out together), and never wait for the lock: its holder
+            # may be blocked writing to a peer that is itself waiting for us to read.
             try:
                 self._flush_locked()
             finally:

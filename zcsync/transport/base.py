@@ -133,6 +133,10 @@ class BaseStream:
     def closed(self) -> bool:
         return self._closed
 
+    def has_input(self) -> bool:
+        """Can read() return something without waiting? (False when unsure.)"""
+        return False
+
     def __enter__(self) -> BaseStream:
         return self
 

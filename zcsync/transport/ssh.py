@@ -399,6 +399,10 @@ class SshStream(BaseStream):
     def _timeout_changed(self) -> None:
         self.channel.settimeout(self._timeout)
 
+    def has_input(self) -> bool:
+        """Is there something to read right now (buffered here, or in paramiko)?"""
+        return self._rpos < len(self._rbuf) or self.channel.recv_ready()
+
     def _pump_stderr(self) -> None:
         pending = b""
         while True:
