@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 from ..errors import StreamError, Timeout, ZcsyncError
 
 Buffer = bytes | bytearray | memoryview
+READ_AHEAD = 256 * 1024
 
 
 @runtime_checkable
@@ -26,8 +27,34 @@ class Stream(Protocol):
     timeout: float | None
 
     def read(self, n: int) -> bytes:
-        """Return exactly n bytes; fewer only when the peer closed the stream (EOF)."""
-        ...
+        """Return exactly n bytes; fewer only when the peer closed the stream (EOF).
+
+        Reads ahead (at least READ_AHEAD bytes per system call) and keeps the rest, so a
+        stream of small frames costs one read per many frames, not two per frame.
+        """
+        if self._closed:
+            raise StreamError(f"stream to {self.peer} is closed")
+        if n <= 0:
+            return b""
+        pending = self._pending
+        if len(pending) >= n:
+            self._pending = pending[n:]
+            self.bytes_read += n
+            return pending[:n]
+        parts = [pending] if pending else []
+        got = len(pending)
+        self._pending = b""
+        while got < n:
+            chunk = self._recv(max(n - got, READ_AHEAD))
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        data = b"".join(parts)
+        if got > n:
+            data, self._pending = data[:n], data[n:]
+        self.bytes_read += len(data)
+        return data
 
     def write(self, data: Buffer) -> None:
         """Send all of data."""
@@ -71,6 +98,7 @@ class BaseStream:
         self._eof_sent = False
         self.bytes_read = 0
         self.bytes_written = 0
+        self._pending = b""  # read ahead, not yet returned
 
     @property
     def timeout(self) -> float | None:
@@ -135,6 +163,10 @@ class BaseStream:
 
     def has_input(self) -> bool:
         """Can read() return something without waiting? (False when unsure.)"""
+        return bool(self._pending) or self._input_waiting()
+
+    def _input_waiting(self) -> bool:
+        """Subclasses: is the peer's next byte already here? (False when unsure.)"""
         return False
 
     def __enter__(self) -> BaseStream:

@@ -63,7 +63,7 @@ class PipeStream(BaseStream):
         """The read end, for callers that poll."""
         return self._rfd
 
-    def has_input(self) -> bool:
+    def _input_waiting(self) -> bool:
         """Is there something to read right now (without waiting)?"""
         poller = select.poll()
         poller.register(self.fileno(), select.POLLIN)

@@ -399,7 +399,7 @@ class SshStream(BaseStream):
     def _timeout_changed(self) -> None:
         self.channel.settimeout(self._timeout)
 
-    def has_input(self) -> bool:
+    def _input_waiting(self) -> bool:
         """Is there something to read right now (buffered here, or in paramiko)?"""
         return self._rpos < len(self._rbuf) or self.channel.recv_ready()
 

@@ -25,7 +25,7 @@ class FdStream(BaseStream):
     def fileno(self) -> int:
         return self._rfd
 
-    def has_input(self) -> bool:
+    def _input_waiting(self) -> bool:
         """Is there something to read right now (without waiting)?"""
         poller = select.poll()
         poller.register(self.fileno(), select.POLLIN)

@@ -31,7 +31,7 @@ class SocketStream(BaseStream):
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def has_input(self) -> bool:
+    def _input_waiting(self) -> bool:
         """Is there something to read right now (without waiting)?"""
         poller = select.poll()
         poller.register(self.fileno(), select.POLLIN)
