@@ -229,7 +229,7 @@ class Generator:
         if self.report.on_event is None:
             return
         shown = b"./" if name == ROOT else name + (b"/" if entry.is_dir else b"")
-        self.report.event(Event(itemize, escape(shown), extra, entry.size))
+        self.report.event(Event(itemize, escape(shown), extra, entry.size, entry.mtime_ns))
 
     def _attr_only(self, entry: FileEntry, name: bytes, st: os.stat_result, prefix: str) -> None:
         """Bring attributes of an up-to-date name in line; itemize if anything differs."""

@@ -164,7 +164,13 @@ class Report:
             with self._lock:
                 if self.on_progress is not None and event.is_transfer:
                     self.on_progress.requested(event)
-                self.on_event(event)
+                try:
+                    self.on_event(event)
+                except OSError as exc:
+                    # Where the items go (a closed stdout, say) is not the file's problem:
+                    # stop showing them and let the transfer finish.
+                    log.warning("cannot show the list of changes any more: %s", exc.strerror or exc)
+                    self.on_event = None
 
     def note(self, text: str) -> None:
         """An informational line for the user (rsync prints these with -v or -i)."""

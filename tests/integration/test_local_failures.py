@@ -165,3 +165,20 @@ def test_partial_keeps_data_out_of_the_final_name(tmp_path):
     kept = dst / ".zcsync-partial" / "big"
     if (dst / "big").read_bytes() == b"old":
         assert kept.exists()
+
+
+def test_closed_stdout_does_not_stop_the_transfer(tmp_path):
+    """`zcsync -i ... | head -1`: output stops, the copy does not."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for i in range(2000):
+        (src / f"f{i:04d}").write_bytes(b"x")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "zcsync", "-ai", f"{src}/", f"{dst}/"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert len(list(dst.iterdir())) == 2000
