@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import secrets
 import stat
 import threading
@@ -23,15 +24,19 @@ class DestTree:
     LRU cache; renamed-into directories are fsynced once, when evicted or at close().
     """
 
-    def __init__(self, root_fd: int, fsync: bool = True, cache_size: int = 256) -> None:
+    def __init__(self, root_fd: int, fsync: bool = True, cache_size: int | None = None) -> None:
         self.root_fd = root_fd
         self.fsync = fsync
         self._cache: OrderedDict[bytes, int] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache_size = cache_size or default_cache_size()
         self._dirty: set[bytes] = set()
         self.created = False  # made by this run (rsync itemizes it as new)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # pin() resolves under it
         self._retired: list[tuple[bytes, int]] = []  # evicted while writers may still use them
+        self._pins: dict[int, int] = {}  # fd -> uses in progress on another thread (see pin())
+        # True while two threads use the tree (a remote receiver's generator and writer):
+        # evicted fds are then closed only by close_retired(), never under another thread.
+        self.shared = False
 
     @classmethod
     def open(cls, path: bytes, fsync: bool = True) -> DestTree:
@@ -56,18 +61,39 @@ class DestTree:
                 return self._cache[name]
             self._cache[name] = fd
             if len(self._cache) > self._cache_size:
-                # Not closed yet: a writer thread may hold it; see close_retired().
-                self._retired.append(self._cache.popitem(last=False))
+                old = self._cache.popitem(last=False)
+                if self.shared:
+                    self._retired.append(old)  # another thread may hold it: see close_retired()
+                else:
+                    self._release(*old)
         return fd
 
     @property
     def retired(self) -> int:
         return len(self._retired)
 
-    def close_retired(self) -> None:
-        """Close evicted directory fds; only when no writer thread is using any fd."""
+    def pin(self, name: bytes) -> int:
+        """dir_fd(name), kept open until unpin() even if evicted meanwhile (for a writer
+        thread that holds a directory while a file's data arrives)."""
         with self._lock:
-            retired, self._retired = self._retired, []
+            fd = self.dir_fd(name)
+            self._pins[fd] = self._pins.get(fd, 0) + 1
+            return fd
+
+    def unpin(self, fd: int) -> None:
+        with self._lock:
+            left = self._pins[fd] - 1
+            if left:
+                self._pins[fd] = left
+            else:
+                del self._pins[fd]
+
+    def close_retired(self) -> None:
+        """Close evicted directory fds that no pin holds. Call it from the thread that uses
+        unpinned fds (the generator's), between its own uses."""
+        with self._lock:
+            retired = [(n, fd) for n, fd in self._retired if fd not in self._pins]
+            self._retired = [(n, fd) for n, fd in self._retired if fd in self._pins]
         for name, fd in retired:
             self._release(name, fd)
 
@@ -83,8 +109,12 @@ class DestTree:
         prefix = name + b"/"
         with self._lock:
             for key in [k for k in self._cache if k == name or k.startswith(prefix)]:
-                self._retired.append((key, self._cache.pop(key)))
+                fd = self._cache.pop(key)
                 self._dirty.discard(key)
+                if self.shared:
+                    self._retired.append((key, fd))
+                else:
+                    os.close(fd)
 
     def lstat(self, name: bytes) -> os.stat_result | None:
         """lstat a destination name without following symlinks; None if it does not exist."""
@@ -118,6 +148,14 @@ class DestTree:
                 os.close(fd)
             self._cache.clear()
             os.close(self.root_fd)
+
+
+def default_cache_size() -> int:
+    """Directory fds to keep open: 256, but never more than a quarter of the fd limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 256
+    return max(8, min(256, soft // 4))
 
 
 def temp_name(base: bytes) -> bytes:

@@ -32,9 +32,6 @@ Prefetch = tuple[bytes, list["tuple | None"], dict[int, bytes]]  # (dest dir, st
 _MISSING = object()
 
 
-def _NONES(n: int) -> list[None]:
-    return [None] * n
-
 
 @dataclass
 class _DirFix:
@@ -121,7 +118,7 @@ class Generator:
         expanded = batch.expanded
         quick = self._quick and self._plain_final and rows is not None
         same = self.policy.unchanged_row
-        for entry, row in zip(batch.entries, rows if quick else _NONES(len(batch.entries))):
+        for entry, row in zip(batch.entries, rows if quick else [None] * len(batch.entries)):
             if entry.name in expanded:
                 self._pending_dirs[entry.name] = entry
                 continue

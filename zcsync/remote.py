@@ -453,10 +453,16 @@ class ReceivingSide:
                         self.requests[request.entry.index] = request
                     self.conn.send(Request(request.entry.index, signature))
                 self.conn.flush()
+                if not self.opts.hard_links:
+                    # Hard links are made from the writer thread with unpinned fds: with -H
+                    # evicted fds stay open until the end instead.
+                    self.receiver.tree.close_retired()
         except BaseException as exc:  # re-raised by run() on the reading thread
             self._gen_error = exc
             with self._lock:
                 self.requests.clear()
+        # The list is through: from now on only the reading thread uses the tree.
+        self.receiver.tree.shared = False
         with self._lock:
             self._listed = True
         self._maybe_done()
@@ -553,10 +559,15 @@ class ReceivingSide:
                                       io_error=lambda: self.io_error,
                                       source_digest=lambda e: self.digests.get(e.index),
                                       remove_source=remove)
-        threading.Thread(target=self._generate, name="zcsync-generator", daemon=True).start()
+        self.receiver.tree.shared = True  # the generator thread and this one both use it
+        self._gen_thread = threading.Thread(target=self._generate, name="zcsync-generator", daemon=True)
+        self._gen_thread.start()
 
     def _receive_file(self, begin: FileBegin) -> None:
         assert self.receiver is not None
+        tree = self.receiver.tree
+        if not tree.shared and tree.retired:
+            tree.close_retired()  # fds evicted while the generator thread still listed
         with self._lock:
             request = self.requests.pop(begin.index, None)
             second_try = begin.index in self.redo
@@ -648,6 +659,8 @@ class ReceivingSide:
         if self._gen_error is not None:
             raise self._gen_error
         if self.receiver is not None:
+            self._gen_thread.join()
+            self.receiver.tree.close_retired()
             self.receiver.writer.finish_delayed()
             self.receiver.generator.finish()
         self.conn.send(stats_message(self.report))

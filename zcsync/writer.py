@@ -83,9 +83,17 @@ class Writer:
         return committed
 
     def _write(self, req: Request, source: DataSource, parent: bytes, base: bytes) -> bool:
+        # Pinned: on a remote receiver the generator thread may evict and close directory
+        # fds while this file's data is still arriving.
+        pfd = self.tree.pin(parent)
+        try:
+            return self._write_in(req, source, pfd, parent, base)
+        finally:
+            self.tree.unpin(pfd)
+
+    def _write_in(self, req: Request, source: DataSource, pfd: int, parent: bytes, base: bytes) -> bool:
         opts = self.opts
         entry = req.entry
-        pfd = self.tree.dir_fd(parent)
         inplace = opts.inplace and req.existing is not None and stat.S_ISREG(req.existing.st_mode)
         if inplace:
             fd = os.open(base, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)

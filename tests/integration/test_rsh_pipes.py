@@ -40,3 +40,30 @@ def test_many_small_files_itemized_through_pipes(tmp_path, direction):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("f+++++++++") == 10_000
     assert_same_tree(src, dst)
+
+
+def _low_fd_limit() -> None:
+    import resource
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+
+@pytest.mark.parametrize("direction", ["local", "push", "pull"])
+def test_many_directories_under_a_low_fd_limit(tmp_path, direction):
+    """Directory fds are cached, not kept: 1200 directories fit in 256 descriptors."""
+    rsh = tmp_path / "rsh"
+    rsh.write_text(FAKE_RSH)
+    rsh.chmod(0o755)
+    src = tmp_path / "src"
+    for d in range(1200):
+        sub = src / f"d{d:04d}"
+        sub.mkdir(parents=True)
+        (sub / "f").write_bytes(b"x")
+    dst = tmp_path / "dst"
+    remote = f"env PYTHONPATH={REPO_ROOT} {sys.executable} -m zcsync"
+    paths = {"local": [f"{src}/", f"{dst}/"], "push": [f"{src}/", f"localhost:{dst}/"],
+             "pull": [f"localhost:{src}/", f"{dst}/"]}[direction]
+    result = subprocess.run([sys.executable, "-m", "zcsync", "-a", "-e", str(rsh), "--zcsync-path", remote,
+                             *paths], capture_output=True, text=True, timeout=120, preexec_fn=_low_fd_limit,
+                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_tree(src, dst)

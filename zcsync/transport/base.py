@@ -7,6 +7,7 @@ place, raising ours ``from`` the original.
 from __future__ import annotations
 
 import contextlib
+import select
 import shlex
 from collections.abc import Iterator, Sequence
 from types import TracebackType
@@ -166,8 +167,14 @@ class BaseStream:
         return bool(self._pending) or self._input_waiting()
 
     def _input_waiting(self) -> bool:
-        """Subclasses: is the peer's next byte already here? (False when unsure.)"""
-        return False
+        """Is the peer's next byte already here? Polls fileno() where the stream has one;
+        False when unsure (subclasses without a descriptor may override)."""
+        fileno = getattr(self, "fileno", None)
+        if fileno is None:
+            return False
+        poller = select.poll()
+        poller.register(fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     def __enter__(self) -> BaseStream:
         return self

@@ -128,13 +128,10 @@ def run(sender: Sender, generator: Generator, writer: Writer, report: Report,
         # the scan thread became the bottleneck.)
         batches = Ahead(batches)
     stats = report.stats
-    tree = writer.tree
     for batch in batches:
         count_entries(stats, batch)
         for request in generator.process(batch):
             copy_one(sender, writer, report, request)
-        if tree.retired:
-            tree.close_retired()
     writer.finish_delayed()
     generator.finish()
 

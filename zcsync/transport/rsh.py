@@ -63,11 +63,6 @@ class PipeStream(BaseStream):
         """The read end, for callers that poll."""
         return self._rfd
 
-    def _input_waiting(self) -> bool:
-        """Is there something to read right now (without waiting)?"""
-        poller = select.poll()
-        poller.register(self.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
 
     def _wait_fd(self, fd: int, for_write: bool, doing: str) -> None:
         poller = select.poll()

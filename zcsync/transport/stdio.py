@@ -25,11 +25,6 @@ class FdStream(BaseStream):
     def fileno(self) -> int:
         return self._rfd
 
-    def _input_waiting(self) -> bool:
-        """Is there something to read right now (without waiting)?"""
-        poller = select.poll()
-        poller.register(self.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
 
     def _wait(self, fd: int, events: int, doing: str) -> None:
         if self._timeout is None:

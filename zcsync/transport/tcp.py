@@ -7,7 +7,6 @@ an expired ``--contimeout`` is ``ConnectTimeout`` (exit 35).
 """
 from __future__ import annotations
 
-import select
 import socket
 
 from ..errors import ConnectTimeout, SocketIOError
@@ -31,11 +30,6 @@ class SocketStream(BaseStream):
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def _input_waiting(self) -> bool:
-        """Is there something to read right now (without waiting)?"""
-        poller = select.poll()
-        poller.register(self.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
 
     def _timeout_changed(self) -> None:
         self.sock.settimeout(self._timeout)
