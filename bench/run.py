@@ -1,4 +1,4 @@
-"""Benchmark runner: times zcsync against rsync and cp on tmpfs workloads.
+"""Benchmark runner: times zcsync against rsync and cp (and iperf3 over loopback) on tmpfs workloads.
 
 Each case is one table entry (:class:`Case`): a workload, how the destination is
 prepared before every timed run (empty, or already synced by the same tool), the extra
@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench import daemons
 from bench.workloads import WORKLOADS, Tree, tree_of, verify
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,15 +59,24 @@ class Invocation:
     dst: str                       # e.g. "/dev/shm/.../dst/"
     options: tuple[str, ...] = ()  # rsync-style options beyond -a, e.g. ("-c",)
     zcsync: tuple[str, ...] = ()   # how to start zcsync
+    nbytes: int = 0                # bytes in the source tree (for iperf3 -n)
 
 
 @dataclass(frozen=True)
 class Tool:
-    """A command under test: argv(invocation) -> list of arguments."""
+    """A command under test: argv(invocation) -> list of arguments.
+
+    ``runner`` replaces the plain timed ``subprocess.run`` for a tool that needs more
+    (iperf3 starts its one-shot server first); ``verify`` is False for a tool that
+    writes no destination (a reference, not a copy).
+    """
 
     name: str
     argv: Callable[[Invocation], list[str]]
     description: str
+    runner: Callable[[list[str], Settings, int], Sample] | None = None
+    verify: bool = True
+    show: Callable[[list[str]], str] = shlex.join   # the command as reports show it
 
 
 def _zcsync(*extra: str) -> Callable[[Invocation], list[str]]:
@@ -105,6 +115,44 @@ def _rsync_ssh(inv: Invocation) -> list[str]:
     return ["rsync", "-a", "-e", Remote.rsh, *inv.options, inv.src, inv.dst]
 
 
+DAEMONS = daemons.Daemons()   # started by main() when a daemon case is selected
+
+
+class Unavailable(Exception):
+    """The tool applies, but what it needs (its daemon) is not there: it fails."""
+
+
+def _zcsync_daemon(*extra: str, env: tuple[str, ...] = ()) -> Callable[[Invocation], list[str]]:
+    def argv(inv: Invocation) -> list[str]:
+        pre = ["env", *env] if env else []
+        return [*pre, *inv.zcsync, "-a", "--no-fsync", *extra, *inv.options, inv.src, inv.dst]
+    return argv
+
+
+def _rsync_daemon(inv: Invocation) -> list[str]:
+    return ["rsync", "-a", *inv.options, inv.src, inv.dst]
+
+
+def _iperf3(inv: Invocation) -> list[str]:
+    real = inv.src.startswith("/")   # not the SRC/DST form of the commands in reports
+    if real and DAEMONS.iperf3_error:
+        raise Unavailable(DAEMONS.iperf3_error)
+    port = DAEMONS.iperf3_port if real else "PORT"
+    return ["iperf3", "-c", daemons.HOST, "-p", str(port), "-n", str(inv.nbytes), "-J"]
+
+
+def _show_iperf3(argv: list[str]) -> str:
+    port = argv[argv.index("-p") + 1]
+    return (shlex.join(["iperf3", "-s", "-1", "-B", daemons.HOST, "-p", port]) + " & "
+            + shlex.join(argv))
+
+
+def _time_iperf3(argv: list[str], settings: Settings, run: int) -> Sample:
+    """One iperf3 transfer over loopback: the client's wall time, and iperf3's own rate."""
+    r = daemons.iperf3_once(argv, settings.env, settings.timeout)
+    return Sample(run, r.seconds, r.error is None, r.returncode, r.error, r.cpu_seconds, r.rate)
+
+
 TOOLS: dict[str, Tool] = {t.name: t for t in (
     Tool("zcsync", _zcsync(), "zcsync -a (fsyncs every file and directory)"),
     Tool("zcsync-nofsync", _zcsync("--no-fsync"), "zcsync -a --no-fsync (like rsync and cp)"),
@@ -113,6 +161,21 @@ TOOLS: dict[str, Tool] = {t.name: t for t in (
     Tool("zcsync-paramiko", _zcsync_ssh(), "zcsync -a --no-fsync over ssh with its own paramiko client"),
     Tool("zcsync-e-ssh", _zcsync_ssh("rsh"), "zcsync -a --no-fsync -e ssh (OpenSSH)"),
     Tool("rsync-e-ssh", _rsync_ssh, "rsync -a -e ssh (OpenSSH)"),
+    Tool("zcsync-daemon", _zcsync_daemon(),
+         "zcsync -a --no-fsync to/from zcsync:// (zcsync daemon on 127.0.0.1)"),
+    Tool("zcsync-daemon-direct", _zcsync_daemon("--write-mode=direct"),
+         "as zcsync-daemon, receiver writes with O_DIRECT (--write-mode=direct)"),
+    Tool("zcsync-daemon-splice", _zcsync_daemon("--write-mode=splice"),
+         "as zcsync-daemon, receiver splices socket -> pipe -> file (--write-mode=splice)"),
+    Tool("zcsync-daemon-buffered", _zcsync_daemon("--write-mode=buffered"),
+         "as zcsync-daemon, receiver does recv + write (--write-mode=buffered)"),
+    Tool("zcsync-daemon-readv", _zcsync_daemon(env=(f"{daemons.SEND_METHOD_VAR}=readwrite",)),
+         f"as zcsync-daemon, sender reads + writes instead of sendfile "
+         f"({daemons.SEND_METHOD_VAR}=readwrite on the client and on a second daemon)"),
+    Tool("rsync-daemon", _rsync_daemon, "rsync -a to/from rsync:// (rsync --daemon on 127.0.0.1)"),
+    Tool("iperf3", _iperf3, "iperf3 -c 127.0.0.1 -n SIZE against iperf3 -s -1: the loopback "
+         "TCP ceiling (reference, writes no file)", runner=_time_iperf3, verify=False,
+         show=_show_iperf3),
 )}
 
 
@@ -150,6 +213,34 @@ def ssh_spec(tool: str, path: Path) -> str:
     """The same local directory, reached through the test sshd on 127.0.0.1."""
     return f"{Remote.alias}:{path}/"
 
+
+DAEMON_TOOLS = ("zcsync-daemon", "zcsync-daemon-direct", "zcsync-daemon-splice",
+                "zcsync-daemon-buffered", "zcsync-daemon-readv", "rsync-daemon")
+
+
+def daemon_of(tool: str) -> str | None:
+    """Which daemon (bench.daemons name) a tool talks to; None for iperf3."""
+    if tool == "rsync-daemon":
+        return daemons.RSYNC
+    if tool == "zcsync-daemon-readv":
+        return daemons.ZCSYNC_READV
+    if tool.startswith("zcsync-daemon"):
+        return daemons.ZCSYNC
+    return None
+
+
+def daemon_spec(tool: str, path: Path) -> str:
+    """The same local directory, reached through the tool's daemon (module root: the work dir)."""
+    name = daemon_of(tool)
+    if name is None:
+        return local_spec(tool, path)
+    if path.is_absolute():
+        why = DAEMONS.unavailable(name)
+        if why:
+            raise Unavailable(why)
+    return DAEMONS.url(name, path)
+
+
 CASES: dict[str, Case] = {c.name: c for c in (
     Case("big1g-fresh", "big1g", FRESH, "copy one 1 GiB file into an empty destination"),
     Case("small100k-fresh", "small100k", FRESH,
@@ -160,21 +251,37 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("small100k-checksum-nochange", "small100k", SYNCED,
          "as nochange, with -c: every file is read and checksummed on both sides",
          options=("-c",), tools=SYNCING),
+    Case("daemon-push-small100k", "small100k", FRESH,
+         "push 100,000 small files to a daemon on 127.0.0.1 (zcsync://, rsync://)",
+         tools=DAEMON_TOOLS, dst_spec=daemon_spec),
     Case("ssh-push-512m", "big512m", FRESH, "push one 512 MiB file over ssh (127.0.0.1)",
          tools=SSH_TOOLS, dst_spec=ssh_spec),
     Case("ssh-pull-512m", "big512m", FRESH, "pull one 512 MiB file over ssh (127.0.0.1)",
          tools=SSH_TOOLS, src_spec=ssh_spec),
+    Case("daemon-push-512m", "big512m", FRESH,
+         "push one 512 MiB file to a daemon on 127.0.0.1 (zcsync://, rsync://)",
+         tools=DAEMON_TOOLS, dst_spec=daemon_spec),
     Case("ssh-push-1g", "big1g", FRESH, "push one 1 GiB file over ssh (127.0.0.1)",
          tools=SSH_TOOLS, dst_spec=ssh_spec),
     Case("ssh-pull-1g", "big1g", FRESH, "pull one 1 GiB file over ssh (127.0.0.1)",
          tools=SSH_TOOLS, src_spec=ssh_spec),
+    Case("daemon-push-1g", "big1g", FRESH,
+         "push one 1 GiB file to a daemon on 127.0.0.1 (zcsync://, rsync://), iperf3 for "
+         "reference", tools=(*DAEMON_TOOLS, "iperf3"), dst_spec=daemon_spec),
+    Case("daemon-pull-1g", "big1g", FRESH,
+         "pull one 1 GiB file from a daemon on 127.0.0.1 (zcsync://, rsync://)",
+         tools=DAEMON_TOOLS, src_spec=daemon_spec),
     Case("ssh-push-small20k", "small20k", FRESH, "push 20,000 small files over ssh (127.0.0.1)",
          tools=SSH_TOOLS, dst_spec=ssh_spec),
 )}
 
 RATIOS = (("rsync", "zcsync"), ("rsync", "zcsync-nofsync"),
           ("zcsync", "cp"), ("zcsync-nofsync", "cp"), ("rsync", "cp"),
-          ("rsync-e-ssh", "zcsync-paramiko"), ("rsync-e-ssh", "zcsync-e-ssh"))
+          ("rsync-e-ssh", "zcsync-paramiko"), ("rsync-e-ssh", "zcsync-e-ssh"),
+          ("rsync-daemon", "zcsync-daemon"), ("rsync-daemon", "zcsync-daemon-direct"),
+          ("rsync-daemon", "zcsync-daemon-splice"), ("rsync-daemon", "zcsync-daemon-buffered"),
+          ("rsync-daemon", "zcsync-daemon-readv"), ("zcsync-daemon-readv", "zcsync-daemon"))
+REFERENCE = "iperf3"   # a tool whose rate the others are given as a fraction of
 
 
 # --------------------------------------------------------------------------- results
@@ -187,6 +294,7 @@ class Sample:
     returncode: int | None = None
     error: str | None = None
     cpu_seconds: float | None = None   # user + system time of the command and its children
+    rate: float | None = None          # bytes/s as the tool itself measured it (iperf3)
 
 
 @dataclass
@@ -327,7 +435,7 @@ class Bench:
     def invocation(self, case: Case, tool: Tool, tree: Tree, dst: Path,
                    options: tuple[str, ...]) -> list[str]:
         inv = Invocation(case.src_spec(tool.name, tree.path), case.dst_spec(tool.name, dst),
-                         options, self.settings.zcsync)
+                         options, self.settings.zcsync, tree.bytes)
         return tool.argv(inv)
 
     def prepare_synced(self, case: Case, tool: Tool, tree: Tree) -> str | None:
@@ -361,14 +469,18 @@ class Bench:
             try:
                 dst = self.work / "dst" / case.name / tool.name
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                res.argv = self.invocation(case, tool, tree, dst, case.options)
                 zc = ["python" if a == sys.executable else a for a in s.zcsync]
-                res.shown = shlex.join(tool.argv(Invocation(
+                res.shown = tool.show(tool.argv(Invocation(
                     case.src_spec(tool.name, Path("SRC")), case.dst_spec(tool.name, Path("DST")),
-                    case.options, tuple(zc))))
+                    case.options, tuple(zc), tree.bytes)))
+                res.argv = self.invocation(case, tool, tree, dst, case.options)
             except Unsupported as exc:
                 res.error = str(exc)
                 res.applicable = False
+                continue
+            except Unavailable as exc:
+                res.error = str(exc)
+                log(f"  {tool.name}: {exc}")
                 continue
             if case.dest == SYNCED:
                 err = self.prepare_synced(case, tool, tree)
@@ -390,8 +502,12 @@ class Bench:
                 dst = dsts[tool.name]
                 if case.dest == FRESH:
                     rm_rf(dst)
-                sample = check(time_one(res.argv, s, run + 1), tree, dst, s,
-                               case.dest == FRESH)
+                if tool.runner is not None:
+                    sample = tool.runner(res.argv, s, run + 1)
+                else:
+                    sample = time_one(res.argv, s, run + 1)
+                if tool.verify:
+                    sample = check(sample, tree, dst, s, case.dest == FRESH)
                 res.samples.append(sample)
                 if sample.ok:
                     failures[tool.name] = 0
@@ -476,6 +592,33 @@ def ratio_texts(cr: CaseResult) -> list[str]:
     return out
 
 
+def reference_rate(cr: CaseResult) -> float | None:
+    """The median rate (bytes/s) that the reference tool (iperf3) measured itself."""
+    res = cr.results.get(REFERENCE)
+    rates = [x.rate for x in res.samples if x.ok and x.rate] if res else []
+    return statistics.median(rates) if rates else None
+
+
+def fractions(cr: CaseResult) -> dict[str, float]:
+    """Each tool's rate (source bytes over its median) as a fraction of the reference's."""
+    rate = reference_rate(cr)
+    if rate is None:
+        return {}
+    return {name: cr.tree.bytes / res.median / rate for name, res in cr.results.items()
+            if name != REFERENCE and res.median}
+
+
+def reference_text(cr: CaseResult) -> str | None:
+    if REFERENCE not in cr.results:
+        return None
+    rate = reference_rate(cr)
+    if rate is None:
+        return f"{REFERENCE} reference: no result ({cr.results[REFERENCE].first_error or 'not run'})"
+    parts = [f"{name} {f:.2f}" for name, f in fractions(cr).items()]
+    return (f"{REFERENCE} loopback rate (its own measurement, median): {rate / 1e6:,.0f} MB/s; "
+            "each tool's MB/s as a fraction of it: " + (", ".join(parts) or "none"))
+
+
 def _case_title(cr: CaseResult, named: bool = True) -> str:
     t = cr.tree
     opts = f" (options: {' '.join(cr.case.options)})" if cr.case.options else ""
@@ -497,6 +640,9 @@ def print_table(cr: CaseResult, out=sys.stdout) -> None:
     texts = ratio_texts(cr)
     if texts:
         print("ratios of medians (>1: the left one is slower): " + ", ".join(texts), file=out)
+    ref = reference_text(cr)
+    if ref:
+        print(f"reference: {ref}", file=out)
     out.flush()
 
 
@@ -583,6 +729,9 @@ def markdown(results: list[CaseResult], info: dict[str, str], title: str,
         if texts:
             lines += ["", "Ratios of medians (>1: the left one is slower): "
                       + ", ".join(texts) + "."]
+        ref = reference_text(cr)
+        if ref:
+            lines += ["", f"Reference: {ref}."]
         cmds = [f"`{res.shown}`" for res in cr.results.values() if res.shown]
         if cmds:
             lines += ["", "Commands: " + ", ".join(cmds) + "."]
@@ -626,6 +775,9 @@ def to_json(results: list[CaseResult], info: dict[str, str], config: dict) -> di
                 },
                 "ratios": {f"{a}/{b}": ratio(cr, a, b) for a, b in RATIOS
                            if a in cr.results and b in cr.results},
+                **({"reference": {"tool": REFERENCE, "rate": reference_rate(cr),
+                                  "fractions": fractions(cr)}}
+                   if REFERENCE in cr.results else {}),
             }
             for cr in results
         },
@@ -739,7 +891,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = args.workdir if args.workdir.is_dir() else Path("/tmp")
     work = base.resolve() / f"zcsync-bench-{os.getpid()}"
     uses_zcsync = any(t.startswith("zcsync") for t in tool_names)
+    used = {t for c in cases for t in c.tools if t in tool_names}
+    need_daemons = {d for d in map(daemon_of, used) if d}
+    if REFERENCE in used:
+        DAEMONS.iperf3_error = daemons.ensure_iperf3()
+        if DAEMONS.iperf3_error:
+            log(f"warning: {DAEMONS.iperf3_error}")
+        DAEMONS.iperf3_port = daemons.free_port()
     info = machine_info(zcsync if uses_zcsync else None, env, work)
+    if REFERENCE in used and not DAEMONS.iperf3_error:
+        info["iperf3"] = subprocess.run(["iperf3", "--version"], capture_output=True, text=True,
+                                        stdin=subprocess.DEVNULL).stdout.split("\n")[0].strip()
     bench = Bench(work, settings, args.scale)
     results: list[CaseResult] = []
     # SIGINT too: a shell's background job starts with it ignored, and we still want
@@ -750,6 +912,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupted = False
     try:
         work.mkdir(parents=True)
+        if need_daemons:
+            DAEMONS.start(need_daemons, work, zcsync, env)
         for i, case in enumerate(cases):
             tools = [TOOLS[t] for t in tool_names if t in case.tools]
             if not tools:
@@ -765,6 +929,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted = True
         log("interrupted; cleaning up")
     finally:
+        DAEMONS.stop()
         if args.keep:
             log(f"kept {work}")
         else:

@@ -11,6 +11,7 @@ command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v setfacl >/dev/null 2>&1 || need_apt+=(acl)
 command -v setfattr >/dev/null 2>&1 || need_apt+=(attr)
 command -v groff >/dev/null 2>&1 || need_apt+=(groff-base)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "installing: ${need_apt[*]}" >&2
