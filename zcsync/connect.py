@@ -36,17 +36,45 @@ def split_remote(paths: list[str]) -> tuple[list[Endpoint], Endpoint]:
     return srcs, dst
 
 
-def server_argv(role: str, opts: Options, paths: list[str]) -> list[str]:
-    """The arguments of the remote `zcsync --server` (role is the server's)."""
-    return ["--server", f"--{role}", f"--options={to_wire(opts)}", "--", *paths]
+def server_argv(role: str, opts: Options, paths: list[str], listen_timeout: int | None = None) -> list[str]:
+    """The arguments of the remote `zcsync --server` (role is the server's); --listen with a timeout."""
+    listen = ["--listen", f"--listen-timeout={listen_timeout}"] if listen_timeout is not None else []
+    return ["--server", f"--{role}", *listen, f"--options={to_wire(opts)}", "--", *paths]
 
 
 def open_remote(endpoint: Endpoint, role: str, opts: Options, paths: list[str]) -> Stream:
-    """A stream to the server end in `role`: a zcsync daemon, or `zcsync --server` over ssh / -e."""
+    """A stream to the server end in `role`: a zcsync daemon, or `zcsync --server` over ssh / -e
+    (with --transport=tcp: started over ssh, spoken to over raw TCP)."""
+    if opts.transport not in (None, "tcp"):
+        raise UsageError(f"Unknown --transport {opts.transport!r} (the one choice is tcp)")
     if endpoint.kind == "daemon":
+        if opts.transport == "tcp":
+            raise UsageError(f"--transport=tcp is for host:path (ssh) locations; {endpoint} is a zcsync "
+                             "daemon, which is reached over raw TCP already")
         from .daemon import open_daemon_stream
         return open_daemon_stream(endpoint, opts, role, paths)
+    if opts.transport == "tcp":
+        return open_bootstrapped(endpoint, role, opts, paths)
     return open_stream(endpoint, server_argv(role, opts, paths), opts)
+
+
+def open_bootstrapped(endpoint: Endpoint, role: str, opts: Options, paths: list[str]) -> Stream:
+    """--transport=tcp: start `zcsync --server --listen` over ssh / -e, then connect to it over raw TCP.
+
+    The ssh session stays open until the returned stream is closed, which collects its
+    exit status. --contimeout bounds the TCP connect and the key proofs (else
+    bootstrap.DEFAULT_ACCEPT_TIMEOUT), and the server waits for us no longer.
+    """
+    from . import bootstrap
+    wait = opts.contimeout or bootstrap.DEFAULT_ACCEPT_TIMEOUT
+    wait = min(wait, bootstrap.MAX_ACCEPT_TIMEOUT)
+    control = open_stream(endpoint, server_argv(role, opts, paths, listen_timeout=wait), opts)
+    try:
+        with _translate(control, endpoint):
+            return bootstrap.open_data_stream(control, endpoint, opts, float(wait))
+    except BaseException:
+        control.close()
+        raise
 
 
 def open_stream(endpoint: Endpoint, argv: list[str], opts: Options) -> Stream:

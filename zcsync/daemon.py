@@ -57,7 +57,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from . import auth, compress, errors
+from . import auth, errors
 from .daemon_config import (
     ConfigError,
     DaemonConfig,
@@ -68,7 +68,6 @@ from .daemon_config import (
     with_overrides,
 )
 from .endpoints import DEFAULT_DAEMON_PORT, Endpoint
-from .engine import source_args
 from .errors import (
     FileProblem,
     FileSelectError,
@@ -83,9 +82,9 @@ from .filters import FilterRules
 from .flist import DirBatch
 from .options import MAX_WIRE_OPTIONS, Options, from_wire, to_wire
 from .pathnames import escape
-from .protocol import ACCEPTS, Connection, FlistBatch, Goodbye, Log, handshake
-from .remote import ReceivingSide, SendingSide, forward_report
+from .protocol import Connection, FlistBatch
 from .sender import Sender
+from .server import Job, serve_job
 from .stats import Report
 from .transport import tcp
 from .transport.base import Stream
@@ -578,9 +577,9 @@ class _ModuleConnection(Connection):
 
     incoming: Callable[[FlistBatch], FlistBatch | None] | None = None
 
-    def recv(self):  # type: ignore[no-untyped-def]
+    def recv(self, raw_data: bool = False):  # type: ignore[no-untyped-def]
         while True:
-            msg = super().recv()
+            msg = super().recv(raw_data)
             if self.incoming is not None and isinstance(msg, FlistBatch):
                 msg = self.incoming(msg)
                 if msg is None:
@@ -900,51 +899,21 @@ def _check_path_options(root_fd: int, opts: Options, dest: bytes, module_name: s
 
 def run_role(stream: Stream, role: str, opts: Options, paths: list[str], module_filter: ModuleFilter,
              problems: list[FileProblem], peer: str = "client") -> int:
-    """The server end of a transfer inside a module (mirrors server.serve, plus the module's excludes)."""
+    """The server end of a transfer inside a module: server.serve_job, plus the module's excludes."""
     conn = _ModuleConnection(stream, peer=peer)
-    try:
-        handshake(conn, "server", {"compress": ",".join(compress.supported())})
-    except ZcsyncError as exc:
-        log.error("%s: %s", peer, exc.message)
-        return exc.exit_code
-    report = Report()
-    try:
-        conn.decoder.accepts = ACCEPTS[role]  # from now on the peer may send only what our role takes
-        conn.set_bwlimit(opts.bwlimit)
-        forward_report(conn, report, items=opts.want_items)
-        for problem in problems:
-            report.problem(problem)
+
+    def plan(report: Report) -> Job:
         dest_rel = _module_relative(os.fsencode(paths[0])) if role == "receiver" and paths else None
         prefix = module_filter.client_rules(dest_rel) if module_filter else []
-        filters = FilterRules.parse([*prefix, *opts.filter_rules], delete_excluded=opts.delete_excluded,
-                                    trusted=False)
-        if role == "sender":
-            sender = _ModuleSender(source_args(paths, opts), opts, filters, module_filter,
-                                   on_problem=report.problem)
-            SendingSide(conn, sender, opts, report).run()
-        else:
-            if module_filter:
-                assert dest_rel is not None
-                conn.incoming = _incoming_filter(dest_rel, module_filter, report)
-            side = ReceivingSide(conn, paths[0] or ".", opts, report, filters)
-            try:
-                side.run()
-            finally:
-                side.close()
-        log.info("%s: sent %d bytes, received %d bytes, exit %d", peer, conn.bytes_sent, conn.bytes_received,
-                 report.exit_code)
-        return report.exit_code
-    except ZcsyncError as exc:
-        log.error("%s: %s", peer, exc.message)
-        try:
-            conn.send(Log(logging.ERROR, exc.message))
-            conn.send(Goodbye(exc.exit_code))
-            conn.drain()
-        except ZcsyncError:
-            pass
-        return exc.exit_code
-    finally:
-        conn.close()
+        if role == "receiver" and module_filter:
+            assert dest_rel is not None
+            conn.incoming = _incoming_filter(dest_rel, module_filter, report)
+
+        def make_sender(sources, options, filters, on_problem):  # type: ignore[no-untyped-def]
+            return _ModuleSender(sources, options, filters, module_filter, on_problem=on_problem)
+        return Job(role, opts, tuple(paths), tuple(prefix), tuple(problems), make_sender)
+
+    return serve_job(conn, plan, logger=log, peer=peer)
 
 
 # -- the daemon process -----------------------------------------------------------

@@ -1,9 +1,18 @@
 """`zcsync --server`: the remote end, started by the client over ssh (or -e) on stdin/stdout.
 
-The client builds the arguments: ``--server --sender|--receiver --options=JSON
-[--restrict-to=DIR] -- PATH...``. Nothing else is accepted; the server only does what
-the protocol messages name. For an authorized_keys ``command=`` line, run
-``zcsync --server --restrict-to=DIR`` there: the requested paths must then lie in DIR.
+The client builds the arguments: ``--server --sender|--receiver [--listen
+[--listen-timeout=SECONDS]] --options=JSON [--restrict-to=DIR] -- PATH...``. Nothing
+else is accepted; the server only does what the protocol messages name. For an
+authorized_keys ``command=`` line, run ``zcsync --server --restrict-to=DIR`` there: the
+requested paths must then lie in DIR.
+
+With ``--listen`` (the client's ``--transport=tcp``) stdin/stdout carry only the
+bootstrap: one ``ZCSYNC-LISTEN`` line out, then the protocol runs on a raw TCP
+connection that proved it holds the one-time key (see bootstrap.py). The exit status
+is the transfer's either way, so the ssh channel's status means something.
+
+`serve_job` is the part every server end shares (this one and the daemon's): the
+handshake, then one role on the paths a Job names.
 """
 from __future__ import annotations
 
@@ -11,10 +20,12 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-from . import compress, errors
+from . import bootstrap, compress, errors
 from .engine import source_args
-from .errors import UsageError, ZcsyncError
+from .errors import FileProblem, StreamError, UsageError, ZcsyncError
 from .filters import FilterRules
 from .options import Options, from_wire
 from .protocol import ACCEPTS, Connection, Goodbye, Log, handshake
@@ -22,17 +33,32 @@ from .remote import ReceivingSide, SendingSide, forward_report
 from .sender import Sender
 from .stats import Report
 from .transport.stdio import FdStream
+from .transport.tcp import SocketStream
 
 log = logging.getLogger("zcsync")
 
 PATH_OPTIONS = ("backup_dir", "partial_dir", "link_dest", "compare_dest", "copy_dest")
 
 
-def parse_server_args(argv: list[str]) -> tuple[str, Options, str | None, list[str]]:
-    """(role, options, restrict_to, paths) from the client's --server arguments."""
+@dataclass(frozen=True)
+class ServerArgs:
+    """The client's --server command line, parsed."""
+
+    role: str
+    options: Options
+    restrict_to: str | None
+    paths: tuple[str, ...]
+    listen: bool = False
+    listen_timeout: int = bootstrap.DEFAULT_ACCEPT_TIMEOUT
+
+
+def parse_server_command(argv: list[str]) -> ServerArgs:
+    """The client's --server arguments, strictly: anything unknown is an error."""
     role = None
     wire = None
     restrict = None
+    listen = False
+    listen_timeout = None
     args = list(argv)
     if not args or args[0] != "--server":
         raise UsageError("not a --server command line")
@@ -45,6 +71,14 @@ def parse_server_args(argv: list[str]) -> tuple[str, Options, str | None, list[s
             wire = arg[len("--options="):]
         elif arg.startswith("--restrict-to="):
             restrict = arg[len("--restrict-to="):]
+        elif arg == "--listen":
+            listen = True
+        elif arg.startswith("--listen-timeout="):
+            value = arg[len("--listen-timeout="):]
+            if not (value.isascii() and value.isdigit() and len(value) <= 4
+                    and 1 <= int(value) <= bootstrap.MAX_ACCEPT_TIMEOUT):
+                raise UsageError(f"bad --listen-timeout {value!r} (1..{bootstrap.MAX_ACCEPT_TIMEOUT} seconds)")
+            listen_timeout = int(value)
         else:
             raise UsageError(f"unknown server argument {arg!r}")
     if not args:
@@ -52,10 +86,19 @@ def parse_server_args(argv: list[str]) -> tuple[str, Options, str | None, list[s
     paths = args[1:]
     if role is None or wire is None or not paths:
         raise UsageError("server needs --sender or --receiver, --options and at least one path")
-    return role, from_wire(wire), restrict, paths
+    if listen_timeout is not None and not listen:
+        raise UsageError("--listen-timeout needs --listen")
+    return ServerArgs(role, from_wire(wire), restrict, tuple(paths), listen,
+                      listen_timeout or bootstrap.DEFAULT_ACCEPT_TIMEOUT)
 
 
-def check_restricted(paths: list[str], opts: Options, restrict: str) -> None:
+def parse_server_args(argv: list[str]) -> tuple[str, Options, str | None, list[str]]:
+    """(role, options, restrict_to, paths) from the client's --server arguments."""
+    args = parse_server_command(argv)
+    return args.role, args.options, args.restrict_to, list(args.paths)
+
+
+def check_restricted(paths: Sequence[str], opts: Options, restrict: str) -> None:
     """--restrict-to: every path the client names must resolve inside restrict."""
     root = os.path.realpath(restrict)
     for path in paths:
@@ -69,56 +112,173 @@ def check_restricted(paths: list[str], opts: Options, restrict: str) -> None:
                 raise UsageError(f"--{name.replace('_', '-')}={item} is not allowed with --restrict-to")
 
 
-def serve(argv: list[str], rfd: int = 0, wfd: int = 1) -> int:
-    """Run the server end on the given descriptors; return the exit code."""
-    conn = Connection(FdStream(rfd, wfd, peer="client"))
-    # Refuse bad arguments only after the handshake, so the client gets the message.
-    # Compression is the handshake's business alone: we list what we can decompress.
-    try:
-        handshake(conn, "server", {"compress": ",".join(compress.supported())})
-    except ZcsyncError as exc:
-        log.error("%s", exc.message)
-        return exc.exit_code
+# -- what every server end shares ----------------------------------------------------------
+
+def _plain_sender(sources: list, opts: Options, filters: FilterRules,
+                  on_problem: Callable[[FileProblem], None]) -> Sender:
+    return Sender(sources, opts, filters, on_problem=on_problem)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One server role on given paths, as a server end decided after the handshake."""
+
+    role: str  # "sender" | "receiver"
+    opts: Options
+    paths: tuple[str, ...]
+    #: Filter rules put before the client's (a daemon module's excludes).
+    filter_prefix: tuple[str, ...] = ()
+    #: Problems found while choosing the paths, reported to the client first.
+    problems: tuple[FileProblem, ...] = ()
+    make_sender: Callable[[list, Options, FilterRules, Callable[[FileProblem], None]], Sender] = field(
+        default=_plain_sender)
+
+
+def serve_job(conn: Connection, plan: Callable[[Report], Job], *, logger: logging.Logger = log,
+              peer: str | None = None) -> int:
+    """Handshake, then run the Job that plan() returns; the exit code. Closes conn.
+
+    plan runs after the handshake, so that a refusal reaches the client as a message.
+    Without peer (``--server``, whose stderr reaches the user through ssh) a fatal error
+    goes to the client, and to logger only when it cannot; with peer (the daemon)
+    errors and a summary are logged as well, prefixed with it.
+    """
+    def note(message: str) -> None:
+        if peer:
+            logger.error("%s: %s", peer, message)
+        else:
+            logger.error("%s", message)
+
     report = Report()
     try:
-        role, opts, restrict, paths = parse_server_args(argv)
-        if restrict is None and os.environ.get("ZCSYNC_RESTRICT_TO"):
-            restrict = os.environ["ZCSYNC_RESTRICT_TO"]
-        if restrict is not None:
-            check_restricted(paths, opts, restrict)
-        conn.decoder.accepts = ACCEPTS[role]  # from now on the peer may send only what our role takes
-        conn.set_bwlimit(opts.bwlimit)  # in a pull we are the sender: --bwlimit is ours to keep
-        forward_report(conn, report, items=opts.want_items)
-        filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded, trusted=False)
-        if role == "sender":
-            sender = Sender(source_args(paths, opts), opts, filters, on_problem=report.problem)
-            SendingSide(conn, sender, opts, report).run()
-        else:
-            if len(paths) != 1:
-                raise UsageError("a receiving server takes one destination path")
-            side = ReceivingSide(conn, paths[0] or ".", opts, report, filters)
-            try:
-                side.run()
-            finally:
-                side.close()
-        return report.exit_code
-    except ZcsyncError as exc:
-        _fatal(conn, exc.message, exc.exit_code)
-        return exc.exit_code
+        # Compression is the handshake's business alone: we list what we can decompress.
+        try:
+            handshake(conn, "server", {"compress": ",".join(compress.supported())})
+        except ZcsyncError as exc:
+            note(exc.message)
+            return exc.exit_code
+        try:
+            job = plan(report)
+            opts = job.opts
+            conn.decoder.accepts = ACCEPTS[job.role]  # from now on the peer may send only what our role takes
+            conn.set_bwlimit(opts.bwlimit)  # in a pull we are the sender: --bwlimit is ours to keep
+            forward_report(conn, report, items=opts.want_items)
+            for problem in job.problems:
+                report.problem(problem)
+            filters = FilterRules.parse([*job.filter_prefix, *opts.filter_rules],
+                                        delete_excluded=opts.delete_excluded, trusted=False)
+            if job.role == "sender":
+                sender = job.make_sender(source_args(list(job.paths), opts), opts, filters, report.problem)
+                SendingSide(conn, sender, opts, report).run()
+            else:
+                if len(job.paths) != 1:
+                    raise UsageError("a receiving server takes one destination path")
+                side = ReceivingSide(conn, job.paths[0] or ".", opts, report, filters)
+                try:
+                    side.run()
+                finally:
+                    side.close()
+            if peer:
+                logger.info("%s: sent %d bytes, received %d bytes, exit %d", peer, conn.bytes_sent,
+                            conn.bytes_received, report.exit_code)
+            return report.exit_code
+        except ZcsyncError as exc:
+            if peer:
+                note(exc.message)
+            if not _fatal(conn, exc.message, exc.exit_code) and not peer:
+                note(exc.message)
+            return exc.exit_code
     except KeyboardInterrupt:
         return errors.SIGNAL
     finally:
         conn.close()
 
 
-def _fatal(conn: Connection, message: str, code: int) -> None:
-    """Tell the client what went wrong, if the connection still works."""
+def _fatal(conn: Connection, message: str, code: int) -> bool:
+    """Tell the client what went wrong, if the connection still works; False if it does not."""
     try:
         conn.send(Log(logging.ERROR, message))
         conn.send(Goodbye(code))
         conn.drain()
+        return True
     except ZcsyncError:
-        log.error("%s", message)
+        return False
+
+
+# -- `zcsync --server` -------------------------------------------------------------------
+
+def _job(args: ServerArgs) -> Job:
+    restrict = args.restrict_to
+    if restrict is None and os.environ.get("ZCSYNC_RESTRICT_TO"):
+        restrict = os.environ["ZCSYNC_RESTRICT_TO"]
+    if restrict is not None:
+        check_restricted(args.paths, args.options, restrict)
+    return Job(args.role, args.options, args.paths)
+
+
+def serve(argv: list[str], rfd: int = 0, wfd: int = 1) -> int:
+    """Run the server end on the given descriptors; return the exit code."""
+    if _wants_listen(argv):
+        return serve_listen(argv, rfd, wfd)
+    conn = Connection(FdStream(rfd, wfd, peer="client"))
+    # Refuse bad arguments only after the handshake, so the client gets the message.
+    return serve_job(conn, lambda report: _job(parse_server_command(argv)))
+
+
+def _wants_listen(argv: list[str]) -> bool:
+    head = argv[:argv.index("--")] if "--" in argv else argv
+    return "--listen" in head
+
+
+def serve_listen(argv: list[str], rfd: int = 0, wfd: int = 1) -> int:
+    """--listen: hand the client a one-shot port and key on wfd, then serve one authenticated TCP connection.
+
+    Nothing touches the filesystem before the connection has proven the key; until then
+    errors can only go to stderr (the client is waiting for the line, not for messages).
+    """
+    try:
+        try:
+            args = parse_server_command(argv)
+            listener = bootstrap.open_listener(bootstrap.bind_address())
+            try:
+                key = bootstrap.new_key()
+                try:
+                    _write_line(wfd, bootstrap.format_listen_line(listener.getsockname()[1], key))
+                finally:
+                    wfd = _close(wfd)  # the ssh channel carries nothing else
+                sock, where = bootstrap.accept_one(listener, key, args.listen_timeout, control_fd=rfd)
+            finally:
+                listener.close()
+        except ZcsyncError as exc:
+            log.error("%s", exc.message)
+            return exc.exit_code
+        finally:
+            _close(wfd)
+            _close(rfd)
+        log.debug("data connection from %s authenticated", where)
+        conn = Connection(SocketStream(sock, peer=where))
+        return serve_job(conn, lambda report: _job(args))
+    except KeyboardInterrupt:
+        return errors.SIGNAL
+
+
+def _write_line(wfd: int, line: bytes) -> None:
+    view = memoryview(line)
+    try:
+        while view:
+            view = view[os.write(wfd, view):]
+    except OSError as exc:
+        raise StreamError(f"cannot write the listen line to the client: {exc.strerror}") from exc
+
+
+def _close(fd: int) -> int:
+    """Close fd (-1: already closed); returns -1 for the caller to keep."""
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    return -1
 
 
 def _interrupted(signum: int, frame: object) -> None:
