@@ -30,32 +30,10 @@ class Stream(Protocol):
     def read(self, n: int) -> bytes:
         """Return exactly n bytes; fewer only when the peer closed the stream (EOF).
 
-        Reads ahead (at least READ_AHEAD bytes per system call) and keeps the rest, so a
-        stream of small frames costs one read per many frames, not two per frame.
+        Implementations read ahead and keep the rest, so that a stream of small frames
+        costs one system call per many frames, not two per frame.
         """
-        if self._closed:
-            raise StreamError(f"stream to {self.peer} is closed")
-        if n <= 0:
-            return b""
-        pending = self._pending
-        if len(pending) >= n:
-            self._pending = pending[n:]
-            self.bytes_read += n
-            return pending[:n]
-        parts = [pending] if pending else []
-        got = len(pending)
-        self._pending = b""
-        while got < n:
-            chunk = self._recv(max(n - got, READ_AHEAD))
-            if not chunk:
-                break
-            parts.append(chunk)
-            got += len(chunk)
-        data = b"".join(parts)
-        if got > n:
-            data, self._pending = data[:n], data[n:]
-        self.bytes_read += len(data)
-        return data
+        ...
 
     def write(self, data: Buffer) -> None:
         """Send all of data."""
@@ -99,7 +77,8 @@ class BaseStream:
         self._eof_sent = False
         self.bytes_read = 0
         self.bytes_written = 0
-        self._pending = b""  # read ahead, not yet returned
+        self._pending = b""  # read ahead: bytes from _pos on are not yet returned
+        self._pos = 0
 
     @property
     def timeout(self) -> float | None:
@@ -115,26 +94,51 @@ class BaseStream:
     def _timeout_changed(self) -> None:
         """Hook for subclasses that push the timeout down to a socket."""
 
-    def read(self, n: int) -> bytes:
-        """Return exactly n bytes; fewer only when the peer closed the stream (EOF)."""
+    def read(self, n: int, ahead: bool = True) -> bytes:
+        """Return exactly n bytes; fewer only when the peer closed the stream (EOF).
+
+        Reads ahead (at least READ_AHEAD bytes per system call) and keeps the rest, so a
+        stream of small frames costs one read per many frames, not two per frame. With
+        ahead=False it reads no more than asked: the caller moves what follows itself.
+        """
         if self._closed:
             raise StreamError(f"stream to {self.peer} is closed")
         if n <= 0:
             return b""
-        first = self._recv(n)
-        if len(first) == n or not first:
-            self.bytes_read += len(first)
-            return first
-        parts = [first]
-        got = len(first)
+        pending, pos = self._pending, self._pos
+        if len(pending) - pos >= n:  # the common case: copy out n bytes, nothing else
+            self._pos = pos + n
+            self.bytes_read += n
+            return pending[pos:pos + n]
+        parts = [pending[pos:]] if pos < len(pending) else []
+        got = len(pending) - pos
+        self._pending, self._pos = b"", 0
         while got < n:
-            chunk = self._recv(n - got)
+            chunk = self._recv(max(n - got, READ_AHEAD) if ahead else n - got)
             if not chunk:
                 break
             parts.append(chunk)
             got += len(chunk)
-        self.bytes_read += got
-        return b"".join(parts)
+        data = b"".join(parts) if len(parts) != 1 else parts[0]
+        if got > n:
+            data, self._pending = data[:n], data  # the rest stays where it is, from _pos on
+            self._pos = n
+        self.bytes_read += len(data)
+        return data
+
+    def take_pending(self, n: int) -> bytes:
+        """Up to n bytes already read ahead (and counted as read), without a system call.
+
+        A caller that moves the rest of a payload with its own system calls (splice,
+        recv_into) takes these first: they come before anything still in the kernel.
+        """
+        pending, pos = self._pending, self._pos
+        if pos >= len(pending) or n <= 0:
+            return b""
+        taken = pending[pos:pos + n]
+        self._pos = pos + len(taken)
+        self.bytes_read += len(taken)
+        return taken
 
     def write(self, data: Buffer) -> None:
         """Send all of data."""
@@ -164,7 +168,7 @@ class BaseStream:
 
     def has_input(self) -> bool:
         """Can read() return something without waiting? (False when unsure.)"""
-        return bool(self._pending) or self._input_waiting()
+        return self._pos < len(self._pending) or self._input_waiting()
 
     def _input_waiting(self) -> bool:
         """Is the peer's next byte already here? Polls fileno() where the stream has one;
