@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TextIO, TypedDict, Unpack
+from typing import Literal, TextIO, TypedDict, Unpack
 
 from . import meta
 from .endpoints import parse_endpoint
@@ -122,6 +122,9 @@ class SyncOptions(TypedDict, total=False):
     partial: bool
     partial_dir: PathArg
     inplace: bool
+    append: bool
+    append_verify: bool
+    block_size: str | int
     backup: bool
     backup_dir: PathArg
     suffix: str
@@ -140,6 +143,7 @@ class SyncOptions(TypedDict, total=False):
     stats: bool
     log_file: PathArg
     fsync: bool
+    write_mode: Literal["auto", "direct", "splice", "buffered"]
     rsh: str
     zcsync_path: str
     ssh_accept_new: bool
@@ -325,6 +329,8 @@ def run_paths(paths: list[str], opts: Options, on_event: Callable[[Event], None]
     if len(paths) == 1:
         endpoint = parse_endpoint(paths[0])
         if endpoint.kind == "daemon" and not endpoint.module:  # `zcsync host::`: the module list
+            if opts.transport:
+                raise UsageError(f"--transport={opts.transport} cannot be used with a zcsync daemon")
             from .daemon import format_module_list, list_modules
             (out or sys.stdout).write(format_module_list(list_modules(endpoint, opts)))
             return RunResult(0, Report(), [])
@@ -335,6 +341,8 @@ def run_paths(paths: list[str], opts: Options, on_event: Callable[[Event], None]
     if not sources:
         raise UsageError("No source given")
     remote = any(parse_endpoint(p).is_remote for p in paths)
+    if opts.transport and not remote:
+        raise UsageError(f"--transport={opts.transport} needs a remote host:path location")
     if remote:
         from .connect import run_remote
         result = run_remote(paths, opts, on_event=on_event)

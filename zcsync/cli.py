@@ -16,7 +16,7 @@ import click
 from . import __version__, errors
 from .errors import ZcsyncError
 from .filters import FilterRules
-from .options import Options, from_mapping
+from .options import MAX_BLOCK_SIZE, Options, from_mapping
 from .stats import (
     EXIT_TEXT,
     Event,
@@ -39,7 +39,7 @@ log = logging.getLogger("zcsync")
 
 
 # Short options that take a value: the filter pre-scan must skip their argument.
-_VALUE_SHORTS = set("fe")
+_VALUE_SHORTS = set("feB")
 _FILTER_LONG = {"--exclude": "- ", "--include": "+ ", "--filter": "", "--exclude-from": "-",
                 "--include-from": "+"}
 
@@ -152,6 +152,19 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
         raise click.BadParameter(str(exc)) from exc
 
 
+def _block_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """--block-size: a size with rsync's suffixes; 0 is the automatic size."""
+    if value is None:
+        return None
+    try:
+        size = parse_size(value)
+    except ValueError:
+        raise click.UsageError(f"--block-size={value} is invalid") from None
+    if size > MAX_BLOCK_SIZE:
+        raise click.UsageError(f"--block-size={value} is too large (max: 128.00K)")
+    return size
+
+
 def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     """--bwlimit: a plain number is KiB/s (rsync), suffixes as --max-size; returns bytes/s."""
     if value is None:
@@ -217,6 +230,9 @@ def _cmd_options(f: Any) -> Any:
         click.option("--partial", is_flag=True, default=False, help="keep partially transferred files (in .zcsync-partial/)"),
         click.option("--partial-dir", metavar="DIR", default=None, help="put a partially transferred file into DIR"),
         click.option("--inplace", is_flag=True, default=False, help="update destination files in-place"),
+        click.option("--append", is_flag=True, default=False, help="append data onto shorter files"),
+        click.option("--append-verify", is_flag=True, default=False, help="--append w/old data in file checksum"),
+        click.option("-B", "--block-size", metavar="SIZE", default=None, callback=_block_size, help="force a fixed checksum block-size"),
         click.option("-b", "--backup", is_flag=True, default=False, help="make backups (see --suffix & --backup-dir)"),
         click.option("--backup-dir", metavar="DIR", default=None, help="make backups into hierarchy based in DIR"),
         click.option("--suffix", metavar="SUFFIX", default=None, help="backup suffix (default ~ w/o --backup-dir)"),
@@ -235,6 +251,7 @@ def _cmd_options(f: Any) -> Any:
         click.option("--stats", is_flag=True, default=False, help="give some file-transfer stats"),
         click.option("--log-file", metavar="FILE", default=None, help="log what we're doing to the specified FILE"),
         click.option("--fsync/--no-fsync", default=True, help="fsync every file and directory before it is final (default on)"),
+        click.option("--write-mode", type=click.Choice(["auto", "direct", "splice", "buffered"]), default="auto", help="how a receiver on a raw TCP connection writes files: O_DIRECT, splice or buffered (auto: buffered)"),
         click.option("-e", "--rsh", metavar="COMMAND", default=None, help="specify the remote shell to use (e.g. 'ssh -p 2222')"),
         click.option("--zcsync-path", metavar="PROGRAM", default=None, help="specify the zcsync to run on the remote machine"),
         click.option("--ssh-accept-new", is_flag=True, default=False, help="trust an unknown host key and remember it (zcsync's own known_hosts)"),
@@ -250,7 +267,7 @@ def _cmd_options(f: Any) -> Any:
         click.option("--json", "json_", is_flag=True, default=False, help="print one JSON document with the result on stdout"),
         click.option("--port", type=click.IntRange(1, 65535), default=None, help="specify double-colon alternate port number"),
         click.option("--password-file", metavar="FILE", default=None, help="read daemon-access password from FILE"),
-        click.option("--transport", type=click.Choice(["tcp"]), default=None, help="tcp: start a one-shot raw-TCP listener over ssh (data not encrypted)"),
+        click.option("--transport", type=click.Choice(["tcp"]), default=None, help="tcp: ssh starts a one-shot listener, data then goes over raw TCP (NOT encrypted)"),
         click.option("--timeout", type=click.IntRange(min=0), default=None, metavar="SECONDS", help="set I/O timeout in seconds"),
         click.option("--contimeout", type=click.IntRange(min=0), default=None, metavar="SECONDS", help="set connection timeout in seconds"),
         click.option("--version", is_flag=True, default=False, help="print the version and exit"),

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import resource
-import secrets
 import stat
 import threading
 from collections import OrderedDict
@@ -36,6 +36,7 @@ class DestTree:
         self._pins: dict[int, int] = {}  # fd -> uses in progress on another thread (see pin())
         # True while two threads use the tree (a remote receiver's generator and writer):
         # evicted fds are then closed only by close_retired(), never under another thread.
+        # A pinned fd (a commit thread's) is retired rather than closed in any case.
         self.shared = False
 
     @classmethod
@@ -62,7 +63,7 @@ class DestTree:
             self._cache[name] = fd
             if len(self._cache) > self._cache_size:
                 old = self._cache.popitem(last=False)
-                if self.shared:
+                if self.shared or old[1] in self._pins:
                     self._retired.append(old)  # another thread may hold it: see close_retired()
                 else:
                     self._release(*old)
@@ -111,7 +112,7 @@ class DestTree:
             for key in [k for k in self._cache if k == name or k.startswith(prefix)]:
                 fd = self._cache.pop(key)
                 self._dirty.discard(key)
-                if self.shared:
+                if self.shared or fd in self._pins:
                     self._retired.append((key, fd))
                 else:
                     os.close(fd)
@@ -158,9 +159,16 @@ def default_cache_size() -> int:
     return max(8, min(256, soft // 4))
 
 
+# Temp names need to be unlikely, not secret: they are created O_EXCL|O_NOFOLLOW, so a
+# name someone else made first only costs a retry. A seeded generator saves a getrandom
+# call per file; a forked child (a daemon session) reseeds so sessions differ.
+_names = random.Random()
+os.register_at_fork(after_in_child=_names.seed)
+
+
 def temp_name(base: bytes) -> bytes:
     """`.<name>.<random>.zcs`, kept under NAME_MAX."""
-    return b"." + base[:200] + b"." + secrets.token_hex(4).encode() + TEMP_SUFFIX
+    return b"." + base[:200] + b"." + b"%08x" % _names.getrandbits(32) + TEMP_SUFFIX
 
 
 def create_temp(dir_fd: int, base: bytes) -> tuple[int, bytes]:

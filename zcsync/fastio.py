@@ -186,12 +186,12 @@ def _write_all(fd: int, data: memoryview, timeout: float | None = None) -> None:
         try:
             n = os.write(fd, data)
         except BlockingIOError:
-            _wait(fd, select.POLLOUT, timeout)
+            wait_ready(fd, select.POLLOUT, timeout)
             continue
         data = data[n:]
 
 
-def _wait(fd: int, events: int, timeout: float | None) -> None:
+def wait_ready(fd: int, events: int, timeout: float | None) -> None:
     """Block until a (non-blocking) socket is ready; TimeoutError after `timeout` seconds."""
     poller = select.poll()
     poller.register(fd, events)
@@ -457,7 +457,7 @@ def send_file(sock_fd: int, file_fd: int, offset: int, length: int, *,
                 try:
                     n = os.sendfile(sock_fd, file_fd, pos, min(KERNEL_CHUNK, end - pos))
                 except BlockingIOError:
-                    _wait(sock_fd, select.POLLOUT, timeout)
+                    wait_ready(sock_fd, select.POLLOUT, timeout)
                     continue
                 if n == 0:
                     break  # end of file, or a file sendfile can't read: let pread decide
@@ -486,7 +486,7 @@ def _recv_write(sock_fd: int, file_fd: int, length: int, done: int, timeout: flo
         try:
             n = os.readv(sock_fd, [buf[: min(COPY_CHUNK, length - done)]])
         except BlockingIOError:
-            _wait(sock_fd, select.POLLIN, timeout)
+            wait_ready(sock_fd, select.POLLIN, timeout)
             continue
         if n == 0:
             raise PeerClosed(length, done)
@@ -532,7 +532,7 @@ def splice_to_file(sock_fd: int, file_fd: int, length: int, *,
                 n = os.splice(sock_fd, pipe_w, min(pipe_size, length - done),
                               flags=os.SPLICE_F_MOVE | os.SPLICE_F_MORE)
             except BlockingIOError:
-                _wait(sock_fd, select.POLLIN, timeout)
+                wait_ready(sock_fd, select.POLLIN, timeout)
                 continue
             except OSError as exc:
                 if method == SPLICE or exc.errno not in _FALL_THROUGH:

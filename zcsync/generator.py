@@ -393,6 +393,8 @@ class Generator:
                 self._attr_only(entry, name, st, ".f")
                 self._final(entry, name)
                 return None
+            if opts.append and st.st_size >= entry.size:
+                return None  # rsync's --append: a file not shorter than the source is left alone
             want = self.policy.wanted(entry, st)
             changes = self.policy.changes(entry, st, want)
             size = "s" if st.st_size != entry.size else "."
@@ -418,7 +420,7 @@ class Generator:
         if self.opts.dry_run:
             self.hl_done[entry.index] = name
             return None
-        return Request(entry, name, st, itemize)
+        return Request(entry, name, st, itemize, self.writer.partial_stat(name))
 
     def _committed(self, entry: FileEntry, name: bytes) -> None:
         """The writer committed entry: finish what waited on it."""

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
+MAX_BLOCK_SIZE = 1 << 17  # rsync's MAX_BLOCK_SIZE (protocol >= 30)
+
 # -a is -rlptgoD: each of these is filled only when the user left it unset.
 ARCHIVE_FLAGS = ("recursive", "links", "perms", "times", "group", "owner", "devices", "specials")
 
@@ -57,6 +59,9 @@ class Options:
     partial: bool = False
     partial_dir: str | None = None
     inplace: bool = False
+    append: bool = False  # --append (implies --inplace); --append-verify sets append_verify too
+    append_verify: bool = False
+    block_size: int | None = None  # --block-size: fixed delta block length (None/0: rsync's sqrt rule)
     backup: bool = False
     backup_dir: str | None = None
     suffix: str | None = None
@@ -75,6 +80,7 @@ class Options:
     stats: bool = False
     log_file: str | None = None
     fsync: bool = True
+    write_mode: str = "auto"  # how a receiver on a raw socket writes: auto | direct | splice | buffered
     json: bool = False
     compress: bool = False
     compress_choice: str | None = None  # zstd | lz4 | none
@@ -122,10 +128,25 @@ class Options:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+        if self.append_verify and not self.append:
+            object.__setattr__(self, "append", True)
+        if self.append:
+            for name, given in (("whole-file", self.whole_file is True), ("partial-dir", self.partial_dir),
+                                ("delay-updates", self.delay_updates)):
+                if given:
+                    raise UsageError(f"--append cannot be used with --{name}")
+            object.__setattr__(self, "inplace", True)  # rsync: --append implies --inplace
+        if self.block_size == 0:
+            object.__setattr__(self, "block_size", None)  # rsync: 0 is the automatic size
+        if self.block_size is not None and not 0 <= self.block_size <= MAX_BLOCK_SIZE:
+            raise UsageError(f"--block-size={self.block_size} is too large (max: 128.00K)"
+                             if self.block_size > 0 else f"--block-size={self.block_size} is invalid")
         if self.inplace and (self.delay_updates or self.partial_dir):
             raise UsageError("--inplace cannot be used with --delay-updates or --partial-dir")
         if self.compress_choice not in (None, "zstd", "lz4", "none"):
             raise UsageError(f"--compress-choice must be zstd, lz4 or none, not {self.compress_choice!r}")
+        if self.write_mode not in ("auto", "direct", "splice", "buffered"):
+            raise UsageError(f"--write-mode must be auto, direct, splice or buffered, not {self.write_mode!r}")
         if self.bwlimit is not None and self.bwlimit < 0:
             raise UsageError("--bwlimit must not be negative")
         if sum(map(bool, (self.compare_dest, self.copy_dest, self.link_dest))) > 1:

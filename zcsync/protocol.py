@@ -19,6 +19,7 @@ from typing import ClassVar, Union
 from .compress import Codec, CorruptData, RateLimiter, get_codec
 from .delta import MAX_STRONG_LEN, MIN_STRONG_LEN, Signature, validate
 from .errors import ProtocolError, StartupError, StreamError
+from .fastio import SourceChanged
 from .flist import DirBatch, FileEntry
 from .pathnames import escape, is_safe_name
 from .transport.base import Buffer, Stream
@@ -28,7 +29,7 @@ __all__ = [
     "MAX_NAME", "MAX_LINK", "MAX_ENTRIES", "MAX_XATTRS", "MAX_XATTR_NAME", "MAX_XATTR_VALUE",
     "MAX_TEXT", "MAX_PATH_TEXT", "MAX_OWNER_NAME", "DIGEST_SIZE",
     "Message", "FlistBatch", "EntryExtras", "FlistEnd", "Request", "FileBegin", "Data", "DataZ", "FileEnd",
-    "FileSkip", "Match", "Done", "Committed", "Problem", "Log", "Item", "Stats", "Heartbeat", "Goodbye",
+    "WholeFile", "FileSkip", "Match", "Done", "Committed", "Problem", "Log", "Item", "Stats", "Heartbeat", "Goodbye",
     "Negotiated", "Connection", "ConnectionClosed", "Decoder", "handshake", "entry_problem",
     "encode_signature", "decode_signature", "max_signature_blocks",
 ]
@@ -112,6 +113,10 @@ _E_EXPANDED = 0x40
 _E_KNOWN = 0x7F
 # Request flags
 _R_SIGNATURE = 0x01
+_R_INPLACE = 0x10  # only with _R_SIGNATURE
+_R_APPEND = 0x20  # a u64 offset follows the signature field
+_R_APPEND_VERIFY = 0x40  # only with _R_APPEND
+_R_KNOWN = _R_SIGNATURE | _R_APPEND | _R_APPEND_VERIFY | _R_INPLACE
 
 _FILE_TYPES = frozenset({stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR,
                          stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK})
@@ -199,12 +204,21 @@ class FlistEnd(Message):
 
 @dataclass(frozen=True, slots=True)
 class Request(Message):
-    """Generator -> sender: send me this file (signature: opaque delta basis, None = whole file)."""
+    """Generator -> sender: send me this file (signature: opaque delta basis, None = whole file).
+
+    inplace (with a signature): the receiver rebuilds over the basis itself, so a Match
+    may only use blocks it has not overwritten yet (--inplace).  append_from (without a
+    signature): the receiver has that many bytes of the file already; send only the rest
+    (--append); append_verify: FileEnd's digest covers the whole file, not just the rest.
+    """
 
     TYPE: ClassVar[int] = 0x20
     NAME: ClassVar[str] = "Request"
     index: int
     signature: bytes | None = None
+    inplace: bool = False
+    append_from: int | None = None
+    append_verify: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +285,21 @@ class FileEnd(Message):
     NAME: ClassVar[str] = "FileEnd"
     index: int
     digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WholeFile(Message):
+    """Sender -> writer: a small file in one frame (FileBegin, its Data and FileEnd in one).
+
+    The size is the payload's; digest is xxh3-128 of data. Saves two frames per file,
+    which is most of the protocol's cost when files are small.
+    """
+
+    TYPE: ClassVar[int] = 0x36
+    NAME: ClassVar[str] = "WholeFile"
+    index: int
+    digest: bytes
+    data: bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,11 +388,11 @@ class Goodbye(Message):
     exit_code: int = 0
 
 
-AnyMessage = Union[FlistBatch, FlistEnd, Request, Done, FileBegin, Data, DataZ, Match, FileEnd, FileSkip,
-                   Committed, Problem, Log, Item, Stats, Heartbeat, Goodbye]
+AnyMessage = Union[FlistBatch, FlistEnd, Request, Done, FileBegin, Data, DataZ, Match, FileEnd, WholeFile,
+                   FileSkip, Committed, Problem, Log, Item, Stats, Heartbeat, Goodbye]
 
 _TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in (
-    FlistBatch, FlistEnd, Request, Done, FileBegin, Data, DataZ, Match, FileEnd, FileSkip,
+    FlistBatch, FlistEnd, Request, Done, FileBegin, Data, DataZ, Match, FileEnd, WholeFile, FileSkip,
     Committed, Problem, Log, Item, Stats, Heartbeat, Goodbye)}
 # Exact payload sizes of fixed-layout messages, checked from the header alone.
 _FIXED_SIZE: dict[int, int] = {
@@ -375,7 +404,7 @@ _COMMON = frozenset({Problem, Log, Item, Stats, Heartbeat, Goodbye})
 #: What each side accepts from its peer; the rest is a protocol error.
 ACCEPTS: dict[str, frozenset[type[Message]]] = {
     "sender": _COMMON | {Request, Done, Committed},
-    "receiver": _COMMON | {FlistBatch, FlistEnd, FileBegin, Data, DataZ, Match, FileEnd, FileSkip},
+    "receiver": _COMMON | {FlistBatch, FlistEnd, FileBegin, Data, DataZ, Match, FileEnd, WholeFile, FileSkip},
 }
 
 
@@ -563,11 +592,23 @@ def encode_payload(msg: Message, frame_max: int = DEFAULT_FRAME_MAX) -> bytes:
     try:
         if isinstance(msg, Request):
             sig = msg.signature
+            if msg.append_from is not None:
+                if sig is not None or msg.inplace:
+                    raise ValueError("an append Request carries no signature")
+                if not 0 <= msg.append_from < _U64_LIMIT:
+                    raise ValueError(f"impossible append offset {msg.append_from}")
+                flags = _R_APPEND | (_R_APPEND_VERIFY if msg.append_verify else 0)
+                return _REQUEST.pack(msg.index, flags, 0) + _U64.pack(msg.append_from)
+            if msg.append_verify:
+                raise ValueError("append_verify without append_from")
             if sig is None:
+                if msg.inplace:
+                    raise ValueError("inplace without a signature")
                 return _REQUEST.pack(msg.index, 0, 0)
             if len(sig) > frame_max - _REQUEST.size:
                 raise ValueError(f"signature of {len(sig)} bytes does not fit in a frame")
-            return _REQUEST.pack(msg.index, _R_SIGNATURE, len(sig)) + sig
+            flags = _R_SIGNATURE | (_R_INPLACE if msg.inplace else 0)
+            return _REQUEST.pack(msg.index, flags, len(sig)) + sig
         if isinstance(msg, FileBegin):
             if not 0 <= msg.size < _U64_LIMIT:
                 raise ValueError(f"impossible file size {msg.size}")
@@ -588,6 +629,12 @@ def encode_payload(msg: Message, frame_max: int = DEFAULT_FRAME_MAX) -> bytes:
             if len(msg.digest) != DIGEST_SIZE:
                 raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
             return _FILE_END.pack(msg.index, msg.digest)
+        if isinstance(msg, WholeFile):
+            if len(msg.digest) != DIGEST_SIZE:
+                raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
+            if _FILE_END.size + len(msg.data) > frame_max:
+                raise ValueError(f"a file of {len(msg.data)} bytes does not fit in one frame")
+            return _FILE_END.pack(msg.index, msg.digest) + bytes(msg.data)
         if isinstance(msg, FileSkip):
             text = _encode_text(msg.message, MAX_TEXT)
             return _FILE_SKIP.pack(msg.index, msg.code, len(text)) + text
@@ -900,15 +947,25 @@ class Decoder:
         index, flags, n = r.unpack(_REQUEST)
         if self.requests_done:
             raise ProtocolError("peer sent a Request after Done")
-        if flags & ~_R_SIGNATURE:
+        if flags & ~_R_KNOWN:
             raise ProtocolError(f"peer sent unknown Request flags 0x{flags:02x}")
+        if (flags & _R_APPEND and flags & (_R_SIGNATURE | _R_INPLACE)) \
+                or (flags & _R_APPEND_VERIFY and not flags & _R_APPEND) \
+                or (flags & _R_INPLACE and not flags & _R_SIGNATURE):
+            raise ProtocolError(f"peer sent a Request with conflicting flags 0x{flags:02x}")
         self._index(index, "a Request")
         signature = None
         if flags & _R_SIGNATURE:
             signature = r.take(n, self.frame_max - _REQUEST.size, "a signature")
         elif n:
             raise ProtocolError("peer sent a signature length without a signature")
-        return Request(index, signature)
+        append_from = None
+        if flags & _R_APPEND:
+            (append_from,) = r.unpack(_U64)
+            # The sender checks it against the file's size (it alone knows it): beyond is an error too.
+            if append_from >= _U64_LIMIT:
+                raise ProtocolError(f"peer sent an impossible append offset {append_from}")
+        return Request(index, signature, bool(flags & _R_INPLACE), append_from, bool(flags & _R_APPEND_VERIFY))
 
     def _d_Done(self, r: _Reader) -> Done:
         if self.requests_done:
@@ -970,6 +1027,15 @@ class Decoder:
             raise ProtocolError(f"peer sent FileEnd for index {index}, but the open file is {self.open_file}")
         self.open_file = None
         return FileEnd(index, digest)
+
+    def _d_WholeFile(self, r: _Reader) -> WholeFile:
+        index, digest = r.unpack(_FILE_END)
+        self._index(index, "WholeFile")
+        if self.open_file is not None:
+            raise ProtocolError(f"peer sent WholeFile for index {index} while index {self.open_file} is open")
+        data = r.buf[r.pos:]
+        r.pos = len(r.buf)
+        return WholeFile(index, digest, data)
 
     def _d_FileSkip(self, r: _Reader) -> FileSkip:
         index, code, n = r.unpack(_FILE_SKIP)
@@ -1042,6 +1108,20 @@ class Decoder:
 
 class ConnectionClosed(StreamError):
     """The peer closed the stream at a frame boundary."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawData:
+    """recv(raw_data=True): a Data frame whose `length` payload bytes are still in the stream.
+
+    The caller moves them itself (transport.tcp.SocketStream: recv_into, splice), all of
+    them, before the next recv().
+    """
+
+    length: int
+
+
+DATA_CHUNK = 1 << 20  # file bytes per Data frame sent straight from a file
 
 
 class Connection:
@@ -1157,6 +1237,48 @@ class Connection:
             self.send_data(chunk, compress)
         self.send(FileEnd(index, digest))
 
+    @property
+    def can_sendfile(self) -> bool:
+        """Can file data go from a file to the peer without passing through us (send_file_range)?"""
+        return getattr(self.stream, "zero_copy", False) and self.limiter is None and self._outbox is None
+
+    @property
+    def can_take_raw(self) -> bool:
+        """Can recv(raw_data=True) leave Data payloads in the stream for the caller to move?"""
+        return getattr(self.stream, "zero_copy", False)
+
+    def send_file_range(self, fd: int, offset: int, length: int) -> int:
+        """Send bytes [offset, offset+length) of fd as Data frames whose bodies go by sendfile.
+
+        Each frame's header leaves with MSG_MORE, in the same segment as its first bytes.
+        Returns how many bytes came from the file: if it ended early, the frames announced
+        are completed with zeros (the framing stays intact) and the caller must not vouch
+        for the data (its digest cannot match). Only when can_sendfile.
+        """
+        stream = self.stream
+        step = min(DATA_CHUNK, self._frame_max)
+        pos, end = offset, offset + length
+        from_file = 0
+        with self._lock:
+            while pos < end:
+                n = min(step, end - pos)
+                self._wbuf += _HEADER.pack(Data.TYPE, n)
+                data, self._wbuf = self._wbuf, bytearray()
+                stream.write_more(data)  # type: ignore[attr-defined]
+                got = 0
+                if from_file == pos - offset:  # nothing short yet
+                    try:
+                        stream.sendfile(fd, pos, n)  # type: ignore[attr-defined]
+                        got = n
+                    except SourceChanged as exc:
+                        got = exc.got
+                from_file += got
+                if got < n:
+                    stream.write(bytes(n - got))
+                self.bytes_sent += len(data) + n
+                pos += n
+        return from_file
+
     def flush(self) -> None:
         """Write out buffered frames (with a writer thread: hand them to it)."""
         with self._lock:
@@ -1243,8 +1365,12 @@ class Connection:
         has_input = getattr(self.stream, "has_input", None)
         return bool(has_input is not None and has_input())
 
-    def recv(self) -> Message:
-        """Receive, decode and validate the next message (ConnectionClosed at a clean EOF)."""
+    def recv(self, raw_data: bool = False) -> Message | RawData:
+        """Receive, decode and validate the next message (ConnectionClosed at a clean EOF).
+
+        raw_data (only when can_take_raw): a Data frame comes back as RawData, its payload
+        left in the stream, and nothing is read ahead past the frame header.
+        """
         if self._wbuf and not self._input_ready() and self._lock.acquire(blocking=False):
             # Flush only when we are about to wait for the peer (so that answers to many
             # small requests go out together), and never wait for the lock: its holder
@@ -1253,18 +1379,23 @@ class Connection:
                 self._flush_locked()
             finally:
                 self._lock.release()
-        header = self._read(_HEADER.size, "")
+        header = self._read(_HEADER.size, "", ahead=not raw_data)
         mtype, length = _HEADER.unpack(header)
         cls = self.decoder.check_header(mtype, length)
-        payload = self._read(length, "a message") if length else b""
+        if raw_data and cls is Data:
+            if self.decoder.open_file is None:
+                raise ProtocolError("peer sent Data outside a file")
+            self.bytes_received += length
+            return RawData(length)
+        payload = self._read(length, "a message", ahead=not raw_data) if length else b""
         return self.decoder.decode_payload(cls, payload)
 
     def inflate(self, msg: DataZ) -> bytes:
         """The data a received DataZ carries (bounded by its checked size; ProtocolError if corrupt)."""
         return self.decoder.inflate(msg)
 
-    def _read(self, n: int, inside: str) -> bytes:
-        data = self.stream.read(n)
+    def _read(self, n: int, inside: str, ahead: bool = True) -> bytes:
+        data = self.stream.read(n) if ahead else self.stream.read(n, ahead=False)  # type: ignore[call-arg]
         self.bytes_received += len(data)
         if len(data) < n:
             if not data and not inside:

@@ -9,18 +9,20 @@ works through the file list on a second thread and sends requests.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import queue
 import stat
 import threading
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import xxhash
 
-from . import delta, meta
+from . import delta, fastio, meta
 from .compress import SkipCompress
-from .delta.patch import _copy_range
 from .engine import Receiver, make_receiver
 from .errors import PARTIAL, VANISHED, FileProblem, ProtocolError
 from .filters import FilterRules
@@ -28,9 +30,10 @@ from .flist import DirBatch, FileEntry
 from .options import Options
 from .pathnames import escape, split
 from .protocol import (Committed, Connection, Data, DataZ, Done, EntryExtras, FileBegin, FileEnd, FileSkip,
-                       FlistBatch, FlistEnd, Goodbye, Heartbeat, Item, Log, Match, Message, Problem, Request,
-                       Stats, decode_signature, encode_signature, max_signature_blocks)
+                       FlistBatch, FlistEnd, Goodbye, Heartbeat, Item, Log, Match, Message, Problem, RawData,
+                       Request, Stats, WholeFile, decode_signature, encode_signature, max_signature_blocks)
 from .sender import Sender, SourceChanged
+from .sink import AUTO, make_sink
 from .stats import Event, Report
 from .transport.local import count_entries
 from .writer import Request as WriteRequest
@@ -38,6 +41,11 @@ from .writer import Request as WriteRequest
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes read from a file per DATA frame
+# Files at least this big go from the file to a raw socket by sendfile; smaller ones are
+# read into the send buffer, where they share system calls with their neighbours.
+SENDFILE_MIN = 256 << 10
+WHOLE_FILE_OVERHEAD = 20  # a WholeFile payload's index and digest
+_NO_DIGEST = bytes(16)  # FileEnd of a file that changed while sent: cannot match its data
 # Counters the receiving side owns and reports to the client at the end.
 RECEIVER_STATS = ("files", "regular_files", "dirs", "links", "specials", "total_size",
                   "files_created", "files_deleted", "files_transferred", "transferred_size",
@@ -113,6 +121,7 @@ class SendingSide:
         self.entries: dict[int, FileEntry] = {}
         self.skip_compress = SkipCompress(opts.skip_compress) if conn.codec is not None else None
         self._flist_error: BaseException | None = None
+        self._digests: ThreadPoolExecutor | None = None  # hashes a file while sendfile sends it
 
     def _extras(self, entry: FileEntry) -> EntryExtras | None:
         digest = uname = gname = None
@@ -160,6 +169,22 @@ class SendingSide:
             finally:
                 os.close(fd)
             return
+        if not compress and entry.size >= SENDFILE_MIN and self.conn.can_sendfile:
+            try:
+                self._send_zero_copy(index, entry.size, fd)
+            finally:
+                os.close(fd)
+            return
+        if sig is None and not compress and entry.size < min(SENDFILE_MIN, self.conn.frame_max - WHOLE_FILE_OVERHEAD):
+            try:
+                data = os.pread(fd, entry.size, 0)
+            finally:
+                os.close(fd)
+            # A file that shrank meanwhile arrives short: the receiver, which knows the
+            # listed size, discards it and asks once more.
+            self.conn.send(WholeFile(index, xxhash.xxh3_128(data).digest(), data))
+            self.report.stats.bytes_sent += len(data)
+            return
         try:
             hasher = xxhash.xxh3_128()  # over the file's bytes, compressed on the wire or not
             self.conn.send(FileBegin(index, entry.size))
@@ -178,6 +203,24 @@ class SendingSide:
         finally:
             os.close(fd)
 
+    def _send_zero_copy(self, index: int, size: int, fd: int) -> None:
+        """The whole file from the page cache to the socket (sendfile), hashed meanwhile on a second thread.
+
+        Both read the file independently: if it changes in between, the digest cannot
+        match what was sent, and the receiver discards the file and asks again.
+        """
+        digest = self._digest_pool().submit(fastio.file_digest, fd, size)
+        self.conn.send(FileBegin(index, size))
+        try:
+            sent = self.conn.send_file_range(fd, 0, size)
+        finally:
+            try:
+                vouched = digest.result()
+            except fastio.SourceChanged:
+                vouched = _NO_DIGEST
+        self.conn.send(FileEnd(index, vouched if sent == size else _NO_DIGEST))
+        self.report.stats.bytes_sent += sent
+
     def _send_delta(self, index: int, entry: FileEntry, fd: int, sig: delta.Signature, compress: bool) -> None:
         """FileBegin, Match runs and literal Data in source order, FileEnd with the whole file's digest.
 
@@ -189,37 +232,151 @@ class SendingSide:
         try:
             if os.fstat(fd).st_size < size:
                 raise delta.SourceChanged(5, "file shrank")
-            ops = delta.delta_ops_fd(fd, size, sig)
+            ops = self._scan(fd, size, sig)
         except delta.SourceChanged:
             message = f"File {escape(entry.name)!r} changed during transfer (it shrank)"
             self.conn.send(FileSkip(index, PARTIAL, message))
             self.report.problem(FileProblem(escape(entry.name), message, PARTIAL))
             return
-        hasher = xxhash.xxh3_128()
+        # The whole file's digest comes from a second thread: matched ranges are never read
+        # here, and literal ones go by sendfile on a raw socket.
+        digest = self._digest_pool().submit(fastio.file_digest, fd, size)
+        zero_copy = not compress and self.conn.can_sendfile
         self.conn.send(FileBegin(index, size))
         pos = literal = 0
         short = False
-        for kind, a, b in delta.iter_ops(ops):
-            if kind == delta.MATCH:
-                self.conn.send(Match(a, b))
-                length = min((a + b) * sig.block_len, sig.size) - a * sig.block_len
-            else:
-                length = b
-            end = pos + length
-            while pos < end:
-                data = os.pread(fd, min(CHUNK, end - pos), pos)
-                if not data:
-                    short = True
+        try:
+            for kind, a, b in ops:
+                if kind == delta.MATCH:
+                    self.conn.send(Match(a, b))
+                    pos += min((a + b) * sig.block_len, sig.size) - a * sig.block_len
+                    continue
+                if zero_copy:
+                    got = self.conn.send_file_range(fd, pos, b)
+                    short = got < b
+                else:
+                    got = self._send_read(fd, pos, b, compress)
+                    short = got < b
+                literal += got
+                pos += b
+                if short:
                     break
-                hasher.update(data)
-                if kind != delta.MATCH:
-                    self.conn.send_data(data, compress)
-                    literal += len(data)
-                pos += len(data)
-            if short:
-                break
-        self.conn.send(FileEnd(index, hasher.digest()))
+        finally:
+            try:
+                vouched = digest.result()
+            except fastio.SourceChanged:
+                vouched = _NO_DIGEST
+        self.conn.send(FileEnd(index, _NO_DIGEST if short else vouched))
         self.report.stats.bytes_sent += literal
+
+    def _send_read(self, fd: int, pos: int, length: int, compress: bool) -> int:
+        """Bytes [pos, pos+length) of fd as Data frames read with pread; how many there were."""
+        end = pos + length
+        start = pos
+        while pos < end:
+            data = os.pread(fd, min(CHUNK, end - pos), pos)
+            if not data:
+                break
+            self.conn.send_data(data, compress)
+            pos += len(data)
+        return pos - start
+
+    def _digest_pool(self) -> ThreadPoolExecutor:
+        if self._digests is None:
+            self._digests = ThreadPoolExecutor(1, thread_name_prefix="zcsync-digest")
+        return self._digests
+
+    # Whether the Request being answered rebuilds over its basis (--inplace): the scan
+    # then keeps to the blocks the receiver has not overwritten yet.
+    _inplace = False
+
+    def _scan(self, fd: int, size: int, sig: delta.Signature) -> Iterator[tuple[int, int, int]]:
+        """The delta ops of the source against sig, scanned piece by piece as they are sent.
+
+        The first piece is scanned before this returns, so a source that already shrank
+        raises SourceChanged here. The connection is flushed after each piece: the receiver
+        rebuilds it while the next one is scanned. A source that shrinks later ends the
+        ops early (under the C kernel's SIGBUS guard); the file then comes out short and
+        the receiver asks for it again.
+        """
+        try:
+            m = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        except ValueError:  # already shorter than the scan saw it
+            raise delta.SourceChanged(5, "file shrank") from None
+        try:
+            m.madvise(mmap.MADV_SEQUENTIAL)
+            scanner = delta.Scanner(m, sig, inplace=self._inplace)
+            first = scanner.next()
+        except BaseException:
+            m.close()
+            raise
+        return self._pieces(m, scanner, first)
+
+    def _pieces(self, m: mmap.mmap, scanner: delta.Scanner, ops: array) -> Iterator[tuple[int, int, int]]:
+        try:
+            while True:
+                yield from delta.iter_ops(ops)
+                if scanner.done:
+                    return
+                self.conn.flush()
+                try:
+                    ops = scanner.next()
+                except delta.SourceChanged:
+                    return
+        finally:
+            del scanner
+            m.close()
+
+    def _answer(self, msg: Request) -> None:
+        """One Request: the rest of a file (--append), or the file whole or as a delta."""
+        if msg.append_from is not None:
+            self._send_append(msg.index, msg.append_from, msg.append_verify)
+            return
+        self._inplace = msg.inplace
+        try:
+            self.send_file(msg.index, msg.signature)
+        finally:
+            self._inplace = False
+
+    def _send_append(self, index: int, offset: int, verify: bool) -> None:
+        """--append: FileBegin, the file's bytes after `offset` as Data, FileEnd with the digest of
+        those bytes (of the whole file with --append-verify)."""
+        entry = self.entries.get(index)
+        if entry is None:
+            raise ProtocolError(f"peer requested index {index}, which is not a regular file we sent")
+        if offset > entry.size:
+            raise ProtocolError(f"peer asked for index {index} from offset {offset}, "
+                                f"beyond its size {entry.size}")
+        try:
+            fd = self.sender.open(entry)
+        except SourceChanged as exc:
+            self.conn.send(FileSkip(index, exc.code, str(exc)))
+            self.report.problem(FileProblem(escape(entry.name), str(exc), exc.code))
+            return
+        compress = self.skip_compress is not None and entry.name not in self.skip_compress
+        try:
+            hasher = xxhash.xxh3_128()
+            if verify:
+                pos = 0
+                while pos < offset:
+                    data = os.pread(fd, min(CHUNK, offset - pos), pos)
+                    if not data:
+                        break
+                    hasher.update(data)
+                    pos += len(data)
+            self.conn.send(FileBegin(index, entry.size))
+            pos = offset
+            while pos < entry.size:
+                data = os.pread(fd, min(CHUNK, entry.size - pos), pos)
+                if not data:
+                    break  # shrank: the digest cannot match, the receiver asks again
+                hasher.update(data)
+                self.conn.send_data(data, compress)
+                pos += len(data)
+            self.conn.send(FileEnd(index, hasher.digest()))
+            self.report.stats.bytes_sent += pos - offset
+        finally:
+            os.close(fd)
 
     def run(self) -> None:
         """Serve requests until the receiver's Done; then say goodbye."""
@@ -230,7 +387,7 @@ class SendingSide:
             while True:
                 msg = self.conn.recv()
                 if isinstance(msg, Request):
-                    self.send_file(msg.index, msg.signature)
+                    self._answer(msg)
                 elif isinstance(msg, Committed):
                     entry = self.entries.get(msg.index)
                     if entry is not None and self.opts.remove_source_files:
@@ -248,6 +405,8 @@ class SendingSide:
                     raise self._flist_error
         finally:
             flist.join(timeout=10)
+            if self._digests is not None:
+                self._digests.shutdown()
         if gave_up:
             return
         if self._flist_error is not None:
@@ -277,35 +436,43 @@ class StreamFile:
     """A DataSource whose bytes arrive as Data or DataZ frames until FileEnd."""
 
     def __init__(self, conn: Connection, index: int, size: int,
-                 other: Callable[[Message], bool]) -> None:
+                 other: Callable[[Message], bool], write_mode: str = AUTO) -> None:
         self.conn = conn
         self.index = index
         self.size = size
         self.other = other  # file-list frames interleave with file data
+        self.write_mode = write_mode
         self._digest: bytes | None = None
         self.consumed = False
 
     def write_into(self, fd: int, sparse: bool) -> bytes:
+        """Write the file's data frames into fd; the digest of what was written.
+
+        On a raw socket a Data frame's payload moves from the socket to the file by the
+        write mode's own system calls (sink.py) without becoming a Python object here.
+        """
         if self.consumed:
             raise _Redo()
         self.consumed = True
-        hasher = xxhash.xxh3_128()
+        raw = self.conn.can_take_raw
+        sink = make_sink(fd, self.write_mode, raw)
         got = 0
         while True:
-            msg = self.conn.recv()
-            if isinstance(msg, (Data, DataZ)):
+            msg = self.conn.recv(raw_data=raw)
+            if isinstance(msg, RawData):
+                got += msg.length
+                if got > self.size:
+                    raise ProtocolError(f"peer sent more than the {self.size} bytes announced for a file")
+                sink.take(self.conn.stream, msg.length)  # type: ignore[arg-type]
+            elif isinstance(msg, (Data, DataZ)):
                 # A DataZ's size is checked against the file before anything is decompressed.
                 got += len(msg.payload) if isinstance(msg, Data) else msg.size
                 if got > self.size:
                     raise ProtocolError(f"peer sent more than the {self.size} bytes announced for a file")
-                payload = msg.payload if isinstance(msg, Data) else self.conn.inflate(msg)
-                hasher.update(payload)
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view):]
+                sink.write(msg.payload if isinstance(msg, Data) else self.conn.inflate(msg))
             elif isinstance(msg, FileEnd):
                 self._digest = msg.digest if got == self.size else b"short"
-                return hasher.digest()
+                return sink.finish()
             elif isinstance(msg, Match):
                 raise ProtocolError("peer sent Match for a file requested whole")
             elif not self.other(msg):
@@ -331,13 +498,44 @@ class StreamFile:
     literal = 0
 
 
+class InFrameFile(StreamFile):
+    """A DataSource for a WholeFile message: the data is already here."""
+
+    def __init__(self, msg: WholeFile, listed_size: int) -> None:
+        self.index = msg.index
+        self.size = len(msg.data)
+        self.data = msg.data
+        # Shorter or longer than the file list said: changed while sent; cannot verify.
+        self._digest = msg.digest if self.size == listed_size else b"short"
+        self.consumed = False
+
+    def write_into(self, fd: int, sparse: bool) -> bytes:
+        if self.consumed:
+            raise _Redo()
+        self.consumed = True
+        sink = make_sink(fd, AUTO, raw=False)
+        sink.write(self.data)
+        return sink.finish()
+
+    def drain(self) -> None:
+        """Nothing follows a WholeFile frame."""
+
+
 @dataclass(frozen=True)
 class Basis:
-    """What the receiver told the sender about a basis file: the bounds its Match runs must keep."""
+    """What the receiver told the sender about a basis file: the bounds its Match runs must keep.
+
+    inplace: the basis is the destination itself, rebuilt where it lies (--inplace).
+    append_from: no blocks at all; the file's first append_from bytes are already in place and
+    only the rest comes, as literal data (--append); append_verify: the digest covers them too.
+    """
 
     block_len: int
     count: int
     size: int
+    inplace: bool = False
+    append_from: int | None = None
+    append_verify: bool = False
 
 
 class DeltaFile(StreamFile):
@@ -345,7 +543,8 @@ class DeltaFile(StreamFile):
 
     Each Match run is checked against the basis the signature described before anything
     is copied; blocks go by copy_file_range (pread/write where that is refused) and are
-    hashed as read back from the temp file, so the digest is of what was really written.
+    hashed as read back from the temp file, so the digest is of what was really written
+    (delta.Rebuild). In place, a run found at its own offset is not written at all.
     """
 
     delta = True
@@ -360,6 +559,8 @@ class DeltaFile(StreamFile):
         if self.consumed:
             raise _Redo()
         self.consumed = True
+        if self.basis.append_from is not None or self.basis.inplace:
+            return self._rebuild(fd, None)  # the file being written is its own basis
         try:
             bfd = self.open_basis()
         except OSError as exc:
@@ -370,47 +571,29 @@ class DeltaFile(StreamFile):
         finally:
             os.close(bfd)
 
-    def _rebuild(self, fd: int, bfd: int) -> bytes:
+    def _rebuild(self, fd: int, bfd: int | None) -> bytes:
         basis = self.basis
-        hasher = xxhash.xxh3_128()
-        got = 0
+        appending = basis.append_from is not None
+        out = delta.Rebuild(fd, bfd, basis.block_len, basis.size, self.size, inplace=basis.inplace,
+                            start=basis.append_from or 0, hash_head=basis.append_verify)
         while True:
             msg = self.conn.recv()
             if isinstance(msg, (Data, DataZ)):
                 n = len(msg.payload) if isinstance(msg, Data) else msg.size
-                if got + n > self.size:
+                if out.pos + n > self.size:  # before anything is decompressed
                     raise ProtocolError(f"peer sent more than the {self.size} bytes announced for a file")
-                payload = msg.payload if isinstance(msg, Data) else self.conn.inflate(msg)
-                hasher.update(payload)
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view):]
-                got += n
-                self.literal += n
+                out.write(msg.payload if isinstance(msg, Data) else self.conn.inflate(msg))
             elif isinstance(msg, Match):
-                if msg.first_block + msg.count > basis.count:
-                    raise delta.DeltaError(f"block run {msg.first_block}+{msg.count} outside the basis's "
-                                           f"{basis.count} blocks")
-                start = msg.first_block * basis.block_len
-                length = min((msg.first_block + msg.count) * basis.block_len, basis.size) - start
-                if got + length > self.size:
-                    raise ProtocolError(f"peer sent more than the {self.size} bytes announced for a file")
+                if appending:
+                    raise ProtocolError("peer sent Match for a file requested from an offset")
                 try:
-                    _copy_range(bfd, fd, start, length)
+                    out.blocks(msg.first_block, msg.count)
                 except delta.SourceChanged as exc:
                     raise _Redo() from exc  # the basis shrank: the whole file, then
-                pos, end = got, got + length
-                while pos < end:
-                    data = os.pread(fd, min(CHUNK, end - pos), pos)
-                    if not data:
-                        raise OSError(5, "temp file shorter than written")
-                    hasher.update(data)
-                    pos += len(data)
-                got = end
-                self.matched += length
             elif isinstance(msg, FileEnd):
-                self._digest = msg.digest if got == self.size else b"short"
-                return hasher.digest()
+                self.matched, self.literal = out.matched, out.literal
+                self._digest = msg.digest if out.pos == self.size else b"short"
+                return out.digest()
             elif not self.other(msg):
                 raise ProtocolError(f"unexpected {type(msg).__name__} inside a file's data")
 
@@ -432,6 +615,7 @@ class ReceivingSide:
         self.redo: dict[int, WriteRequest] = {}
         self.digests: dict[int, bytes] = {}
         self.bases: dict[int, Basis] = {}  # requests that carried a signature
+        self._partial_bases: set[bytes] = set()  # dest names whose signature is of their partial file
         self.seed = int.from_bytes(os.urandom(8), "big")  # per transfer, as rsync's checksum seed
         self._parts: list[FileEntry] = []
         self._lock = threading.Lock()
@@ -448,10 +632,10 @@ class ReceivingSide:
         try:
             while (batch := self.batches.get()) is not None:
                 for request in generator.process(batch):
-                    signature = self._signature(request)
+                    message = self._request_for(request)
                     with self._lock:
                         self.requests[request.entry.index] = request
-                    self.conn.send(Request(request.entry.index, signature))
+                    self.conn.send(message)
                 self.conn.flush()
                 if not self.opts.hard_links:
                     # Hard links are made from the writer thread with unpinned fds: with -H
@@ -468,13 +652,35 @@ class ReceivingSide:
         self._maybe_done()
 
     def _delta_wanted(self) -> bool:
-        # rsync's default for a remote transfer is the delta algorithm; --inplace would
-        # rebuild over its own basis, so it goes whole here.
-        return self.opts.whole_file is not True and not self.opts.inplace
+        # rsync's default for a remote transfer is the delta algorithm.
+        return self.opts.whole_file is not True
+
+    def _request_for(self, request: WriteRequest) -> Request:
+        """The Request for a file: the rest of it (--append), a delta against a basis, or all of it."""
+        index = request.entry.index
+        st = request.existing
+        if self.opts.append and st is not None and stat.S_ISREG(st.st_mode) and 0 < st.st_size < request.entry.size:
+            with self._lock:
+                self.bases[index] = Basis(1, 0, 0, append_from=st.st_size, append_verify=self.opts.append_verify)
+            return Request(index, append_from=st.st_size, append_verify=self.opts.append_verify)
+        signature = self._signature(request)
+        with self._lock:
+            basis = self.bases.get(index)
+        return Request(index, signature, inplace=signature is not None and basis is not None and basis.inplace)
+
+    def _inplace(self, request: WriteRequest) -> bool:
+        """Will the writer update this file where it lies (as Writer decides)?"""
+        st = request.existing
+        return self.opts.inplace and st is not None and stat.S_ISREG(st.st_mode)
 
     def _open_basis(self, name: bytes) -> int:
-        """The destination file `name`, opened beneath the destination root for reading."""
+        """The basis of destination `name` for reading: the partial file its signature was made
+        from (--partial), else the destination file, opened beneath the destination root."""
         assert self.receiver is not None
+        with self._lock:
+            partial = name in self._partial_bases
+        if partial:
+            return self.receiver.writer.open_partial(name)
         parent, base = split(name)
         pfd = self.receiver.writer.tree.dir_fd(parent)
         fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=pfd)
@@ -484,12 +690,23 @@ class ReceivingSide:
         return fd
 
     def _signature(self, request: WriteRequest) -> bytes | None:
-        """Request.signature for a file with a basis (the file it replaces), or None for the whole file."""
+        """Request.signature for a file with a basis, or None for the whole file.
+
+        The basis is a partial file an interrupted run kept (--partial, --partial-dir), as
+        rsync does, else the file it replaces. --block-size fixes the block length (never
+        below what a sender accepts from a peer).
+        """
         st = request.existing
-        if not self._delta_wanted() or st is None or not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+        if not self._delta_wanted():
             return None
+        inplace = self._inplace(request)
+        partial = request.partial is not None and not inplace
+        if not partial and (st is None or not stat.S_ISREG(st.st_mode) or st.st_size == 0):
+            return None
+        assert self.receiver is not None
         try:
-            fd = self._open_basis(request.dest_name)
+            fd = self.receiver.writer.open_partial(request.dest_name) if partial \
+                else self._open_basis(request.dest_name)
         except OSError:
             return None
         try:
@@ -497,6 +714,9 @@ class ReceivingSide:
             if size == 0:
                 return None
             block_len = delta.block_length(size)
+            if self.opts.block_size:
+                # A sender refuses tiny blocks from a peer (its op list could outgrow the file).
+                block_len = max(self.opts.block_size, delta.MIN_PEER_BLOCK_LEN)
             if delta.block_count(size, block_len) > max_signature_blocks(self.conn.frame_max):
                 log.info("%s: basis too big for one signature frame; sending it whole",
                          escape(request.dest_name))
@@ -509,7 +729,11 @@ class ReceivingSide:
             os.close(fd)
         blob = encode_signature(sig)
         with self._lock:
-            self.bases[request.entry.index] = Basis(sig.block_len, sig.count, sig.size)
+            self.bases[request.entry.index] = Basis(sig.block_len, sig.count, sig.size, inplace=inplace)
+            if partial:
+                self._partial_bases.add(request.dest_name)
+            else:
+                self._partial_bases.discard(request.dest_name)
         return blob
 
     def _maybe_done(self) -> None:
@@ -563,7 +787,7 @@ class ReceivingSide:
         self._gen_thread = threading.Thread(target=self._generate, name="zcsync-generator", daemon=True)
         self._gen_thread.start()
 
-    def _receive_file(self, begin: FileBegin) -> None:
+    def _receive_file(self, begin: FileBegin | WholeFile) -> None:
         assert self.receiver is not None
         tree = self.receiver.tree
         if not tree.shared and tree.retired:
@@ -575,8 +799,12 @@ class ReceivingSide:
         if request is None:
             raise ProtocolError(f"peer sent data for index {begin.index}, which was not requested")
         source: StreamFile
-        if basis is None:
-            source = StreamFile(self.conn, begin.index, begin.size, self._flist_or_common)
+        if isinstance(begin, WholeFile):
+            if basis is not None:
+                raise ProtocolError(f"peer sent index {begin.index} whole, but it was requested as a delta")
+            source = InFrameFile(begin, request.entry.size)
+        elif basis is None:
+            source = StreamFile(self.conn, begin.index, begin.size, self._flist_or_common, self.opts.write_mode)
         else:
             source = DeltaFile(self.conn, begin.index, begin.size, self._flist_or_common, basis,
                                lambda: self._open_basis(request.dest_name))
@@ -597,7 +825,7 @@ class ReceivingSide:
             self.report.stats.literal_bytes += source.literal
             self.report.stats.matched_bytes += source.matched
         elif ok:
-            self.report.stats.literal_bytes += begin.size
+            self.report.stats.literal_bytes += source.size
         if ok is not None:
             with self._lock:
                 self.redo.pop(begin.index, None)
@@ -632,7 +860,7 @@ class ReceivingSide:
         try:
             while True:
                 msg = self.conn.recv()
-                if isinstance(msg, FileBegin):
+                if isinstance(msg, (FileBegin, WholeFile)):
                     self._receive_file(msg)
                 elif isinstance(msg, FileSkip):
                     with self._lock:

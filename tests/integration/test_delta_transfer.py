@@ -161,6 +161,7 @@ def test_whole_file_option_sends_no_signature(tmp_path, ssh_env, monkeypatch):
 class _Conn:
     codec = None
     frame_max = zcsync.protocol.DEFAULT_FRAME_MAX
+    can_sendfile = False  # a pipe-like stream: data goes as Data frames
 
     def __init__(self) -> None:
         self.sent: list[object] = []
@@ -204,14 +205,62 @@ def test_source_shrinking_is_a_changed_file_not_a_crash(tmp_path, monkeypatch, w
     src.write_bytes(data[: size // 2] if when == "before" else data)
     if when == "during":
         from zcsync.delta import match
-        real = match.delta_ops
+        real = match.Scanner.next
 
-        def shrink_then_scan(buf, s, **kw):
+        def shrink_then_scan(self):
             os.truncate(src, 4096)  # the mapping now runs past EOF: the kernel's guard must catch SIGBUS
-            return real(buf, s, **kw)
-        monkeypatch.setattr(match, "delta_ops", shrink_then_scan)
+            return real(self)
+        monkeypatch.setattr(match.Scanner, "next", shrink_then_scan)
     side, conn, report = _sending_side(src, size)
     side.send_file(0, encode_signature(sig))
     assert len(conn.sent) == 1 and isinstance(conn.sent[0], FileSkip), conn.sent
     assert conn.sent[0].code == 23 and "changed during transfer" in conn.sent[0].message
     assert report.exit_code == 23
+
+
+# -- the sending side on its own: --append and --inplace requests --------------------
+
+def test_append_request_sends_only_the_rest(tmp_path):
+    from zcsync.protocol import Data, FileBegin, FileEnd, Request
+    import xxhash
+    data = random.Random(4).randbytes(3 << 20)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    for verify in (False, True):
+        side, conn, report = _sending_side(src, len(data))
+        side._answer(Request(0, append_from=1 << 20, append_verify=verify))
+        assert conn.sent[0] == FileBegin(0, len(data))
+        assert b"".join(m.payload for m in conn.sent if isinstance(m, Data)) == data[1 << 20:]
+        end = conn.sent[-1]
+        assert isinstance(end, FileEnd)
+        assert end.digest == xxhash.xxh3_128_digest(data if verify else data[1 << 20:])
+        assert report.stats.bytes_sent == len(data) - (1 << 20)
+
+
+def test_append_offset_beyond_the_file_is_a_protocol_error(tmp_path):
+    from zcsync.errors import ProtocolError
+    from zcsync.protocol import Request
+    src = tmp_path / "src"
+    src.write_bytes(b"x" * 1000)
+    side, conn, _ = _sending_side(src, 1000)
+    side._answer(Request(0, append_from=1000))  # nothing left to send: fine
+    with pytest.raises(ProtocolError, match="beyond its size 1000"):
+        side._answer(Request(0, append_from=1001))
+
+
+def test_inplace_request_scans_in_place(tmp_path):
+    from zcsync import delta
+    from zcsync.protocol import Match, Request, encode_signature
+    rnd = random.Random(6)
+    L = 1024
+    blocks = [rnd.randbytes(L) for _ in range(8)]
+    basis = b"".join(blocks)
+    swapped = b"".join(blocks[4:] + blocks[:4])
+    src = tmp_path / "src"
+    src.write_bytes(swapped)
+    sig = encode_signature(delta.signature_of(basis, L, 8, seed=3))
+    for inplace, want in ((False, [Match(4, 4), Match(0, 4)]), (True, [Match(4, 4)])):
+        side, conn, _ = _sending_side(src, len(swapped))
+        side._answer(Request(0, sig, inplace=inplace))
+        assert [m for m in conn.sent if isinstance(m, Match)] == want
+        assert side._inplace is False  # only for the request it came with

@@ -233,3 +233,10 @@ def test_public_names():
         obj = getattr(zcsync, name)
         if isinstance(obj, type) and issubclass(obj, zcsync.ZcsyncError):
             assert isinstance(obj.exit_code, int)
+
+
+def test_transport_tcp_needs_a_remote_side(tmp_path):
+    (tmp_path / "a").mkdir()
+    with pytest.raises(zcsync.UsageError, match="--transport=tcp needs a remote"):
+        zcsync.sync(f"{tmp_path}/a/", str(tmp_path / "b"), transport="tcp")
+    assert not (tmp_path / "b").exists()

@@ -185,6 +185,8 @@ ALL_MESSAGES = [
     p.Stats(),
     p.Heartbeat(),
     p.Goodbye(23),
+    p.WholeFile(1, DIGEST, b"small file\n"),
+    p.WholeFile(2, DIGEST, b""),
 ]
 
 
@@ -449,6 +451,10 @@ D_CLOSED = raw_entry(0, b"d", DIR)  # a directory that is not expanded
      "FileEnd for index 2"),
     ([frame(p.FileBegin.TYPE, struct.pack(">IQ", 1, 0)) + frame(p.FileSkip.TYPE, struct.pack(">IBH", 2, 23, 0))],
      "FileSkip for index 2 while"),
+    ([frame(p.WholeFile.TYPE, struct.pack(">I", 10) + DIGEST + b"data")], "WholeFile for index 10"),
+    ([frame(p.WholeFile.TYPE, struct.pack(">I", 1) + DIGEST[:7])], "WholeFile"),
+    ([frame(p.FileBegin.TYPE, struct.pack(">IQ", 1, 9)) + frame(p.WholeFile.TYPE, struct.pack(">I", 2) + DIGEST)],
+     "WholeFile for index 2 while index 1 is open"),
     ([frame(p.Committed.TYPE, struct.pack(">I", 99))], "Committed for index 99"),
     ([frame(p.Match.TYPE, struct.pack(">II", 0, 1))], "Match outside a file"),
     ([frame(p.FileBegin.TYPE, struct.pack(">IQ", 1, 9)) + frame(p.Match.TYPE, struct.pack(">II", 0, 0))],
@@ -462,6 +468,11 @@ def test_violations(frames, match):
     with pytest.raises(ProtocolError, match=match) as info:
         decode_frames(*frames)
     assert info.value.exit_code == 2
+
+
+def test_whole_file_payload_must_fit_a_frame():
+    with pytest.raises(ValueError, match="does not fit"):
+        p.encode_payload(p.WholeFile(1, DIGEST, bytes(p.DEFAULT_FRAME_MAX)))
 
 
 def fl(*entries: bytes, dir_name=None, **kw) -> bytes:

@@ -11,13 +11,15 @@ from .match import (
     DEFAULT_MAX_CHAIN,
     LITERAL,
     MATCH,
+    Scanner,
+    coalesce,
     delta_ops,
     delta_ops_fd,
     iter_ops,
     literal_chunks,
     op_stats,
 )
-from .patch import PatchResult, apply_delta
+from .patch import PatchResult, Rebuild, apply_delta
 from .signature import (
     MAX_BLOCK_LEN,
     MAX_STRONG_LEN,
@@ -42,12 +44,15 @@ __all__ = [
     "MIN_STRONG_LEN",
     "DeltaError",
     "PatchResult",
+    "Rebuild",
+    "Scanner",
     "Signature",
     "SignatureError",
     "SourceChanged",
     "apply_delta",
     "block_count",
     "block_length",
+    "coalesce",
     "delta_ops",
     "delta_ops_fd",
     "iter_ops",

@@ -4,7 +4,7 @@
  *   weak_sums(buf, block_len) -> bytes
  *   block_sums(buf, block_len, strong_len, seed=0) -> (weak: bytes, strong: bytes)
  *   scan(src, block_len, weak, strong, strong_len, basis_size, seed=0,
- *        max_chain=64, false_budget=-1) -> bytes
+ *        max_chain=64, false_budget=-1, inplace=False) -> bytes
  *
  * Weak sum of a block b[0..n): s1 = sum b[i], s2 = sum (n - i) * b[i],
  * weak = (s1 & 0xffff) | (s2 << 16) (rsync's, with unsigned bytes and no
@@ -29,6 +29,13 @@
  * hash of the window each; past false_budget bytes of such hashing (a
  * hostile signature against, say, a run of zeros) the rest is literal, so
  * the scan stays linear whatever the peer sent.
+ *
+ * inplace (the receiver rebuilds over the basis itself, in source order, as
+ * rsync's --inplace): a block may be used only where the receiver has not
+ * written yet -- at or after the current offset -- or where it was matched at
+ * its own offset earlier (such blocks are never written, so they survive,
+ * rsync's SUMFLAG_SAME_OFFSET).  At a block-aligned offset the block at that
+ * very offset is tried first: a match there costs the receiver no write.
  *
  * Everything a peer could send (block_len, strong_len, table lengths, basis
  * size) is checked here again, whatever the Python side validated, so that a
@@ -164,10 +171,16 @@ raise_source_changed(void)
 /* sums                                                                */
 /* ------------------------------------------------------------------ */
 
+/* s1 = sum b[i], s2 = sum (n - i) * b[i], both mod 2^32.  Sequentially that is
+   "s1 += b; s2 += s1" per byte; a chunk of w bytes at once adds w * s1 (the sum so
+   far, once per byte of the chunk) plus sum (w - j) * b[j] to s2.  The vector
+   versions keep per-lane partial sums and combine them at the end: the weak sums
+   of blocks and of the window after each match are most of the CPU time of both
+   the signature and the scan, and the scalar loop runs at about 5 GB/s. */
 static inline void
-weak_parts(const uint8_t *p, size_t n, uint32_t *s1o, uint32_t *s2o)
+weak_parts_scalar(const uint8_t *p, size_t n, uint32_t *s1o, uint32_t *s2o)
 {
-    uint32_t s1 = 0, s2 = 0;
+    uint32_t s1 = *s1o, s2 = *s2o;
     size_t i = 0;
     /* four bytes at a time: s2 += 4*s1 + 4b0 + 3b1 + 2b2 + b3 */
     for (; i + 4 <= n; i += 4) {
@@ -181,6 +194,90 @@ weak_parts(const uint8_t *p, size_t n, uint32_t *s1o, uint32_t *s2o)
     }
     *s1o = s1;
     *s2o = s2;
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define HAVE_X86_SIMD 1
+
+static inline uint32_t
+hsum_epi32(__m128i v)
+{
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = _mm_add_epi32(v, _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 3, 0, 1)));
+    return (uint32_t)_mm_cvtsi128_si32(v);
+}
+
+/* SSE2 (every x86-64): 16 bytes per step. */
+static void
+weak_parts_sse2(const uint8_t *p, size_t n, uint32_t *s1o, uint32_t *s2o)
+{
+    const __m128i zero = _mm_setzero_si128();
+    const __m128i w_lo = _mm_setr_epi16(16, 15, 14, 13, 12, 11, 10, 9);
+    const __m128i w_hi = _mm_setr_epi16(8, 7, 6, 5, 4, 3, 2, 1);
+    __m128i v_s1 = zero, v_prev = zero, v_w = zero;
+    size_t m = n / 16;
+    for (size_t c = 0; c < m; c++) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(p + 16 * c));
+        v_prev = _mm_add_epi32(v_prev, v_s1);
+        v_s1 = _mm_add_epi32(v_s1, _mm_sad_epu8(x, zero));
+        v_w = _mm_add_epi32(v_w, _mm_madd_epi16(_mm_unpacklo_epi8(x, zero), w_lo));
+        v_w = _mm_add_epi32(v_w, _mm_madd_epi16(_mm_unpackhi_epi8(x, zero), w_hi));
+    }
+    uint32_t s1 = *s1o, s2 = *s2o;
+    s2 += 16u * (uint32_t)m * s1 + 16u * hsum_epi32(v_prev) + hsum_epi32(v_w);
+    s1 += hsum_epi32(v_s1);
+    *s1o = s1;
+    *s2o = s2;
+    if (n % 16)
+        weak_parts_scalar(p + 16 * m, n % 16, s1o, s2o);
+}
+
+/* AVX2: 32 bytes per step; maddubs weighs the bytes (weights fit in int8). */
+__attribute__((target("avx2"))) static void
+weak_parts_avx2(const uint8_t *p, size_t n, uint32_t *s1o, uint32_t *s2o)
+{
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i w = _mm256_setr_epi8(32, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17,
+                                       16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1);
+    __m256i v_s1 = zero, v_prev = zero, v_w = zero;
+    size_t m = n / 32;
+    for (size_t c = 0; c < m; c++) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(p + 32 * c));
+        v_prev = _mm256_add_epi32(v_prev, v_s1);
+        v_s1 = _mm256_add_epi32(v_s1, _mm256_sad_epu8(x, zero));
+        v_w = _mm256_add_epi32(v_w, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w), ones));
+    }
+    __m128i a_s1 = _mm_add_epi32(_mm256_castsi256_si128(v_s1), _mm256_extracti128_si256(v_s1, 1));
+    __m128i a_prev = _mm_add_epi32(_mm256_castsi256_si128(v_prev), _mm256_extracti128_si256(v_prev, 1));
+    __m128i a_w = _mm_add_epi32(_mm256_castsi256_si128(v_w), _mm256_extracti128_si256(v_w, 1));
+    uint32_t s1 = *s1o, s2 = *s2o;
+    s2 += 32u * (uint32_t)m * s1 + 32u * hsum_epi32(a_prev) + hsum_epi32(a_w);
+    s1 += hsum_epi32(a_s1);
+    *s1o = s1;
+    *s2o = s2;
+    if (n % 32)
+        weak_parts_sse2(p + 32 * m, n % 32, s1o, s2o);
+}
+
+static int have_avx2 = -1;
+#endif
+
+static inline void
+weak_parts(const uint8_t *p, size_t n, uint32_t *s1o, uint32_t *s2o)
+{
+    *s1o = *s2o = 0;
+#ifdef HAVE_X86_SIMD
+    if (n >= 64) {
+        if (have_avx2 > 0)
+            weak_parts_avx2(p, n, s1o, s2o);
+        else
+            weak_parts_sse2(p, n, s1o, s2o);
+        return;
+    }
+#endif
+    weak_parts_scalar(p, n, s1o, s2o);
 }
 
 static inline uint32_t
@@ -429,6 +526,16 @@ typedef struct {
     volatile size_t cap;
     volatile int oom;
     uint64_t false_bytes;
+    int inplace;
+    uint8_t *same;          /* inplace: [count], 1 = matched at its own offset */
+    /* resumable scan (scanner/scan_next): windows from start, up to stop */
+    size_t start;
+    size_t stop;            /* SIZE_MAX: to the end */
+    size_t next;            /* out: where the next call starts (n: done) */
+    uint32_t want;          /* in/out: the block expected next */
+    XXH3_state_t *hash;     /* scanner with digest: XXH3-128 of what was scanned */
+    Py_buffer strong_view;  /* scanner: keeps the strong table alive */
+    int broken;             /* scanner: SIGBUS or OOM seen; unusable */
 } scan_ctx;
 
 static inline uint32_t
@@ -475,9 +582,18 @@ free_tables(scan_ctx *c)
     free(c->sorted);
     free(c->table);
     free(c->bitmap);
+    free(c->same);
     c->weak = c->sorted = NULL;
     c->table = NULL;
     c->bitmap = NULL;
+    c->same = NULL;
+}
+
+/* inplace: may block i be used for the window at source offset k? */
+static inline int
+usable(const scan_ctx *c, uint32_t i, size_t k)
+{
+    return !c->inplace || (uint64_t)i * c->L >= (uint64_t)k || c->same[i];
 }
 
 /* Builds the weak-sum table (plain C, no Python calls). Returns -1 on OOM. */
@@ -563,6 +679,11 @@ build_tables(scan_ctx *c, const uint8_t *weak_le)
         uint32_t h = bit_hash(c->weak[i], c->bshift);
         c->bitmap[h >> 6] |= (uint64_t)1 << (h & 63);
     }
+    if (c->inplace) {
+        c->same = calloc((size_t)count + 1, 1);
+        if (!c->same)
+            goto oom;
+    }
     return 0;
 oom:
     free(tmp);
@@ -639,9 +760,22 @@ try_match(scan_ctx *c, const group_t *g, size_t k, uint32_t wlen, uint32_t w, ui
     int have = 0;
     const uint8_t *p = c->src + k;
 
-    if (want < c->count && c->weak[want] == w && block_len_of(c, want) == wlen) {
-        strong_digest(p, wlen, c->seed, dig);
-        have = 1;
+    if (c->inplace && k % c->L == 0) {
+        /* the block at this very offset: a match the receiver need not write */
+        uint64_t a = k / c->L;
+        if (a < c->count && c->weak[a] == w && block_len_of(c, (uint32_t)a) == wlen) {
+            strong_digest(p, wlen, c->seed, dig);
+            have = 1;
+            if (memcmp(c->strong + (size_t)a * c->slen, dig, c->slen) == 0)
+                return (int64_t)a;
+        }
+    }
+    if (want < c->count && c->weak[want] == w && block_len_of(c, want) == wlen
+        && usable(c, want, k)) {
+        if (!have) {
+            strong_digest(p, wlen, c->seed, dig);
+            have = 1;
+        }
         if (memcmp(c->strong + (size_t)want * c->slen, dig, c->slen) == 0)
             return want;
     }
@@ -649,7 +783,7 @@ try_match(scan_ctx *c, const group_t *g, size_t k, uint32_t wlen, uint32_t w, ui
     uint32_t end = g->n < c->max_chain ? g->n : c->max_chain;
     for (uint32_t j = 0; j < end; j++) {
         uint32_t i = c->sorted[g->start + j];
-        if (i == want || block_len_of(c, i) != wlen)
+        if (i == want || block_len_of(c, i) != wlen || !usable(c, i, k))
             continue;
         if (!have) {
             strong_digest(p, wlen, c->seed, dig);
@@ -704,25 +838,39 @@ scan_run(scan_ctx *c)
     const uint8_t *p = c->src;
     const size_t n = c->n;
     const uint32_t L = c->L;
-    emit_state e = {.lit = 0, .run_first = -1, .run_cnt = 0, .run_end = 0};
-    uint32_t want = UINT32_MAX;
-    size_t k = 0;
+    const size_t stop = c->stop;
+    emit_state e = {.lit = c->start, .run_first = -1, .run_cnt = 0, .run_end = 0};
+    uint32_t want = c->want;
+    size_t k = c->start;
 
-    if (c->count == 0 || n == 0)
+    c->next = n;
+    if (c->count == 0 || n == 0 || k >= n)
         goto finish;
 
-    if (n >= L) {
+    if (n >= L && k <= n - L) {
         uint32_t s1, s2;
-        weak_parts(p, L, &s1, &s2);
+        weak_parts(p + k, L, &s1, &s2);
         const size_t last = n - L;      /* last start of a full window */
         for (;;) {
             const group_t *g;
-            k = roll_to_hit(c, p, k, last, &s1, &s2, &g);
+            if (k >= stop) {
+                /* the window at k is the next call's; [lit, k) is literal for sure */
+                c->next = k;
+                c->want = want;
+                if (flush_run(c, &e) < 0)
+                    return -1;
+                if (k > e.lit && push_op(c, OP_LITERAL, (int64_t)e.lit, (int64_t)(k - e.lit)) < 0)
+                    return -1;
+                return 0;
+            }
+            k = roll_to_hit(c, p, k, stop - 1 < last ? stop - 1 : last, &s1, &s2, &g);
             if (g != NULL) {
                 int64_t m = try_match(c, g, k, L, weak_of(s1, s2), want);
                 if (m >= 0) {
                     if (emit_match(c, &e, (uint32_t)m, k) < 0)
                         return -1;
+                    if (c->inplace && (uint64_t)m * L == k)
+                        c->same[m] = 1;
                     want = (uint32_t)m + 1;
                     k += L;
                     if (k > last)
@@ -753,7 +901,7 @@ scan_run(scan_ctx *c)
             uint32_t b = c->count - 1;
             weak_parts(p + t, c->last_len, &s1, &s2);
             uint32_t w = weak_of(s1, s2);
-            if (c->weak[b] == w) {
+            if (c->weak[b] == w && usable(c, b, t)) {
                 uint8_t dig[16];
                 strong_digest(p + t, c->last_len, c->seed, dig);
                 if (memcmp(c->strong + (size_t)b * c->slen, dig, c->slen) == 0) {
@@ -792,26 +940,30 @@ PyDoc_STRVAR(scan_doc,
 "(0, src_offset, length) literal runs and (1, first_block, count) block runs.\n"
 "max_chain caps the blocks tried per position among equal weak sums.\n"
 "false_budget caps the bytes hashed for weak hits that fail the strong check;\n"
-"past it the rest of src is literal (-1: 64 MiB + 4 * len(src)).");
+"past it the rest of src is literal (-1: 64 MiB + 4 * len(src)).\n"
+"inplace: the receiver writes over the basis in source order; only blocks\n"
+"it has not overwritten yet are used (see the module comment).");
 
 static PyObject *
 py_scan(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"src", "block_len", "weak", "strong", "strong_len",
-                             "basis_size", "seed", "max_chain", "false_budget", NULL};
+                             "basis_size", "seed", "max_chain", "false_budget",
+                             "inplace", NULL};
     PyObject *srcobj, *weakobj, *strongobj, *seedobj = NULL;
     Py_ssize_t block_len, strong_len, max_chain = DEFAULT_MAX_CHAIN;
     long long basis_size, false_budget = -1;
+    int inplace = 0;
     uint64_t seed;
     Py_buffer src = {0}, wv = {0}, sv = {0};
     PyObject *ret = NULL;
     scan_ctx c;
 
     memset(&c, 0, sizeof c);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OnOOnL|OnL:scan", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OnOOnL|OnLp:scan", kwlist,
                                      &srcobj, &block_len, &weakobj, &strongobj,
                                      &strong_len, &basis_size, &seedobj,
-                                     &max_chain, &false_budget))
+                                     &max_chain, &false_budget, &inplace))
         return NULL;
     if (check_block_len(block_len) < 0 || check_strong_len(strong_len) < 0
         || parse_seed(seedobj, &seed) < 0)
@@ -866,6 +1018,10 @@ py_scan(PyObject *self, PyObject *args, PyObject *kw)
     c.max_chain = max_chain > (Py_ssize_t)UINT32_MAX ? UINT32_MAX : (uint32_t)max_chain;
     c.false_budget = false_budget >= 0 ? (uint64_t)false_budget
                                        : ((uint64_t)64 << 20) + 4 * (uint64_t)c.n;
+    c.inplace = inplace;
+    c.start = 0;
+    c.stop = SIZE_MAX;
+    c.want = UINT32_MAX;
 
     int r = 0, built = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -896,6 +1052,234 @@ done:
 }
 
 /* ------------------------------------------------------------------ */
+/* scanner: the same scan in pieces, for a sender that sends as it scans */
+/* ------------------------------------------------------------------ */
+
+#define SCANNER_NAME "zcsync.delta._rolling.scanner"
+
+static void
+scanner_free(PyObject *cap)
+{
+    scan_ctx *c = PyCapsule_GetPointer(cap, SCANNER_NAME);
+    if (c == NULL)
+        return;
+    free(c->ops);
+    free_tables(c);
+    if (c->hash)
+        XXH3_freeState(c->hash);
+    if (c->strong_view.obj)
+        PyBuffer_Release(&c->strong_view);
+    free(c);
+}
+
+PyDoc_STRVAR(scanner_doc,
+"scanner(block_len, weak, strong, strong_len, basis_size, size, seed=0,\n"
+"        max_chain=64, false_budget=-1, inplace=False, digest=False) -> scanner\n\n"
+"A scan of a source of `size` bytes that scan_next() runs piece by piece,\n"
+"with the state (and the lookup tables) kept in between: the ops of all\n"
+"pieces together are those of scan(), except that a run or a literal may\n"
+"be split where a piece ends.  digest: also hash what is scanned\n"
+"(XXH3-128, seed 0), for scanner_digest().");
+
+static PyObject *
+py_scanner(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"block_len", "weak", "strong", "strong_len", "basis_size", "size",
+                             "seed", "max_chain", "false_budget", "inplace", "digest", NULL};
+    PyObject *weakobj, *strongobj, *seedobj = NULL;
+    Py_ssize_t block_len, strong_len, max_chain = DEFAULT_MAX_CHAIN;
+    long long basis_size, size, false_budget = -1;
+    int inplace = 0, digest = 0;
+    uint64_t seed;
+    Py_buffer wv = {0};
+    scan_ctx *c = NULL;
+    PyObject *cap = NULL;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "nOOnLL|OnLpp:scanner", kwlist,
+                                     &block_len, &weakobj, &strongobj, &strong_len,
+                                     &basis_size, &size, &seedobj, &max_chain,
+                                     &false_budget, &inplace, &digest))
+        return NULL;
+    if (check_block_len(block_len) < 0 || check_strong_len(strong_len) < 0
+        || parse_seed(seedobj, &seed) < 0)
+        return NULL;
+    if (max_chain < 1 || basis_size < 0 || size < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_chain must be >= 1, sizes >= 0");
+        return NULL;
+    }
+    c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return PyErr_NoMemory();
+    if (PyObject_GetBuffer(weakobj, &wv, PyBUF_SIMPLE) < 0)
+        goto fail;
+    if (PyObject_GetBuffer(strongobj, &c->strong_view, PyBUF_SIMPLE) < 0)
+        goto fail;
+    if (wv.len % 4 != 0) {
+        PyErr_SetString(PyExc_ValueError, "weak table length is not a multiple of 4");
+        goto fail;
+    }
+    size_t count = (size_t)wv.len / 4;
+    unsigned long long bs = (unsigned long long)basis_size;
+    if (count > MAX_COUNT
+        || (size_t)c->strong_view.len != count * (size_t)strong_len
+        || bs / (unsigned long long)block_len + (bs % (unsigned long long)block_len != 0) != count) {
+        PyErr_SetString(PyExc_ValueError, "tables do not match the block count of the basis");
+        goto fail;
+    }
+    c->n = (size_t)size;
+    c->L = (uint32_t)block_len;
+    c->slen = (uint32_t)strong_len;
+    c->seed = seed;
+    c->count = (uint32_t)count;
+    c->last_len = count ? (uint32_t)(bs - (unsigned long long)(count - 1) * (unsigned long long)block_len) : 0;
+    c->strong = (const uint8_t *)c->strong_view.buf;
+    c->max_chain = max_chain > (Py_ssize_t)UINT32_MAX ? UINT32_MAX : (uint32_t)max_chain;
+    c->false_budget = false_budget >= 0 ? (uint64_t)false_budget
+                                        : ((uint64_t)64 << 20) + 4 * (uint64_t)c->n;
+    c->inplace = inplace;
+    c->start = 0;
+    c->want = UINT32_MAX;
+    if (digest) {
+        c->hash = XXH3_createState();
+        if (c->hash == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        XXH3_128bits_reset(c->hash);
+    }
+    if (c->count && c->n) {
+        int ok;
+        Py_BEGIN_ALLOW_THREADS
+        ok = build_tables(c, (const uint8_t *)wv.buf) == 0;
+        Py_END_ALLOW_THREADS
+        if (!ok) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+    }
+    PyBuffer_Release(&wv);
+    cap = PyCapsule_New(c, SCANNER_NAME, scanner_free);
+    if (cap == NULL) {
+        c->ops = NULL;
+        free_tables(c);
+        goto fail_tables_freed;
+    }
+    return cap;
+fail:
+    free_tables(c);
+fail_tables_freed:
+    if (wv.obj)
+        PyBuffer_Release(&wv);
+    if (c->strong_view.obj)
+        PyBuffer_Release(&c->strong_view);
+    if (c->hash)
+        XXH3_freeState(c->hash);
+    free(c);
+    return NULL;
+}
+
+/* One piece, guarded: returns 0, -1 on OOM, 1 if SIGBUS was caught. */
+static int
+scan_piece_guarded(scan_ctx *c)
+{
+    sigjmp_buf jb;
+    if (sigsetjmp(jb, 1) != 0)
+        return 1;
+    arm(&jb, c->src, c->n);
+    int r = scan_run(c);
+    if (r == 0 && c->hash && c->next > c->start)
+        XXH3_128bits_update(c->hash, c->src + c->start, c->next - c->start);
+    disarm();
+    return r;
+}
+
+PyDoc_STRVAR(scan_next_doc,
+"scan_next(scanner, src, stop=-1) -> (ops: bytes, next: int)\n\n"
+"Scan src (the same source, len(src) == size, every call) from where the\n"
+"previous call stopped, trying windows that start before stop (-1: all the\n"
+"rest).  Returns the ops of the piece (as scan()) and where the next piece\n"
+"starts; next == size when the scan is complete.");
+
+static PyObject *
+py_scan_next(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"scanner", "src", "stop", NULL};
+    PyObject *cap, *srcobj;
+    long long stop = -1;
+    Py_buffer src = {0};
+    PyObject *ret = NULL;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|L:scan_next", kwlist, &cap, &srcobj, &stop))
+        return NULL;
+    scan_ctx *c = PyCapsule_GetPointer(cap, SCANNER_NAME);
+    if (c == NULL)
+        return NULL;
+    if (c->broken) {
+        PyErr_SetString(PyExc_ValueError, "scanner is unusable after an error");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(srcobj, &src, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if ((size_t)src.len != c->n) {
+        PyErr_SetString(PyExc_ValueError, "src is not the size the scanner was made for");
+        goto done;
+    }
+    if (ensure_bus_handler() < 0)
+        goto done;
+    c->src = (const uint8_t *)src.buf;
+    c->stop = stop < 0 ? SIZE_MAX : (size_t)stop;
+    c->nops = 0;
+    int r;
+    if (c->start >= c->n && c->n) {
+        c->next = c->n;     /* already complete: no ops */
+        r = 0;
+    }
+    else {
+        Py_BEGIN_ALLOW_THREADS
+        r = scan_piece_guarded(c);
+        Py_END_ALLOW_THREADS
+    }
+    if (r == 1) {
+        c->broken = 1;
+        raise_source_changed();
+    }
+    else if (r < 0) {
+        c->broken = 1;
+        PyErr_NoMemory();
+    }
+    else {
+        PyObject *ops = PyBytes_FromStringAndSize((const char *)c->ops, (Py_ssize_t)(c->nops * sizeof(int64_t)));
+        if (ops != NULL) {
+            ret = Py_BuildValue("(Nn)", ops, (Py_ssize_t)c->next);
+            c->start = c->next;
+        }
+    }
+done:
+    c->src = NULL;
+    PyBuffer_Release(&src);
+    return ret;
+}
+
+PyDoc_STRVAR(scanner_digest_doc,
+"scanner_digest(scanner) -> bytes\n\n"
+"Canonical XXH3-128 of everything scanned so far (a scanner made with digest=True).");
+
+static PyObject *
+py_scanner_digest(PyObject *self, PyObject *cap)
+{
+    scan_ctx *c = PyCapsule_GetPointer(cap, SCANNER_NAME);
+    if (c == NULL)
+        return NULL;
+    if (c->hash == NULL) {
+        PyErr_SetString(PyExc_ValueError, "scanner was made without digest=True");
+        return NULL;
+    }
+    XXH128_canonical_t out;
+    XXH128_canonicalFromHash(&out, XXH3_128bits_digest(c->hash));
+    return PyBytes_FromStringAndSize((const char *)out.digest, 16);
+}
+
+/* ------------------------------------------------------------------ */
 /* module                                                              */
 /* ------------------------------------------------------------------ */
 
@@ -903,6 +1287,9 @@ static PyMethodDef methods[] = {
     {"weak_sums", (PyCFunction)(void (*)(void))py_weak_sums, METH_VARARGS | METH_KEYWORDS, weak_sums_doc},
     {"block_sums", (PyCFunction)(void (*)(void))py_block_sums, METH_VARARGS | METH_KEYWORDS, block_sums_doc},
     {"scan", (PyCFunction)(void (*)(void))py_scan, METH_VARARGS | METH_KEYWORDS, scan_doc},
+    {"scanner", (PyCFunction)(void (*)(void))py_scanner, METH_VARARGS | METH_KEYWORDS, scanner_doc},
+    {"scan_next", (PyCFunction)(void (*)(void))py_scan_next, METH_VARARGS | METH_KEYWORDS, scan_next_doc},
+    {"scanner_digest", (PyCFunction)py_scanner_digest, METH_O, scanner_digest_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -915,6 +1302,12 @@ static struct PyModuleDef moduledef = {
 PyMODINIT_FUNC
 PyInit__rolling(void)
 {
+#ifdef HAVE_X86_SIMD
+    __builtin_cpu_init();
+    have_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    if (getenv("ZCSYNC_NO_AVX2") != NULL)  /* tests compare the two paths */
+        have_avx2 = 0;
+#endif
     PyObject *errs = PyImport_ImportModule("zcsync.delta.errors");
     if (errs == NULL)
         return NULL;

@@ -6,6 +6,8 @@ import os
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+import xxhash
+
 from .errors import DeltaError, SourceChanged
 from .match import LITERAL, MATCH, iter_ops
 from .signature import MAX_BLOCK_LEN, block_count
@@ -122,3 +124,158 @@ def apply_delta(
     if limit is not None and matched + literal != limit:
         raise DeltaError(f"delta rebuilt {matched + literal} bytes, expected {limit}")
     return PatchResult(matched, literal)
+
+
+HASH_CHUNK = 1 << 20
+
+
+class Rebuild:
+    """Writes one file from basis block runs and literal bytes, in order, at explicit offsets.
+
+    The receiving end of a delta, local or remote.  Every op is checked against the
+    basis (block bounds) and the announced size before anything of it is written;
+    a bad op raises DeltaError.  What lands in the output is hashed (xxh3-128) as
+    written -- block runs are read back from the output after the copy -- so
+    digest() vouches for the file as it is, not as it was meant to be.
+
+    inplace: out_fd is the basis itself (--inplace).  A run at its own offset is
+    not written at all (only hashed); one from further on is moved forward chunk
+    by chunk (the chunks never overlap a later read, as long as the sender kept
+    the in-place rule; if it did not, the digest says so).  start: the first
+    `start` bytes are already in place (--append); they are hashed too when
+    `hash_head` (--append-verify), so the digest covers the whole file.
+    """
+
+    def __init__(self, out_fd: int, basis_fd: int | None, block_len: int, basis_size: int,
+                 size: int, *, inplace: bool = False, start: int = 0, hash_head: bool = False) -> None:
+        if not 1 <= block_len <= MAX_BLOCK_LEN or basis_size < 0 or not 0 <= start <= size:
+            raise DeltaError(f"block length {block_len}, basis size {basis_size} or start {start} out of range")
+        self.out_fd = out_fd
+        self.basis_fd = basis_fd if basis_fd is not None else out_fd
+        self.block_len = block_len
+        self.basis_size = basis_size
+        self.nblocks = block_count(basis_size, block_len)
+        self.size = size
+        self.inplace = inplace
+        self.pos = start
+        self.matched = 0
+        self.literal = 0
+        self.hasher = xxhash.xxh3_128()
+        self._buf = bytearray(HASH_CHUNK)
+        if hash_head and start:
+            self._hash_out(0, start)
+
+    def _room(self, n: int) -> None:
+        if self.pos + n > self.size:
+            raise DeltaError(f"delta is longer than the file's {self.size} bytes")
+
+    def _hash_out(self, pos: int, length: int) -> None:
+        """Hash output bytes [pos, pos+length) as they are in the file (one reused buffer)."""
+        view = memoryview(self._buf)
+        end = pos + length
+        while pos < end:
+            n = os.preadv(self.out_fd, [view[: min(HASH_CHUNK, end - pos)]], pos)
+            if n == 0:
+                raise OSError(errno.EIO, "output file shorter than written")
+            self.hasher.update(view[:n])
+            pos += n
+
+    def blocks(self, first: int, count: int) -> int:
+        """Basis blocks first .. first+count-1 come next; returns their byte length."""
+        if not (0 <= first and 1 <= count and first + count <= self.nblocks):
+            raise DeltaError(f"block run {first}+{count} outside the basis's {self.nblocks} blocks")
+        start = first * self.block_len
+        length = min((first + count) * self.block_len, self.basis_size) - start
+        self._room(length)
+        if not self.inplace:
+            _copy_at(self.basis_fd, self.out_fd, start, self.pos, length)
+            self._hash_out(self.pos, length)
+        elif start == self.pos:
+            self._hash_out(self.pos, length)  # already there: nothing to write
+        else:
+            self._move(start, length)
+        self.pos += length
+        self.matched += length
+        return length
+
+    def _move(self, src: int, length: int) -> None:
+        """In place: copy [src, src+length) to the write position, forward, hashing what moves."""
+        view = memoryview(self._buf)
+        dst = self.pos
+        done = 0
+        while done < length:
+            n = os.preadv(self.out_fd, [view[: min(HASH_CHUNK, length - done)]], src + done)
+            if n == 0:
+                raise _basis_shrank()
+            chunk = view[:n]
+            self.hasher.update(chunk)
+            _pwrite_all(self.out_fd, chunk, dst + done)
+            done += n
+
+    def write(self, data: object) -> None:
+        """Literal bytes come next."""
+        view = memoryview(data).cast("B")  # type: ignore[arg-type]
+        self._room(view.nbytes)
+        _pwrite_all(self.out_fd, view, self.pos)
+        self.hasher.update(view)
+        self.pos += view.nbytes
+        self.literal += view.nbytes
+
+    def write_from(self, fd: int, offset: int, length: int) -> None:
+        """Literal bytes [offset, offset+length) of the open file fd come next (a local source)."""
+        self._room(length)
+        view = memoryview(self._buf)
+        done = 0
+        while done < length:
+            n = os.preadv(fd, [view[: min(HASH_CHUNK, length - done)]], offset + done)
+            if n == 0:
+                raise SourceChanged(errno.EIO, "Source shrank while the delta was applied")
+            chunk = view[:n]
+            self.hasher.update(chunk)
+            _pwrite_all(self.out_fd, chunk, self.pos + done)
+            done += n
+        self.pos += length
+        self.literal += length
+
+    def digest(self) -> bytes:
+        """xxh3-128 of what was written (from `start`, or the whole file with hash_head)."""
+        return self.hasher.digest()
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _copy_at(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int) -> None:
+    """dst[dst_off:+length] = src[src_off:+length]: copy_file_range, else pread/pwrite."""
+    global _cfr_unavailable
+    if not _cfr_unavailable:
+        try:
+            while length:
+                n = os.copy_file_range(src_fd, dst_fd, length, src_off, dst_off)
+                if n == 0:
+                    raise _basis_shrank()
+                src_off += n
+                dst_off += n
+                length -= n
+            return
+        except SourceChanged:
+            raise
+        except OSError as exc:
+            if exc.errno not in _CFR_FALLBACK:
+                raise
+            if exc.errno == errno.ENOSYS:
+                _cfr_unavailable = True
+    buf = bytearray(min(length, LITERAL_CHUNK))
+    view = memoryview(buf)
+    while length:
+        n = os.preadv(src_fd, [view[: min(length, LITERAL_CHUNK)]], src_off)
+        if n == 0:
+            raise _basis_shrank()
+        _pwrite_all(dst_fd, view[:n], dst_off)
+        src_off += n
+        dst_off += n
+        length -= n

@@ -53,7 +53,8 @@ def signature(data: bytes, block_len: int, strong_len: int, seed: int = 0) -> Si
 
 
 def delta_ops(
-    src: bytes, sig: Signature, *, max_chain: int = 64, false_budget: int = -1
+    src: bytes, sig: Signature, *, max_chain: int = 64, false_budget: int = -1,
+    inplace: bool = False,
 ) -> list[tuple[int, int, int]]:
     """The ops the C scanner must return for `src` against `sig`, as triples."""
     src = bytes(src)
@@ -88,17 +89,28 @@ def delta_ops(
         state["lit"] = k + blen(i)
 
     false_bytes = 0
+    same: set[int] = set()  # inplace: blocks matched at their own offset (never overwritten)
+
+    def usable(i: int, k: int) -> bool:
+        return not inplace or i * L >= k or i in same
 
     def try_match(k: int, wlen: int, w: int, want: int) -> int:
         nonlocal false_bytes
         window = src[k : k + wlen]
         digest = None
-        if want < count and weak[want] == w and blen(want) == wlen:
-            digest = strong_sum(window, sig.strong_len, sig.seed)
+        if inplace and k % L == 0:
+            a = k // L
+            if a < count and weak[a] == w and blen(a) == wlen:
+                digest = strong_sum(window, sig.strong_len, sig.seed)
+                if strong[a] == digest:
+                    return a
+        if want < count and weak[want] == w and blen(want) == wlen and usable(want, k):
+            if digest is None:
+                digest = strong_sum(window, sig.strong_len, sig.seed)
             if strong[want] == digest:
                 return want
         for i in groups[w][:max_chain]:
-            if i == want or blen(i) != wlen:
+            if i == want or blen(i) != wlen or not usable(i, k):
                 continue
             if digest is None:
                 digest = strong_sum(window, sig.strong_len, sig.seed)
@@ -133,6 +145,8 @@ def delta_ops(
                     m = try_match(k, L, w, want if want >= 0 else 1 << 32)
                     if m >= 0:
                         emit(m, k)
+                        if inplace and m * L == k:
+                            same.add(m)
                         want = m + 1
                         k += L
                         if k > last:
@@ -151,7 +165,7 @@ def delta_ops(
             t = n - last_len
             if t >= k:
                 window = src[t:]
-                if weak_sum(window) == weak[count - 1] and strong_sum(
+                if weak_sum(window) == weak[count - 1] and usable(count - 1, t) and strong_sum(
                     window, sig.strong_len, sig.seed
                 ) == strong[count - 1]:
                     emit(count - 1, t)
@@ -171,3 +185,20 @@ def apply_ops(basis: bytes, ops: list[tuple[int, int, int]], src: bytes, block_l
         else:
             out += src[a : a + b]
     return bytes(out)
+
+
+def apply_ops_inplace(basis: bytes, ops: list[tuple[int, int, int]], src: bytes, block_len: int) -> bytes:
+    """Rebuild over a copy of the basis itself, in op order, as an --inplace receiver does:
+    a block run whose bytes were already overwritten comes out wrong, so a correct
+    result shows the ops respected the in-place rule."""
+    buf = bytearray(basis)
+    pos = 0
+    for kind, a, b in ops:
+        if kind == MATCH:
+            data = bytes(buf[a * block_len : min((a + b) * block_len, len(basis))])
+        else:
+            data = src[a : a + b]
+        buf[pos : pos + len(data)] = data
+        pos += len(data)
+    del buf[pos:]
+    return bytes(buf)

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import os
 import queue
+import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import xxhash
 
-from .. import fastio
+from .. import delta, fastio
 from ..errors import VANISHED, FileProblem
 from ..generator import Generator
-from ..pathnames import escape
+from ..pathnames import escape, split
 from ..sender import Sender, SourceChanged
 from ..flist import DirBatch
 from ..stats import Report, Stats
@@ -31,9 +32,12 @@ SMALL_FILE = 128 * 1024
 class LocalFile:
     """A DataSource that is an open local file: the writer copies it with the zero-copy ladder."""
 
+    matched = 0  # --stats: bytes taken from a basis, and bytes copied from the source
+
     def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
         self.size = size
+        self.literal = size
         self._digest: bytes | None = None
 
     def write_into(self, fd: int, sparse: bool) -> bytes:
@@ -69,6 +73,152 @@ class LocalFile:
             return fastio.file_digest(self.fd, self.size)
         except fastio.SourceChanged:
             raise SourceChanged("file has changed during the transfer", VANISHED) from None
+
+
+def _changed() -> SourceChanged:
+    return SourceChanged("file has changed during the transfer", VANISHED)
+
+
+class LocalDelta:
+    """A DataSource rebuilt from a basis -- the old destination, or a partial file an
+    interrupted run kept -- and the source's differing bytes (local --no-whole-file).
+
+    The same code as a remote delta: a signature of the basis, the C scan of the source
+    against it (in place: keeping to blocks not yet overwritten), and delta.Rebuild,
+    which copies block runs with copy_file_range and hashes what it wrote. If the basis
+    cannot be used (it changed, or the rebuild does not verify), the file is copied
+    whole; a source that shrinks is a vanished file, as for a whole copy.
+    """
+
+    def __init__(self, fd: int, size: int, open_basis: Callable[[], int] | None,
+                 block_size: int | None = None) -> None:
+        self.fd = fd
+        self.size = size
+        self.open_basis = open_basis  # None: in place, the file written is the basis
+        self.block_size = block_size
+        self.matched = 0
+        self.literal = 0
+        self._whole = LocalFile(fd, size)
+        self._tried = False
+
+    def write_into(self, fd: int, sparse: bool) -> bytes:
+        if not self._tried:
+            self._tried = True
+            digest = self._rebuild(fd)
+            if digest is not None:
+                return digest
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+        # Second call (the rebuild did not verify) or an unusable basis: the whole file.
+        self.matched, self.literal = 0, self.size
+        return self._whole.write_into(fd, sparse)
+
+    def _rebuild(self, fd: int) -> bytes | None:
+        """The delta; None if the basis is unusable."""
+        inplace = self.open_basis is None
+        try:
+            bfd = fd if inplace else self.open_basis()
+        except OSError:
+            return None
+        try:
+            try:
+                bsize = os.fstat(bfd).st_size
+                if bsize == 0:
+                    return None
+                sig = delta.make_signature(bfd, bsize, self.block_size or delta.block_length(bsize))
+            except OSError:
+                return None
+            try:
+                ops = delta.delta_ops_fd(self.fd, self.size, sig, inplace=inplace)
+            except delta.SourceChanged:
+                raise _changed() from None
+            out = delta.Rebuild(fd, bfd, sig.block_len, sig.size, self.size, inplace=inplace)
+            for kind, a, b in delta.iter_ops(ops):
+                if kind == delta.MATCH:
+                    try:
+                        out.blocks(a, b)
+                    except delta.SourceChanged:
+                        return None  # the basis shrank under us
+                else:
+                    try:
+                        out.write_from(self.fd, a, b)
+                    except delta.SourceChanged:
+                        raise _changed() from None
+            self.matched, self.literal = out.matched, out.literal
+            return out.digest()
+        finally:
+            if not inplace:
+                os.close(bfd)
+
+    def digest(self) -> bytes:
+        return self._whole.digest()
+
+
+class LocalAppend:
+    """A DataSource for --append: only the source's bytes past the destination's length are
+    written, after the ones already there (the writer has the destination open in place).
+    With --append-verify the digest covers the whole file; a mismatch copies it whole."""
+
+    matched = 0
+
+    def __init__(self, fd: int, size: int, offset: int, verify: bool) -> None:
+        self.fd = fd
+        self.size = size
+        self.offset = offset
+        self.verify = verify
+        self.literal = size - offset
+        self._whole = LocalFile(fd, size)
+        self._tried = False
+        self._digest: bytes | None = None
+
+    def write_into(self, fd: int, sparse: bool) -> bytes:
+        if self._tried:
+            self.literal += self.size
+            self._digest = None
+            return self._whole.write_into(fd, sparse)
+        self._tried = True
+        out = delta.Rebuild(fd, None, 1, 0, self.size, start=self.offset, hash_head=self.verify)
+        try:
+            out.write_from(self.fd, self.offset, self.size - self.offset)
+        except delta.SourceChanged:
+            raise _changed() from None
+        if not self.verify:
+            self._digest = out.digest()  # what was read is what was written
+        return out.digest()
+
+    def digest(self) -> bytes:
+        return self._digest if self._digest is not None else self._whole.digest()
+
+
+def local_source(writer: Writer, request: Request, fd: int) -> LocalFile | LocalDelta | LocalAppend:
+    """How the writer gets this file's data: appended (--append), rebuilt from a basis
+    (--no-whole-file; local copies are whole by default, as in rsync), or copied whole."""
+    opts = writer.opts
+    size = request.entry.size
+    st = request.existing
+    in_place = opts.inplace and st is not None and stat.S_ISREG(st.st_mode)
+    if opts.append and in_place and 0 < st.st_size < size:
+        return LocalAppend(fd, size, st.st_size, opts.append_verify)
+    if opts.whole_file is not False or size == 0:
+        return LocalFile(fd, size)
+    if in_place:
+        return LocalDelta(fd, size, None, opts.block_size) if st.st_size else LocalFile(fd, size)
+    if request.partial is not None:
+        return LocalDelta(fd, size, lambda: writer.open_partial(request.dest_name), opts.block_size)
+    if st is not None and stat.S_ISREG(st.st_mode) and st.st_size:
+        return LocalDelta(fd, size, lambda: _open_dest(writer, request.dest_name), opts.block_size)
+    return LocalFile(fd, size)
+
+
+def _open_dest(writer: Writer, name: bytes) -> int:
+    """The destination file `name` for reading, beneath the destination root, no symlinks."""
+    parent, base = split(name)
+    fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                 dir_fd=writer.tree.dir_fd(parent))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(21, "basis is not a regular file")
+    return fd
 
 
 class Ahead:
@@ -160,8 +310,10 @@ def copy_one(sender: Sender, writer: Writer, report: Report, request: Request) -
         report.problem(FileProblem(escape(request.dest_name), str(exc), exc.code))
         return
     try:
-        if writer.write(request, LocalFile(fd, request.entry.size)):
-            report.stats.literal_bytes += request.entry.size
+        source = local_source(writer, request, fd)
+        if writer.write(request, source):
+            report.stats.literal_bytes += source.literal
+            report.stats.matched_bytes += source.matched
     except SourceChanged as exc:
         report.problem(FileProblem(escape(request.dest_name), str(exc), exc.code))
     finally:

@@ -7,20 +7,39 @@ an expired ``--contimeout`` is ``ConnectTimeout`` (exit 35).
 """
 from __future__ import annotations
 
+import os
+import select
 import socket
 
-from ..errors import ConnectTimeout, SocketIOError
+from .. import fastio
+from ..errors import ConnectTimeout, SocketIOError, StreamError, UsageError
 from .base import BaseStream, Buffer, map_stream_errors
 
 _READ_CHUNK = 256 * 1024
+_SEND_METHODS = (fastio.SENDFILE, fastio.READWRITE)
+
+
+def send_method() -> str | None:
+    """ZCSYNC_SEND_METHOD=sendfile|readwrite forces how file data is sent (benchmarks); unset: sendfile with fallback."""
+    value = os.environ.get("ZCSYNC_SEND_METHOD") or None
+    if value is not None and value not in _SEND_METHODS:
+        raise UsageError(f"ZCSYNC_SEND_METHOD={value}: expected one of {', '.join(_SEND_METHODS)}")
+    return value
 
 
 class SocketStream(BaseStream):
-    """A Stream over a connected TCP socket; ``timeout`` is the idle timeout of each read or write."""
+    """A Stream over a connected TCP socket; ``timeout`` is the idle timeout of each read or write.
+
+    File data can bypass user space here: ``sendfile`` sends a file range, and
+    ``recv_into`` / ``splice_to_pipe`` receive a payload (after ``take_pending``).
+    """
+
+    zero_copy = True
 
     def __init__(self, sock: socket.socket, peer: str, timeout: float | None = None) -> None:
         super().__init__(peer, timeout)
         self.sock = sock
+        self.send_method = send_method()
         sock.settimeout(timeout)
 
     @property
@@ -29,7 +48,6 @@ class SocketStream(BaseStream):
 
     def fileno(self) -> int:
         return self.sock.fileno()
-
 
     def _timeout_changed(self) -> None:
         self.sock.settimeout(self._timeout)
@@ -45,6 +63,58 @@ class SocketStream(BaseStream):
         with map_stream_errors(self.peer, self._timeout, "writing to"):
             while view:
                 view = view[self.sock.send(view):]
+
+    def write_more(self, data: Buffer) -> None:
+        """Send all of data, telling the kernel more follows at once (MSG_MORE: a frame
+        header leaves in the same segment as the file bytes sent after it)."""
+        view = memoryview(data).cast("B")
+        with map_stream_errors(self.peer, self._timeout, "writing to"):
+            while view:
+                view = view[self.sock.send(view, socket.MSG_MORE):]
+        self.bytes_written += len(data)
+
+    def sendfile(self, fd: int, offset: int, length: int) -> None:
+        """Send bytes [offset, offset+length) of fd (sendfile, or pread + send).
+
+        fastio.SourceChanged (not mapped to a stream error) if the file ends early;
+        its ``got`` bytes were sent.
+        """
+        short: fastio.SourceChanged | None = None
+        with map_stream_errors(self.peer, self._timeout, "writing to"):
+            try:
+                fastio.send_file(self.sock.fileno(), fd, offset, length, timeout=self._timeout,
+                                 method=self.send_method)
+            except fastio.SourceChanged as exc:
+                short = exc
+        if short is not None:
+            self.bytes_written += short.got
+            raise short
+        self.bytes_written += length
+
+    def recv_into(self, view: memoryview) -> int:
+        """Receive at most len(view) bytes into view; StreamError at EOF."""
+        with map_stream_errors(self.peer, self._timeout, "reading from"):
+            n = self.sock.recv_into(view)
+        if not n:
+            raise StreamError(f"{self.peer} closed the connection in the middle of a message")
+        self.bytes_read += n
+        return n
+
+    def splice_to_pipe(self, pipe_w: int, n: int) -> int:
+        """Move up to n bytes (at least one) from the socket into a pipe; StreamError at EOF."""
+        fd = self.sock.fileno()
+        with map_stream_errors(self.peer, self._timeout, "reading from"):
+            while True:
+                try:
+                    k = os.splice(fd, pipe_w, n, flags=os.SPLICE_F_MOVE | os.SPLICE_F_MORE)
+                except BlockingIOError:  # a socket with a timeout is non-blocking underneath
+                    fastio.wait_ready(fd, select.POLLIN, self._timeout)
+                    continue
+                break
+        if not k:
+            raise StreamError(f"{self.peer} closed the connection in the middle of a message")
+        self.bytes_read += k
+        return k
 
     def _shutdown_write(self) -> None:
         try:

@@ -1,0 +1,54 @@
+"""zcsync._commit.commit_bytes: the commit protocol in one call, for files received whole in memory."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+_commit = pytest.importorskip("zcsync._commit")
+
+
+@pytest.fixture
+def dir_fd(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+@pytest.mark.parametrize("mtime_ns", [1_500_000_000_123_456_789, -1_000_000_001, 0])
+def test_writes_sets_metadata_and_renames_into_place(tmp_path, dir_fd, mtime_ns):
+    (tmp_path / "f").write_bytes(b"old")
+    _commit.commit_bytes(dir_fd, b"f", b"new data", 0o640, os.geteuid(), os.getegid(), True, mtime_ns, True)
+    st = (tmp_path / "f").stat()
+    assert (tmp_path / "f").read_bytes() == b"new data"
+    assert (st.st_mode & 0o7777, st.st_mtime_ns, st.st_atime_ns) == (0o640, mtime_ns, mtime_ns)
+    assert os.listdir(tmp_path) == ["f"]  # no temp file left
+
+
+def test_times_and_owner_can_be_left_alone(tmp_path, dir_fd):
+    _commit.commit_bytes(dir_fd, b"g", b"", 0o600, -1, -1, False, 0, False)
+    st = (tmp_path / "g").stat()
+    assert st.st_size == 0 and st.st_mtime_ns > 10**18 and st.st_uid == os.geteuid()
+
+
+def test_a_failure_leaves_nothing_and_names_the_file(tmp_path, dir_fd):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "keep").write_text("x")
+    with pytest.raises(IsADirectoryError) as info:
+        _commit.commit_bytes(dir_fd, b"d", b"data", 0o644, -1, -1, False, 0, False)
+    assert info.value.filename == b"d"
+    assert sorted(os.listdir(tmp_path)) == ["d"] and os.listdir(tmp_path / "d") == ["keep"]
+
+
+@pytest.mark.parametrize("base", [b"", b"a/b", b"x" * 256, b"nul\0"])
+def test_base_must_be_one_component(dir_fd, base):
+    with pytest.raises(ValueError):
+        _commit.commit_bytes(dir_fd, base, b"", 0o644, -1, -1, False, 0, False)
+
+
+def test_a_symlink_in_place_is_replaced_not_followed(tmp_path, dir_fd):
+    (tmp_path / "target").write_text("victim")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    _commit.commit_bytes(dir_fd, b"link", b"mine", 0o644, -1, -1, False, 0, False)
+    assert not (tmp_path / "link").is_symlink() and (tmp_path / "link").read_bytes() == b"mine"
+    assert (tmp_path / "target").read_text() == "victim"
