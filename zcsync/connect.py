@@ -8,12 +8,12 @@ from collections.abc import Callable
 
 from . import compress, errors
 from .endpoints import Endpoint, parse_endpoint
-from .engine import RunResult, source_args
+from .engine import RunResult, read_files_from, source_args
 from .errors import RemoteNotFound, StreamError, UsageError, ZcsyncError
 from .filters import FilterRules
 from .options import Options, to_wire
 from .protocol import Connection, handshake
-from .remote import ReceivingSide, SendingSide
+from .remote import ReceivingSide, SendingSide, send_files_from
 from .sender import Sender
 from .stats import Event, Report
 from .transport.base import Stream
@@ -100,8 +100,13 @@ def run_remote(paths: list[str], opts: Options, on_event: Callable[[Event], None
     """Push (remote DST) or pull (remote SRC) over a stream to `zcsync --server`."""
     started = time.monotonic()
     srcs, dst = split_remote(paths)
+    names = None
     if opts.files_from is not None:
-        raise UsageError("--files-from is not supported with a remote host yet")
+        if len(srcs) != 1:
+            raise UsageError("--files-from needs exactly one source directory")
+        if not dst.is_remote:  # a pull: the list is read here and sent to the remote sender
+            names = read_files_from(opts)
+            opts = opts.replace(files_from_peer=True)
     caps = client_caps(opts)  # a codec missing here is an error before anything starts
     opts = opts.replace(want_items=on_event is not None)  # else the server sends no Item per file
     report = Report(on_event=on_event)
@@ -125,6 +130,8 @@ def run_remote(paths: list[str], opts: Options, on_event: Callable[[Event], None
                                 on_problem=report.problem)
                 SendingSide(conn, sender, opts, report).run()
             else:
+                if names is not None:
+                    send_files_from(conn, names)
                 side = ReceivingSide(conn, dst.path, opts, report, filters)
                 try:
                     side.run()

@@ -871,7 +871,8 @@ class Session:
                  " ".join(paths) or ".", request.user or "-", self.addr)
         self._send(bytes([R_OK]) + proof_reply)
         self.stream.timeout = float(module.timeout) if module.timeout else None
-        return run_role(self.stream, role, opts, paths, module_filter, problems, peer=self.addr)
+        return run_role(self.stream, role, opts, paths, module_filter, problems, peer=self.addr,
+                        module_name=module.name)
 
 
 def _is_clear_rule(rule: str) -> bool:
@@ -898,7 +899,7 @@ def _check_path_options(root_fd: int, opts: Options, dest: bytes, module_name: s
 
 
 def run_role(stream: Stream, role: str, opts: Options, paths: list[str], module_filter: ModuleFilter,
-             problems: list[FileProblem], peer: str = "client") -> int:
+             problems: list[FileProblem], peer: str = "client", module_name: str = "module") -> int:
     """The server end of a transfer inside a module: server.serve_job, plus the module's excludes."""
     conn = _ModuleConnection(stream, peer=peer)
 
@@ -911,7 +912,14 @@ def run_role(stream: Stream, role: str, opts: Options, paths: list[str], module_
 
         def make_sender(sources, options, filters, on_problem):  # type: ignore[no-untyped-def]
             return _ModuleSender(sources, options, filters, module_filter, on_problem=on_problem)
-        return Job(role, opts, tuple(paths), tuple(prefix), tuple(problems), make_sender)
+
+        def check_path(path: bytes) -> None:  # a --files-from name: inside the module, as the paths
+            root_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the module root
+            try:
+                check_in_module(root_fd, path, module_name)
+            finally:
+                os.close(root_fd)
+        return Job(role, opts, tuple(paths), tuple(prefix), tuple(problems), make_sender, check_path)
 
     return serve_job(conn, plan, logger=log, peer=peer)
 

@@ -36,13 +36,19 @@ class RunResult:
     problems: list[FileProblem] = field(default_factory=list)
 
 
-def source_args(operands: list[str], opts: Options) -> list[SourceArg]:
-    """Turn source operands into SourceArgs with rsync's trailing-slash and -R rules."""
+def source_args(operands: list[str], opts: Options, files_from: list[bytes] | None = None) -> list[SourceArg]:
+    """Turn source operands into SourceArgs with rsync's trailing-slash and -R rules.
+
+    With --files-from each operand is a directory and the listed names (read here from
+    opts.files_from, or given: a list a client sent) are the sources below it.
+    """
+    if files_from is None and opts.files_from is not None:
+        files_from = read_files_from(opts)
     result = []
     for text in operands:
         raw = os.fsencode(text)
-        if opts.files_from is not None:
-            result.extend(_files_from(raw, opts))
+        if files_from is not None:
+            result.extend(_files_from(raw, files_from, opts))
             continue
         result.append(_one_source(raw, opts))
     return result
@@ -75,8 +81,9 @@ def _one_source(raw: bytes, opts: Options, base: bytes | None = None) -> SourceA
     return SourceArg(fs_path, False, rel, tuple(implied))
 
 
-def _files_from(base: bytes, opts: Options) -> list[SourceArg]:
-    """--files-from: every listed name is a source relative to the one source directory."""
+def read_files_from(opts: Options) -> list[bytes]:
+    """The names of the --files-from file (or stdin for "-"): one per line (NUL with
+    --from0), comments and empty lines skipped, leading slashes dropped."""
     assert opts.files_from is not None
     try:
         if opts.files_from == "-":
@@ -88,15 +95,20 @@ def _files_from(base: bytes, opts: Options) -> list[SourceArg]:
     except OSError as exc:
         raise UsageError(f"failed to open files-from file {opts.files_from}: {exc.strerror}") from exc
     sep = b"\0" if opts.from0 else b"\n"
-    base = base.rstrip(b"/") or b"/"
-    out = []
+    names = []
     for line in data.split(sep):
         line = line.rstrip(b"\r") if not opts.from0 else line
         if not line or (not opts.from0 and line[:1] in (b"#", b";")):
             continue
-        rel = line.lstrip(b"/")
-        out.append(_one_source(rel, opts.replace(relative=True), base=base))
-    return out
+        names.append(line.lstrip(b"/") or b".")  # "/" alone: the source directory itself
+    return names
+
+
+def _files_from(base: bytes, names: list[bytes], opts: Options) -> list[SourceArg]:
+    """--files-from: every listed name is a source relative to the one source directory."""
+    base = base.rstrip(b"/") or b"/"
+    relative = opts.replace(relative=True)
+    return [_one_source(rel, relative, base=base) for rel in names]
 
 
 def _is_dir(path: bytes, follow: bool) -> bool | None:

@@ -53,6 +53,7 @@ class Options:
     max_delete: int | None = None
     filter_rules: tuple[str, ...] = ()
     files_from: str | None = None
+    files_from_peer: bool = False  # the client sends the --files-from names after the handshake (pull)
     from0: bool = False
     min_size: int | None = None
     max_size: int | None = None

@@ -28,7 +28,7 @@ __all__ = [
     "MAGIC", "PROTOCOL_VERSION", "MIN_PROTOCOL_VERSION", "DEFAULT_FRAME_MAX", "DEFAULT_CAPS",
     "MAX_NAME", "MAX_LINK", "MAX_ENTRIES", "MAX_XATTRS", "MAX_XATTR_NAME", "MAX_XATTR_VALUE",
     "MAX_TEXT", "MAX_PATH_TEXT", "MAX_OWNER_NAME", "DIGEST_SIZE",
-    "Message", "FlistBatch", "EntryExtras", "FlistEnd", "Request", "FileBegin", "Data", "DataZ", "FileEnd",
+    "Message", "FlistBatch", "EntryExtras", "FlistEnd", "Request", "FilesFrom", "FileBegin", "Data", "DataZ", "FileEnd",
     "WholeFile", "FileSkip", "Match", "Done", "Committed", "Problem", "Log", "Item", "Stats", "Heartbeat", "Goodbye",
     "Negotiated", "Connection", "ConnectionClosed", "Decoder", "handshake", "entry_problem",
     "encode_signature", "decode_signature", "max_signature_blocks",
@@ -230,6 +230,19 @@ class Done(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class FilesFrom(Message):
+    """Receiver (client) -> sender (server): part of a --files-from list, before anything else.
+
+    The names are relative to the source directory; `last` ends the list.
+    """
+
+    TYPE: ClassVar[int] = 0x22
+    NAME: ClassVar[str] = "FilesFrom"
+    names: tuple[bytes, ...]
+    last: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class FileBegin(Message):
     """Sender -> writer: the data of file `index` follows (size: bytes the scan saw)."""
 
@@ -388,12 +401,12 @@ class Goodbye(Message):
     exit_code: int = 0
 
 
-AnyMessage = Union[FlistBatch, FlistEnd, Request, Done, FileBegin, Data, DataZ, Match, FileEnd, WholeFile,
+AnyMessage = Union[FlistBatch, FlistEnd, Request, Done, FilesFrom, FileBegin, Data, DataZ, Match, FileEnd, WholeFile,
                    FileSkip, Committed, Problem, Log, Item, Stats, Heartbeat, Goodbye]
 
 _TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in (
-    FlistBatch, FlistEnd, Request, Done, FileBegin, Data, DataZ, Match, FileEnd, WholeFile, FileSkip,
-    Committed, Problem, Log, Item, Stats, Heartbeat, Goodbye)}
+    FlistBatch, FlistEnd, Request, Done, FilesFrom, FileBegin, Data, DataZ, Match, FileEnd, WholeFile,
+    FileSkip, Committed, Problem, Log, Item, Stats, Heartbeat, Goodbye)}
 # Exact payload sizes of fixed-layout messages, checked from the header alone.
 _FIXED_SIZE: dict[int, int] = {
     FlistEnd.TYPE: 1, Done.TYPE: 0, FileBegin.TYPE: _FILE_BEGIN.size, FileEnd.TYPE: _FILE_END.size,
@@ -403,7 +416,7 @@ _FIXED_SIZE: dict[int, int] = {
 _COMMON = frozenset({Problem, Log, Item, Stats, Heartbeat, Goodbye})
 #: What each side accepts from its peer; the rest is a protocol error.
 ACCEPTS: dict[str, frozenset[type[Message]]] = {
-    "sender": _COMMON | {Request, Done, Committed},
+    "sender": _COMMON | {Request, Done, Committed, FilesFrom},
     "receiver": _COMMON | {FlistBatch, FlistEnd, FileBegin, Data, DataZ, Match, FileEnd, WholeFile, FileSkip},
 }
 
@@ -640,6 +653,14 @@ def encode_payload(msg: Message, frame_max: int = DEFAULT_FRAME_MAX) -> bytes:
             return _FILE_SKIP.pack(msg.index, msg.code, len(text)) + text
         if isinstance(msg, FlistEnd):
             return _U8.pack(1 if msg.io_error else 0)
+        if isinstance(msg, FilesFrom):
+            for name in msg.names:
+                if not name or len(name) > MAX_NAME or b"\0" in name:
+                    raise ValueError(f"bad --files-from name {name!r}")
+            blob = b"\0".join(msg.names)
+            if 1 + len(blob) > frame_max:
+                raise ValueError("FilesFrom names do not fit in a frame")
+            return _U8.pack(1 if msg.last else 0) + blob
         if isinstance(msg, (Done, Heartbeat)):
             return b""
         if isinstance(msg, Committed):
@@ -972,6 +993,18 @@ class Decoder:
             raise ProtocolError("peer sent Done twice")
         self.requests_done = True
         return Done()
+
+    def _d_FilesFrom(self, r: _Reader) -> FilesFrom:
+        (flags,) = r.unpack(_U8)
+        if flags > 1:
+            raise ProtocolError(f"peer sent unknown FilesFrom flags 0x{flags:02x}")
+        blob = r.buf[r.pos:]
+        r.pos = len(r.buf)
+        names = tuple(blob.split(b"\0")) if blob else ()
+        for name in names:
+            if not name or len(name) > MAX_NAME:
+                raise ProtocolError(f"peer sent a bad --files-from name of {len(name)} bytes")
+        return FilesFrom(names, bool(flags))
 
     def _d_FileBegin(self, r: _Reader) -> FileBegin:
         index, size = r.unpack(_FILE_BEGIN)

@@ -29,7 +29,7 @@ from .filters import FilterRules
 from .flist import DirBatch, FileEntry
 from .options import Options
 from .pathnames import escape, split
-from .protocol import (Committed, Connection, Data, DataZ, Done, EntryExtras, FileBegin, FileEnd, FileSkip,
+from .protocol import (Committed, Connection, Data, DataZ, Done, EntryExtras, FileBegin, FileEnd, FilesFrom, FileSkip,
                        FlistBatch, FlistEnd, Goodbye, Heartbeat, Item, Log, Match, Message, Problem, RawData,
                        Request, Stats, WholeFile, decode_signature, encode_signature, max_signature_blocks)
 from .sender import Sender, SourceChanged
@@ -91,6 +91,40 @@ def common(msg: object, report: Report, sending: bool = False) -> bool:
     elif not isinstance(msg, Heartbeat):
         return False
     return True
+
+
+MAX_FILES_FROM = 64 << 20  # bytes of --files-from names a sender accepts from its peer
+
+
+def send_files_from(conn: Connection, names: list[bytes]) -> None:
+    """Client in a pull: the --files-from names, in frames, before anything else."""
+    chunk: list[bytes] = []
+    size = 1
+    for name in names:
+        if chunk and size + len(name) + 1 > conn.frame_max:
+            conn.send(FilesFrom(tuple(chunk)))
+            chunk, size = [], 1
+        chunk.append(name)
+        size += len(name) + 1
+    conn.send(FilesFrom(tuple(chunk), last=True))
+    conn.flush()
+
+
+def receive_files_from(conn: Connection, report: Report) -> list[bytes]:
+    """Server in a pull: the --files-from names the client sends (at most MAX_FILES_FROM bytes)."""
+    names: list[bytes] = []
+    total = 0
+    while True:
+        msg = conn.recv()
+        if isinstance(msg, FilesFrom):
+            total += sum(len(n) + 1 for n in msg.names)
+            if total > MAX_FILES_FROM:
+                raise ProtocolError(f"peer sent more than {MAX_FILES_FROM} bytes of --files-from names")
+            names.extend(msg.names)
+            if msg.last:
+                return names
+        elif not common(msg, report):
+            raise ProtocolError(f"peer sent {type(msg).__name__} before the end of the --files-from list")
 
 
 def _goodbye(conn: Connection, report: Report) -> None:
@@ -542,9 +576,9 @@ class DeltaFile(StreamFile):
     """A DataSource rebuilt from basis blocks (Match frames) and literal data (Data/DataZ).
 
     Each Match run is checked against the basis the signature described before anything
-    is copied; blocks go by copy_file_range (pread/write where that is refused) and are
-    hashed as read back from the temp file, so the digest is of what was really written
-    (delta.Rebuild). In place, a run found at its own offset is not written at all.
+    is copied; blocks are copied and hashed as written (delta.Rebuild: pread, hash, pwrite;
+    copy_file_range and a read-back where the filesystem shares data), so the digest is of
+    what was really written. In place, a run found at its own offset is not written at all.
     """
 
     delta = True

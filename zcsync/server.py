@@ -28,8 +28,9 @@ from .engine import source_args
 from .errors import FileProblem, StreamError, UsageError, ZcsyncError
 from .filters import FilterRules
 from .options import Options, from_wire
+from .pathnames import escape
 from .protocol import ACCEPTS, Connection, Goodbye, Log, handshake
-from .remote import ReceivingSide, SendingSide, forward_report
+from .remote import ReceivingSide, SendingSide, forward_report, receive_files_from
 from .sender import Sender
 from .stats import Report
 from .transport.stdio import FdStream
@@ -132,6 +133,20 @@ class Job:
     problems: tuple[FileProblem, ...] = ()
     make_sender: Callable[[list, Options, FilterRules, Callable[[FileProblem], None]], Sender] = field(
         default=_plain_sender)
+    #: Checks each --files-from path a client sent (joined to its source directory) before
+    #: anything reads it; raises a ZcsyncError for one that must not be read.
+    check_path: Callable[[bytes], None] | None = None
+
+
+def check_files_from(names: list[bytes], paths: Sequence[str], check: Callable[[bytes], None] | None) -> None:
+    """A client's --files-from names: no '..' (they stay below the source directory), and
+    each joined path passes the server's own check (--restrict-to, a daemon module)."""
+    for name in names:
+        if b".." in name.split(b"/"):
+            raise UsageError(f"--files-from name {escape(name)!r} refused: '..' is not allowed from a client")
+        if check is not None:
+            for path in paths:
+                check(os.fsencode(path).rstrip(b"/") + b"/" + name)
 
 
 def serve_job(conn: Connection, plan: Callable[[Report], Job], *, logger: logging.Logger = log,
@@ -168,7 +183,10 @@ def serve_job(conn: Connection, plan: Callable[[Report], Job], *, logger: loggin
             filters = FilterRules.parse([*job.filter_prefix, *opts.filter_rules],
                                         delete_excluded=opts.delete_excluded, trusted=False)
             if job.role == "sender":
-                sender = job.make_sender(source_args(list(job.paths), opts), opts, filters, report.problem)
+                names = receive_files_from(conn, report) if opts.files_from_peer else None
+                if names is not None:
+                    check_files_from(names, job.paths, job.check_path)
+                sender = job.make_sender(source_args(list(job.paths), opts, names), opts, filters, report.problem)
                 SendingSide(conn, sender, opts, report).run()
             else:
                 if len(job.paths) != 1:
@@ -211,9 +229,13 @@ def _job(args: ServerArgs) -> Job:
     restrict = args.restrict_to
     if restrict is None and os.environ.get("ZCSYNC_RESTRICT_TO"):
         restrict = os.environ["ZCSYNC_RESTRICT_TO"]
-    if restrict is not None:
-        check_restricted(args.paths, args.options, restrict)
-    return Job(args.role, args.options, args.paths)
+    if restrict is None:
+        return Job(args.role, args.options, args.paths)
+    check_restricted(args.paths, args.options, restrict)
+
+    def check_path(path: bytes) -> None:
+        check_restricted([os.fsdecode(path)], args.options, restrict)
+    return Job(args.role, args.options, args.paths, check_path=check_path)
 
 
 def serve(argv: list[str], rfd: int = 0, wfd: int = 1) -> int:

@@ -604,3 +604,28 @@ def test_module_exclude_matches_rsync_daemon(tmp_path):
     finally:
         zd.stop()
         rd.stop()
+
+
+def test_files_from_pull_and_escapes(zd, tmp_path, caplog):
+    """A pull with --files-from sends the names to the daemon, which checks each one like a path."""
+    data = zd.dir / "data"
+    (data / "ff").mkdir(exist_ok=True)
+    (data / "ff" / "one").write_text("1")
+    (data / "ff" / "two").write_text("2")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("s")
+    if not (data / "ff" / "out").is_symlink():
+        (data / "ff" / "out").symlink_to(outside)
+    names = tmp_path / "names"
+    names.write_text("one\n")
+    code, msg, _ = run_client([zd.url("rw", "ff/"), str(tmp_path / "got")], archive=True, files_from=str(names))
+    assert code == 0, msg
+    assert sorted(p.name for p in (tmp_path / "got").iterdir()) == ["one"]
+    for bad, why in (("out/secret\n", "leads out of module"), ("../hello\n", "'..' is not allowed")):
+        names.write_text(bad)
+        caplog.clear()
+        code, msg, _ = run_client([zd.url("rw", "ff/"), str(tmp_path / "bad")], archive=True,
+                                  files_from=str(names))
+        assert code in (1, 3) and why in msg + caplog.text, (code, msg, caplog.text)
+        assert not (tmp_path / "bad" / "secret").exists() and not (tmp_path / "bad" / "hello").exists()

@@ -169,6 +169,9 @@ class _Conn:
     def send(self, msg) -> None:
         self.sent.append(msg)
 
+    def flush(self) -> None:
+        self.sent.append("flush")
+
     def send_data(self, data, compress=False) -> None:
         self.sent.append(zcsync.protocol.Data(bytes(data)))
 
@@ -264,3 +267,32 @@ def test_inplace_request_scans_in_place(tmp_path):
         side._answer(Request(0, sig, inplace=inplace))
         assert [m for m in conn.sent if isinstance(m, Match)] == want
         assert side._inplace is False  # only for the request it came with
+
+
+def test_source_shrinking_between_pieces_ends_the_file_short(tmp_path, monkeypatch):
+    """Shrunk after the first piece went out: no crash, the ops stop, the file ends short
+    (the receiver sees fewer bytes than FileBegin said and asks again)."""
+    from zcsync import delta
+    from zcsync.delta import match
+    from zcsync.protocol import Data, FileBegin, FileEnd, Match, encode_signature
+    size = 8 << 20
+    data = random.Random(8).randbytes(size)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    sig = encode_signature(delta.signature_of(data, 8192, 4, seed=1))
+    real = match.Scanner.next
+    calls = []
+
+    def shrink_on_second(self):
+        calls.append(1)
+        if len(calls) == 2:
+            os.truncate(src, 4096)
+        return real(self)
+    monkeypatch.setattr(match.Scanner, "next", shrink_on_second)
+    side, conn, report = _sending_side(src, size)
+    side.send_file(0, sig)
+    assert isinstance(conn.sent[0], FileBegin) and isinstance(conn.sent[-1], FileEnd)
+    assert "flush" in conn.sent  # the first piece went out before the second was scanned
+    covered = sum(m.count * 8192 for m in conn.sent if isinstance(m, Match))
+    covered += sum(len(m.payload) for m in conn.sent if isinstance(m, Data))
+    assert 0 < covered < size

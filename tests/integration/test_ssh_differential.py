@@ -222,3 +222,20 @@ def test_timeout_on_stalled_peer(tmp_path, sshd):
     assert proc.returncode == 30, err
     assert "timeout" in err.lower() or "no progress" in err.lower()
 
+
+
+def _files_from_list(src: pathlib.Path, dst: pathlib.Path) -> None:
+    names = sorted(str(p.relative_to(src)) for p in src.rglob("*")
+                   if p.is_file() and not p.is_symlink() and "\n" not in str(p))
+    (src / "list").write_text("\n".join(names[::3]) + "\n", errors="surrogateescape")
+    os.utime(src / "list", ns=(10**18, 10**18))
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_files_from_with_a_remote_side(tmp_path, sshd, via, direction):
+    """--files-from read here: a push scans the names locally, a pull sends them to the server."""
+    paths = ["src/", f"{ALIAS}:{{run}}/dst"] if direction == "push" else [f"{ALIAS}:{{run}}/src/", "dst"]
+    rs, zc = differential(tmp_path, ["-a", "-i", "--files-from=src/list", *via], seed=23,
+                          prepare=_files_from_list, env=sshd.env(), paths=paths, zcsync_extra=_extra(),
+                          compare_kwargs={"dir_times": False})
+    _same_items(rs, zc)

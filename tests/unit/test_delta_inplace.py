@@ -133,7 +133,10 @@ def test_same_offset_blocks_stay_usable_later():
     assert _rebuild_in_place(basis, src, sig, ops)[0] == src
 
 
-def test_rebuild_checks_every_op(tmp_path):
+@pytest.mark.parametrize("share", [False, True])
+def test_rebuild_checks_every_op(tmp_path, monkeypatch, share):
+    from zcsync.delta import patch
+    monkeypatch.setattr(patch, "copy_shares", lambda fd: share)  # both ways of copying a run
     fd = os.memfd_create("out")
     bfd = os.memfd_create("basis")
     try:

@@ -186,6 +186,8 @@ ALL_MESSAGES = [
     p.Heartbeat(),
     p.Goodbye(23),
     p.WholeFile(1, DIGEST, b"small file\n"),
+    p.FilesFrom((b"a", b"dir/b\xff"), True),
+    p.FilesFrom((), False),
     p.WholeFile(2, DIGEST, b""),
 ]
 
@@ -452,6 +454,9 @@ D_CLOSED = raw_entry(0, b"d", DIR)  # a directory that is not expanded
     ([frame(p.FileBegin.TYPE, struct.pack(">IQ", 1, 0)) + frame(p.FileSkip.TYPE, struct.pack(">IBH", 2, 23, 0))],
      "FileSkip for index 2 while"),
     ([frame(p.WholeFile.TYPE, struct.pack(">I", 10) + DIGEST + b"data")], "WholeFile for index 10"),
+    ([frame(p.FilesFrom.TYPE, b"\x02a")], "unknown FilesFrom flags"),
+    ([frame(p.FilesFrom.TYPE, b"\x01a\0\0b")], "bad --files-from name of 0 bytes"),
+    ([frame(p.FilesFrom.TYPE, b"\x01" + b"x" * 4097)], "bad --files-from name of 4097 bytes"),
     ([frame(p.WholeFile.TYPE, struct.pack(">I", 1) + DIGEST[:7])], "WholeFile"),
     ([frame(p.FileBegin.TYPE, struct.pack(">IQ", 1, 9)) + frame(p.WholeFile.TYPE, struct.pack(">I", 2) + DIGEST)],
      "WholeFile for index 2 while index 1 is open"),

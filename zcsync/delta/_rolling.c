@@ -52,6 +52,7 @@
 
 #include <errno.h>
 #include <setjmp.h>
+#include <sys/vfs.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -1279,6 +1280,26 @@ py_scanner_digest(PyObject *self, PyObject *cap)
     return PyBytes_FromStringAndSize((const char *)out.digest, 16);
 }
 
+PyDoc_STRVAR(fs_type_doc,
+"fs_type(fd) -> int\n\n"
+"f_type of fstatfs(fd): the kind of filesystem the file is on (a magic number).");
+
+static PyObject *
+py_fs_type(PyObject *self, PyObject *arg)
+{
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0)
+        return NULL;
+    struct statfs st;
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    r = fstatfs(fd, &st);
+    Py_END_ALLOW_THREADS
+    if (r != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromUnsignedLong((unsigned long)st.f_type);
+}
+
 /* ------------------------------------------------------------------ */
 /* module                                                              */
 /* ------------------------------------------------------------------ */
@@ -1290,6 +1311,7 @@ static PyMethodDef methods[] = {
     {"scanner", (PyCFunction)(void (*)(void))py_scanner, METH_VARARGS | METH_KEYWORDS, scanner_doc},
     {"scan_next", (PyCFunction)(void (*)(void))py_scan_next, METH_VARARGS | METH_KEYWORDS, scan_next_doc},
     {"scanner_digest", (PyCFunction)py_scanner_digest, METH_O, scanner_digest_doc},
+    {"fs_type", (PyCFunction)py_fs_type, METH_O, fs_type_doc},
     {NULL, NULL, 0, NULL},
 };
 
