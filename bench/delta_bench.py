@@ -1,6 +1,7 @@
 """Delta transfer over a real sshd: zcsync against `rsync -e ssh --no-W`, time and bytes.
 
     python bench/delta_bench.py [--mib 256] [--runs 1] [--direction push,pull] [--json]
+                                [--baseline DIR] [--extra=--inplace]
 
 Starts the test suite's sshd on 127.0.0.1 (needs root, like the integration tests),
 then for each case builds a basis (in dst/) and a source (in src/) of --mib MiB:
@@ -12,7 +13,10 @@ then for each case builds a basis (in dst/) and a source (in src/) of --mib MiB:
 
 and times `rsync -a --no-W --stats -e ssh` and `zcsync -a --no-W --stats` on fresh
 copies of the same trees, reporting wall time, "Total bytes sent/received" and the
-zcsync/rsync ratios. Not part of the test suite.
+zcsync/rsync ratios. --baseline DIR also times the zcsync of another checkout (say, an
+older commit unpacked with `git archive`), so that before and after are measured in the
+same run against the same rsync. Runs of the tools alternate, and the best of --runs
+is kept (the median is in --json). Not part of the test suite.
 """
 from __future__ import annotations
 
@@ -77,16 +81,19 @@ def stat_line(out: str, what: str) -> int:
     return int(m.group(1).replace(",", ""))
 
 
-def run_tool(tool: str, base: Path, run: Path, direction: str, env: dict[str, str]) -> dict[str, float]:
+def run_tool(tool: str, base: Path, run: Path, direction: str, env: dict[str, str],
+             repo: Path = ROOT, extra: tuple[str, ...] = ()) -> dict[str, float]:
     if run.exists():
         shutil.rmtree(run)
     subprocess.run(["cp", "-a", str(base), str(run)], check=True)
     paths = (["src/", f"{ALIAS}:{run}/dst"] if direction == "push" else [f"{ALIAS}:{run}/src/", "dst"])
     if tool == "rsync":
-        argv = ["rsync", "-a", "--no-W", "--stats", "-e", env["RSYNC_RSH"], *paths]
+        argv = ["rsync", "-a", "--no-W", "--stats", *extra, "-e", env["RSYNC_RSH"], *paths]
     else:
-        argv = [sys.executable, "-m", "zcsync", "--zcsync-path", remote_zcsync_path(),
-                "-a", "--no-W", "--stats", *paths]
+        env = {**env, "PYTHONPATH": str(repo)}
+        remote = remote_zcsync_path().replace(str(ROOT), str(repo))
+        argv = [sys.executable, "-m", "zcsync", "--zcsync-path", remote,
+                "-a", "--no-W", "--stats", *extra, *paths]
     subprocess.run(["sync"], check=False)
     t0 = time.perf_counter()
     proc = subprocess.run(argv, cwd=run, env=env, capture_output=True, text=True, check=False)
@@ -105,7 +112,13 @@ def main() -> int:
     ap.add_argument("--direction", default="push,pull")
     ap.add_argument("--only", default=",".join(CASES))
     ap.add_argument("--json", action="store_true", help="print raw results as JSON too")
+    ap.add_argument("--baseline", type=Path, help="also time the zcsync of this checkout (before/after)")
+    ap.add_argument("--extra", default="", help="more options for both tools, e.g. --extra=--inplace")
     args = ap.parse_args()
+    extra = tuple(args.extra.split())
+    tools = {"rsync": ROOT, "zcsync": ROOT}
+    if args.baseline:
+        tools = {"rsync": ROOT, "baseline": args.baseline.resolve(), "zcsync": ROOT}
     reason = missing_reason()
     if reason:
         print(f"cannot run sshd: {reason}", file=sys.stderr)
@@ -120,16 +133,25 @@ def main() -> int:
             build(base, case, args.mib << 20)
             for direction in args.direction.split(","):
                 row: dict[str, object] = {"case": case, "direction": direction}
-                for tool in ("rsync", "zcsync"):
-                    samples = [run_tool(tool, base, work / case / "run", direction, env) for _ in range(args.runs)]
-                    best = min(samples, key=lambda s: s["wall_s"])
+                samples: dict[str, list[dict[str, float]]] = {t: [] for t in tools}
+                for _ in range(args.runs):  # alternate the tools: load changes hit all of them
+                    for tool, repo in tools.items():
+                        samples[tool].append(run_tool("rsync" if tool == "rsync" else "zcsync", base,
+                                                      work / case / "run", direction, env, repo, extra))
+                for tool, got in samples.items():
+                    best = dict(min(got, key=lambda s: s["wall_s"]))
+                    best["median_s"] = sorted(s["wall_s"] for s in got)[len(got) // 2]
                     row[tool] = best
                 results.append(row)
                 rs, zc = row["rsync"], row["zcsync"]  # type: ignore[index]
                 data = "sent" if direction == "push" else "received"
-                print(f"{case:13} {direction:4}  rsync {rs['wall_s']:6.2f}s {rs[data]:>12,} B   "
-                      f"zcsync {zc['wall_s']:6.2f}s {zc[data]:>12,} B   "
-                      f"time x{zc['wall_s'] / rs['wall_s']:.2f}  bytes x{zc[data] / rs[data]:.3f}", flush=True)
+                line = (f"{case:13} {direction:4}  rsync {rs['wall_s']:6.2f}s {rs[data]:>12,} B   "
+                        f"zcsync {zc['wall_s']:6.2f}s {zc[data]:>12,} B   "
+                        f"time x{zc['wall_s'] / rs['wall_s']:.2f}  bytes x{zc[data] / rs[data]:.3f}")
+                if "baseline" in row:
+                    bl = row["baseline"]  # type: ignore[index]
+                    line += f"   (baseline {bl['wall_s']:6.2f}s x{bl['wall_s'] / rs['wall_s']:.2f})"
+                print(line, flush=True)
             shutil.rmtree(work / case)
     finally:
         server.stop()

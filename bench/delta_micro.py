@@ -10,6 +10,11 @@ Cases (in memory, so disk speed stays out of it):
   scan_shifted   the basis with one byte inserted at the front (every block
                  is found at a non-block-aligned offset)
   scan_mapped    scan_unrelated through mmap of a file on /tmp (page cache)
+  scan_pieces    scan_shifted in pieces (delta.Scanner, as the sender runs it),
+                 hashing the source as it goes
+  signature_fd   make_signature of a file on /tmp (mmap; page cache)
+
+ZCSYNC_NO_AVX2=1 measures the SSE2 weak sums instead of the AVX2 ones.
 """
 from __future__ import annotations
 
@@ -24,7 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from zcsync.delta import _rolling, block_length, delta_ops, signature_of, strong_length  # noqa: E402
+from zcsync.delta import (  # noqa: E402
+    Scanner,
+    _rolling,
+    block_length,
+    delta_ops,
+    make_signature,
+    signature_of,
+    strong_length,
+)
 
 
 def best_of(repeat: int, fn) -> tuple[float, float]:
@@ -69,11 +82,19 @@ def main() -> None:
     measure("scan_unrelated", lambda: delta_ops(other, sig))
     measure("scan_identical", lambda: delta_ops(basis, sig))
     measure("scan_shifted", lambda: delta_ops(shifted, sig))
+
+    def pieces() -> None:
+        scanner = Scanner(shifted, sig, digest=True)
+        for _ in scanner:
+            pass
+        scanner.digest()
+    measure("scan_pieces", pieces)
     with tempfile.TemporaryFile(dir="/tmp") as f:
         f.write(other)
         f.flush()
         with mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as m:
             measure("scan_mapped", lambda: delta_ops(m, sig))
+        measure("signature_fd", lambda: make_signature(f.fileno(), size))
 
     # sanity: the identical scan is one block run, the unrelated one literal
     assert list(delta_ops(basis, sig)) == [1, 0, sig.count]

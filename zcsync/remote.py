@@ -259,8 +259,8 @@ class SendingSide:
         """FileBegin, Match runs and literal Data in source order, FileEnd with the whole file's digest.
 
         The scan maps the source under the C kernel's SIGBUS guard; everything sent or
-        hashed afterwards is read with pread, so a file that shrinks later ends short
-        (its digest cannot match: the receiver asks again) instead of killing us.
+        hashed afterwards is read with pread or sendfile, so a file that shrinks later ends
+        short (its digest cannot match: the receiver asks again) instead of killing us.
         """
         size = entry.size
         try:
@@ -347,17 +347,22 @@ class SendingSide:
         return self._pieces(m, scanner, first)
 
     def _pieces(self, m: mmap.mmap, scanner: delta.Scanner, ops: array) -> Iterator[tuple[int, int, int]]:
+        rest = None
         try:
+            yield from delta.iter_ops(ops)
+            if scanner.done:
+                return
+            rest = scanner.ahead()  # the next piece is scanned while this one is sent
             while True:
-                yield from delta.iter_ops(ops)
-                if scanner.done:
-                    return
                 self.conn.flush()
                 try:
-                    ops = scanner.next()
-                except delta.SourceChanged:
+                    ops = next(rest)
+                except (StopIteration, delta.SourceChanged):
                     return
+                yield from delta.iter_ops(ops)
         finally:
+            if rest is not None:
+                rest.close()  # the scanning thread is done with the mapping
             del scanner
             m.close()
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import errno
 import mmap
+import queue
+import threading
 from array import array
 from collections.abc import Iterable, Iterator
 
@@ -110,6 +112,45 @@ class Scanner:
     def __iter__(self) -> Iterator[Ops]:
         while not self.done:
             yield self.next()
+
+    def ahead(self) -> Iterator[Ops]:
+        """The pieces, each scanned on a helper thread while the caller handles the one
+        before it (the C scan runs without the GIL). Errors of the scan (SourceChanged)
+        come out of this iterator; closing it early stops the thread, and the thread is
+        done with the source once the iterator is closed or exhausted."""
+        pieces: queue.Queue[object] = queue.Queue(maxsize=1)
+        stop = threading.Event()
+        end = object()
+
+        def put(item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    pieces.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def scan() -> None:
+            try:
+                while not self.done and not stop.is_set():
+                    if not put(self.next()):
+                        return
+            except BaseException as exc:  # handed to the consumer
+                put(exc)
+                return
+            put(end)
+
+        thread = threading.Thread(target=scan, name="zcsync-scan-ahead", daemon=True)
+        thread.start()
+        try:
+            while (item := pieces.get()) is not end:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            stop.set()
+            thread.join()
 
     def digest(self) -> bytes:
         """XXH3-128 of the source as scanned (made with digest=True, after the last piece)."""

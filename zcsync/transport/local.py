@@ -6,6 +6,7 @@ The messages are the same values the stream transports frame.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import queue
 import stat
@@ -100,6 +101,7 @@ class LocalDelta:
         self.literal = 0
         self._whole = LocalFile(fd, size)
         self._tried = False
+        self._scanned: bytes | None = None  # the source's digest, from the scan
 
     def write_into(self, fd: int, sparse: bool) -> bytes:
         if not self._tried:
@@ -111,6 +113,7 @@ class LocalDelta:
             os.lseek(fd, 0, os.SEEK_SET)
         # Second call (the rebuild did not verify) or an unusable basis: the whole file.
         self.matched, self.literal = 0, self.size
+        self._scanned = None
         return self._whole.write_into(fd, sparse)
 
     def _rebuild(self, fd: int) -> bytes | None:
@@ -129,29 +132,49 @@ class LocalDelta:
             except OSError:
                 return None
             try:
-                ops = delta.delta_ops_fd(self.fd, self.size, sig, inplace=inplace)
-            except delta.SourceChanged:
+                src = mmap.mmap(self.fd, self.size, prot=mmap.PROT_READ)
+            except ValueError:  # shorter than the scan saw it
                 raise _changed() from None
-            out = delta.Rebuild(fd, bfd, sig.block_len, sig.size, self.size, inplace=inplace)
-            for kind, a, b in delta.iter_ops(ops):
-                if kind == delta.MATCH:
-                    try:
-                        out.blocks(a, b)
-                    except delta.SourceChanged:
-                        return None  # the basis shrank under us
-                else:
-                    try:
-                        out.write_from(self.fd, a, b)
-                    except delta.SourceChanged:
-                        raise _changed() from None
-            self.matched, self.literal = out.matched, out.literal
-            return out.digest()
+            with src:
+                src.madvise(mmap.MADV_SEQUENTIAL)
+                return self._apply(fd, bfd, sig, src, inplace)
         finally:
             if not inplace:
                 os.close(bfd)
 
+    def _apply(self, fd: int, bfd: int, sig: delta.Signature, src: mmap.mmap, inplace: bool) -> bytes | None:
+        """Scan the source in pieces on a helper thread, rebuilding each piece meanwhile; the
+        scan hashes the source as it goes (digest())."""
+        scanner = delta.Scanner(src, sig, inplace=inplace, digest=True)
+        out = delta.Rebuild(fd, bfd, sig.block_len, sig.size, self.size, inplace=inplace)
+        pieces = scanner.ahead()
+        try:
+            while True:
+                try:
+                    ops = next(pieces)
+                except StopIteration:
+                    break
+                except delta.SourceChanged:  # the source shrank while mapped
+                    raise _changed() from None
+                for kind, a, b in delta.iter_ops(ops):
+                    if kind == delta.MATCH:
+                        try:
+                            out.blocks(a, b)
+                        except delta.SourceChanged:
+                            return None  # the basis shrank under us
+                    else:
+                        try:
+                            out.write_from(self.fd, a, b)
+                        except delta.SourceChanged:
+                            raise _changed() from None
+        finally:
+            pieces.close()
+        self._scanned = scanner.digest()
+        self.matched, self.literal = out.matched, out.literal
+        return out.digest()
+
     def digest(self) -> bytes:
-        return self._whole.digest()
+        return self._scanned if self._scanned is not None else self._whole.digest()
 
 
 class LocalAppend:
