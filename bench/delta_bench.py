@@ -1,10 +1,11 @@
-"""Delta transfer over a real sshd: zcsync against `rsync -e ssh --no-W`, time and bytes.
+"""Delta transfer over a real sshd or through daemons: zcsync against rsync --no-W, time and bytes.
 
     python bench/delta_bench.py [--mib 256] [--runs 1] [--direction push,pull] [--json]
-                                [--baseline DIR] [--extra=--inplace]
+                                [--baseline DIR] [--extra=--inplace] [--via ssh|daemon]
 
-Starts the test suite's sshd on 127.0.0.1 (needs root, like the integration tests),
-then for each case builds a basis (in dst/) and a source (in src/) of --mib MiB:
+Starts the test suite's sshd on 127.0.0.1 (needs root, like the integration tests), or
+with --via daemon a `zcsync daemon` and an `rsync --daemon` serving the work directory
+(bench/daemons.py), then for each case builds a basis (in dst/) and a source (in src/) of --mib MiB:
 
   edits         20 scattered 100-byte edits
   insert-front  1 MiB inserted at the front
@@ -36,7 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from sshd import ALIAS, Sshd, missing_reason, remote_zcsync_path
+from sshd import ALIAS, Sshd, missing_reason, remote_zcsync_path  # noqa: E402
+
+from bench.daemons import Daemons  # noqa: E402
 
 NAME = "big.bin"
 OLD = 1_500_000_000
@@ -82,18 +85,22 @@ def stat_line(out: str, what: str) -> int:
 
 
 def run_tool(tool: str, base: Path, run: Path, direction: str, env: dict[str, str],
-             repo: Path = ROOT, extra: tuple[str, ...] = ()) -> dict[str, float]:
+             repo: Path = ROOT, extra: tuple[str, ...] = (), daemons: Daemons | None = None) -> dict[str, float]:
     if run.exists():
         shutil.rmtree(run)
     subprocess.run(["cp", "-a", str(base), str(run)], check=True)
-    paths = (["src/", f"{ALIAS}:{run}/dst"] if direction == "push" else [f"{ALIAS}:{run}/src/", "dst"])
+    if daemons is not None:  # the daemon serves the work directory: run/ is inside its module
+        url = daemons.url("rsync" if tool == "rsync" else "zcsync", run)
+        paths = ["src/", url + "dst"] if direction == "push" else [url + "src/", "dst"]
+    else:
+        paths = (["src/", f"{ALIAS}:{run}/dst"] if direction == "push" else [f"{ALIAS}:{run}/src/", "dst"])
     if tool == "rsync":
-        argv = ["rsync", "-a", "--no-W", "--stats", *extra, "-e", env["RSYNC_RSH"], *paths]
+        rsh = ["-e", env["RSYNC_RSH"]] if daemons is None else []
+        argv = ["rsync", "-a", "--no-W", "--stats", *extra, *rsh, *paths]
     else:
         env = {**env, "PYTHONPATH": str(repo)}
-        remote = remote_zcsync_path().replace(str(ROOT), str(repo))
-        argv = [sys.executable, "-m", "zcsync", "--zcsync-path", remote,
-                "-a", "--no-W", "--stats", *extra, *paths]
+        remote = ["--zcsync-path", remote_zcsync_path().replace(str(ROOT), str(repo))] if daemons is None else []
+        argv = [sys.executable, "-m", "zcsync", *remote, "-a", "--no-W", "--stats", *extra, *paths]
     subprocess.run(["sync"], check=False)
     t0 = time.perf_counter()
     proc = subprocess.run(argv, cwd=run, env=env, capture_output=True, text=True, check=False)
@@ -114,20 +121,37 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="print raw results as JSON too")
     ap.add_argument("--baseline", type=Path, help="also time the zcsync of this checkout (before/after)")
     ap.add_argument("--extra", default="", help="more options for both tools, e.g. --extra=--inplace")
+    ap.add_argument("--via", choices=("ssh", "daemon"), default="ssh",
+                    help="ssh (both tools over the test sshd) or daemon (zcsync daemon vs rsync --daemon)")
     args = ap.parse_args()
     extra = tuple(args.extra.split())
     tools = {"rsync": ROOT, "zcsync": ROOT}
     if args.baseline:
         tools = {"rsync": ROOT, "baseline": args.baseline.resolve(), "zcsync": ROOT}
-    reason = missing_reason()
+    reason = missing_reason() if args.via == "ssh" else None
     if reason:
         print(f"cannot run sshd: {reason}", file=sys.stderr)
         return 1
+    if args.baseline and args.via == "daemon":
+        print("--baseline works over ssh only", file=sys.stderr)
+        return 1
     work = Path(tempfile.mkdtemp(prefix="zcsync-delta-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
-    server = Sshd(work / "sshd").start()
+    daemons = None
+    if args.via == "daemon":
+        daemons = Daemons()
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        daemons.start({"zcsync", "rsync"}, work, (sys.executable, "-m", "zcsync"), env)
+        for name in ("zcsync", "rsync"):
+            if daemons.unavailable(name):
+                print(f"cannot run the {name} daemon: {daemons.unavailable(name)}", file=sys.stderr)
+                daemons.stop()
+                return 1
+        server = None
+    else:
+        server = Sshd(work / "sshd").start()
+        env = server.env()
     results = []
     try:
-        env = server.env()
         for case in args.only.split(","):
             base = work / case / "base"
             build(base, case, args.mib << 20)
@@ -137,7 +161,8 @@ def main() -> int:
                 for _ in range(args.runs):  # alternate the tools: load changes hit all of them
                     for tool, repo in tools.items():
                         samples[tool].append(run_tool("rsync" if tool == "rsync" else "zcsync", base,
-                                                      work / case / "run", direction, env, repo, extra))
+                                                      work / case / "run", direction, env, repo, extra,
+                                                      daemons))
                 for tool, got in samples.items():
                     best = dict(min(got, key=lambda s: s["wall_s"]))
                     best["median_s"] = sorted(s["wall_s"] for s in got)[len(got) // 2]
@@ -154,7 +179,10 @@ def main() -> int:
                 print(line, flush=True)
             shutil.rmtree(work / case)
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
+        if daemons is not None:
+            daemons.stop()
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(json.dumps(results, indent=2))

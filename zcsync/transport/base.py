@@ -113,6 +113,9 @@ class BaseStream:
         parts = [pending[pos:]] if pos < len(pending) else []
         got = len(pending) - pos
         self._pending, self._pos = b"", 0
+        # Small reads fetch READ_AHEAD bytes at once; a big one (a file's data frame) fetches
+        # just what it needs, so its bytes are joined once and not sliced off a bigger buffer.
+        ahead = ahead and n < READ_AHEAD
         while got < n:
             chunk = self._recv(max(n - got, READ_AHEAD) if ahead else n - got)
             if not chunk:
