@@ -184,17 +184,28 @@ class SendingSide:
         except BaseException as exc:  # re-raised by run() on the main thread
             self._flist_error = exc
 
-    def send_file(self, index: int, signature: bytes | None = None) -> None:
+    def _requested(self, index: int) -> FileEntry:
+        """The regular file a Request names (ProtocolError for anything else)."""
         entry = self.entries.get(index)
         if entry is None:
             raise ProtocolError(f"peer requested index {index}, which is not a regular file we sent")
-        # Checked before anything else: a bad signature is a misbehaving peer, not a file problem.
-        sig = decode_signature(signature, self.conn.frame_max) if signature is not None else None
+        return entry
+
+    def _open(self, index: int, entry: FileEntry) -> int | None:
+        """The source file opened for sending, or None after telling the peer it will not come."""
         try:
-            fd = self.sender.open(entry)
+            return self.sender.open(entry)
         except SourceChanged as exc:
             self.conn.send(FileSkip(index, exc.code, str(exc)))
             self.report.problem(FileProblem(escape(entry.name), str(exc), exc.code))
+            return None
+
+    def send_file(self, index: int, signature: bytes | None = None) -> None:
+        entry = self._requested(index)
+        # Checked before anything else: a bad signature is a misbehaving peer, not a file problem.
+        sig = decode_signature(signature, self.conn.frame_max) if signature is not None else None
+        fd = self._open(index, entry)
+        if fd is None:
             return
         compress = self.skip_compress is not None and entry.name not in self.skip_compress
         if sig is not None and entry.size > 0:
@@ -380,17 +391,12 @@ class SendingSide:
     def _send_append(self, index: int, offset: int, verify: bool) -> None:
         """--append: FileBegin, the file's bytes after `offset` as Data, FileEnd with the digest of
         those bytes (of the whole file with --append-verify)."""
-        entry = self.entries.get(index)
-        if entry is None:
-            raise ProtocolError(f"peer requested index {index}, which is not a regular file we sent")
+        entry = self._requested(index)
         if offset > entry.size:
             raise ProtocolError(f"peer asked for index {index} from offset {offset}, "
                                 f"beyond its size {entry.size}")
-        try:
-            fd = self.sender.open(entry)
-        except SourceChanged as exc:
-            self.conn.send(FileSkip(index, exc.code, str(exc)))
-            self.report.problem(FileProblem(escape(entry.name), str(exc), exc.code))
+        fd = self._open(index, entry)
+        if fd is None:
             return
         compress = self.skip_compress is not None and entry.name not in self.skip_compress
         try:

@@ -9,9 +9,10 @@
   offsets (the page cache is bypassed: a backup does not evict the server's working
   set); the unaligned tail is written after clearing O_DIRECT. Every write is followed
   by the writer's fsync as usual.
-- ``auto``: ``buffered`` — the fastest of the three measured on this machine kind (tmpfs
-  and ext4 on a virtio disk, docs/benchmarks.md): the receiver is bound by memory copies
-  there, and splice saves one copy but pays it back re-reading the range to hash it.
+- ``auto``: ``buffered`` — the fastest of the three measured on this machine kind
+  (tmpfs, 1 GiB through the daemon, docs/benchmarks.md; a disk was not benchmarked):
+  the receiver is bound by memory copies there, splice saves one copy but pays it back
+  re-reading the range to hash it, and O_DIRECT has no page cache to bypass on tmpfs.
 
 Each mode is probed per filesystem the first time it is used: O_DIRECT that the
 filesystem refuses (EINVAL) or splice that it cannot do falls back to buffered writes,

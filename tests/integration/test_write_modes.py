@@ -7,11 +7,10 @@ to an ext4 loop image, where O_DIRECT really bypasses a page cache (root only).
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 
 import pytest
 
+from tests.fsimage import ext4_mount
 from tests.oracle import compare_kwargs_for
 from tests.treecmp import assert_same_tree
 from tests.treegen import copy_tree, make_tree
@@ -81,25 +80,16 @@ def test_resync_replaces_a_changed_big_file(zd, src, tmp_path):
 
 @pytest.fixture(scope="module")
 def ext4_daemon(tmp_path_factory):
-    if not shutil.which("mkfs.ext4"):
-        pytest.skip("mkfs.ext4 not installed")
     root = tmp_path_factory.mktemp("ext4")
-    image, mnt = root / "img", root / "mnt"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(256 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    if subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a loop device here")
-    d = ZcsyncDaemon(root / "d")
-    d.write_config(f"[m]\n    path = {mnt}\n    read only = no\n    uid = root\n    gid = root\n")
-    try:
-        d.start()
-        d.data = mnt
-        yield d
-    finally:
-        d.stop()
-        subprocess.run(["umount", str(mnt)], check=False)
+    with ext4_mount(root, 256 << 20) as mnt:
+        d = ZcsyncDaemon(root / "d")
+        d.write_config(f"[m]\n    path = {mnt}\n    read only = no\n    uid = root\n    gid = root\n")
+        try:
+            d.start()
+            d.data = mnt
+            yield d
+        finally:
+            d.stop()
 
 
 @pytest.mark.parametrize("mode", ["direct", "splice"])

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 import xxhash
 
+from tests.fsimage import ext4_mount
 from zcsync import sink
 from zcsync.protocol import Connection, FileBegin, FileEnd, Heartbeat
 from zcsync.remote import StreamFile
@@ -144,20 +143,9 @@ def _fd_flags(fd: int) -> int:
 
 @pytest.fixture
 def ext4(tmp_path):
-    """An ext4 filesystem on a loop device (root only): the disk-backed case O_DIRECT is for."""
-    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
-        pytest.skip("needs root and mkfs.ext4 to mount an ext4 loop image")
-    image, mnt = tmp_path / "ext4.img", tmp_path / "mnt"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(64 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    if subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a loop device here")
-    try:
+    """An ext4 filesystem on a loop device: the disk-backed case O_DIRECT is for."""
+    with ext4_mount(tmp_path) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_direct_mode_really_writes_with_o_direct_on_ext4(ext4, tmp_path):
