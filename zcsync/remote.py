@@ -500,7 +500,7 @@ class StreamFile:
             raise _Redo()
         self.consumed = True
         raw = self.conn.can_take_raw
-        sink = make_sink(fd, self.write_mode, raw)
+        sink = make_sink(fd, self.write_mode, raw, sparse)
         got = 0
         while True:
             msg = self.conn.recv(raw_data=raw)
@@ -558,7 +558,7 @@ class InFrameFile(StreamFile):
         if self.consumed:
             raise _Redo()
         self.consumed = True
-        sink = make_sink(fd, AUTO, raw=False)
+        sink = make_sink(fd, AUTO, raw=False, sparse=sparse)
         sink.write(self.data)
         return sink.finish()
 

@@ -45,6 +45,8 @@ BUFFER_SIZE = 1 << 20  # buffered: one recv_into / write per MiB
 DIRECT_BUFFER = 4 << 20  # direct: O_DIRECT writes of 4 MiB
 ALIGN = 4096  # O_DIRECT offsets and lengths (the page size covers every logical block size)
 PIPE_SIZE = 1 << 20
+SPARSE_BLOCK = 4096  # -S: the unit of holes (the page size, every common filesystem's block)
+_ZEROS = bytes(SPARSE_BLOCK)
 
 # errnos that mean "this filesystem cannot do that here": fall back, and remember.
 _UNSUPPORTED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
@@ -100,6 +102,22 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         offset += n
 
 
+def _pwrite_sparse(fd: int, view: memoryview, offset: int) -> None:
+    """Write view at offset, leaving each all-zero SPARSE_BLOCK of the file unwritten (a
+    hole); runs of other blocks go out in one pwrite."""
+    n = len(view)
+    i = run = 0  # run: where the current stretch of data blocks began
+    while i < n:
+        end = min(n, i + SPARSE_BLOCK - (offset + i) % SPARSE_BLOCK)  # to the file's next block edge
+        if view[i:end] == _ZEROS[:end - i]:
+            if run < i:
+                _pwrite_all(fd, view[run:i], offset + run)
+            run = end
+        i = end
+    if run < n:
+        _pwrite_all(fd, view[run:n], offset + run)
+
+
 def _discard(stream: RawStream, n: int) -> None:
     """Read and drop the rest of a payload, so the stream stays at a frame boundary."""
     n -= len(stream.take_pending(n))
@@ -121,21 +139,28 @@ class Sink:
     raw = False
     mode = BUFFERED
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, sparse: bool = False) -> None:
         self.fd = fd
         self.hasher = xxhash.xxh3_128()
         self.pos = 0
+        self.sparse = sparse  # -S: all-zero blocks become holes
 
     def write(self, payload: bytes | bytearray | memoryview) -> None:
         self.hasher.update(payload)
-        _pwrite_all(self.fd, memoryview(payload).cast("B"), self.pos)
-        self.pos += len(payload)
+        view = memoryview(payload).cast("B")
+        if self.sparse:
+            _pwrite_sparse(self.fd, view, self.pos)
+        else:
+            _pwrite_all(self.fd, view, self.pos)
+        self.pos += len(view)
 
     def take(self, stream: RawStream, n: int) -> None:
         raise NotImplementedError
 
     def finish(self) -> bytes:
         """Complete the writes; the digest of everything written."""
+        if self.sparse and os.fstat(self.fd).st_size < self.pos:
+            os.ftruncate(self.fd, self.pos)  # a hole at the end still counts in the size
         return self.hasher.digest()
 
 
@@ -297,13 +322,16 @@ class DirectSink(Sink):
         return super().finish()
 
 
-def make_sink(fd: int, mode: str, raw: bool) -> Sink:
+def make_sink(fd: int, mode: str, raw: bool, sparse: bool = False) -> Sink:
     """The sink for one file in this write mode; raw: payloads come straight off a socket.
 
-    Without raw (ssh, pipes) every mode is a plain buffered write of each payload.
+    Without raw (ssh, pipes) every mode is a plain buffered write of each payload; so is
+    every mode with sparse (-S), which must see the bytes to leave holes.
     """
     if mode not in WRITE_MODES:
         raise ValueError(f"unknown write mode {mode!r}")
+    if sparse:
+        return BufferedSink(fd, sparse=True) if raw else Sink(fd, sparse=True)
     if not raw:
         return Sink(fd)
     if mode == AUTO:

@@ -206,3 +206,31 @@ def test_non_socket_streams_write_plainly(tmp_path):
         os.close(fd)
     with pytest.raises(ValueError):
         sink.make_sink(0, "sideways", raw=True)
+
+
+def _holey(size_zero_head: int = 0) -> bytes:
+    return (bytes(size_zero_head) + os.urandom(1 << 20) + bytes(8 << 20) + os.urandom(5000)
+            + bytes((3 << 20) + 123))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sparse_leaves_holes_for_zero_blocks(tmp_path, mode):
+    """-S: all-zero blocks are not written (holes), a zero tail still counts in the size,
+    and the digest covers every byte."""
+    data = _holey(4096 * 3 + 17)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    send, recv = _pair()
+    t = _send_file(send, src, len(data))
+    fd = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        begin = recv.recv()
+        source = StreamFile(recv, begin.index, begin.size, lambda msg: False, mode)
+        got = source.write_into(fd, True)
+    finally:
+        os.close(fd)
+    t.join()
+    st = (tmp_path / "dst").stat()
+    assert got == source.digest() and (tmp_path / "dst").read_bytes() == data
+    allocated = st.st_blocks * 512
+    assert allocated < len(data) - (10 << 20), f"{allocated} bytes allocated for a mostly empty file"
