@@ -59,6 +59,8 @@ __all__ = [
     "copy_data",
     "file_digest",
     "method_cache",
+    "pwrite_all",
+    "pwrite_sparse",
     "reset_cache",
     "send_file",
     "splice_to_file",
@@ -174,11 +176,29 @@ def _buffer() -> memoryview:
     return buf
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of data at offset (pwrite until done)."""
     while data:
         n = os.pwrite(fd, data, offset)
         data = data[n:]
         offset += n
+
+
+def pwrite_sparse(fd: int, data: memoryview, offset: int) -> None:
+    """rsync -S: write data at offset, leaving each all-zero SPARSE_BLOCK of the file
+    unwritten (a hole); the runs of other blocks go out in one pwrite each."""
+    n = len(data)
+    i = run = 0  # run: where the current stretch of data blocks began
+    while i < n:
+        end = min(n, i + SPARSE_BLOCK - (offset + i) % SPARSE_BLOCK)  # the file's next block edge
+        # tobytes(): comparing bytes is one memcmp; comparing memoryviews goes item by item.
+        if data[i:end].tobytes() == _ZERO_BLOCK[:end - i]:
+            if run < i:
+                pwrite_all(fd, data[run:i], offset + run)
+            run = end
+        i = end
+    if run < n:
+        pwrite_all(fd, data[run:n], offset + run)
 
 
 def _write_all(fd: int, data: memoryview, timeout: float | None = None) -> None:
@@ -244,7 +264,7 @@ def _step_readwrite(src: int, dst: int, pos: int, end: int) -> _Step:
         n = os.preadv(src, [buf[: min(COPY_CHUNK, end - pos)]], pos)
         if n == 0:
             break
-        _pwrite_all(dst, buf[:n], pos)
+        pwrite_all(dst, buf[:n], pos)
         pos += n
     return pos, None
 
@@ -314,24 +334,12 @@ def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
 def _copy_zero_scan(src: int, dst: int, size: int) -> None:
     """rsync -S without SEEK_DATA: copy all, but seek over all-zero SPARSE_BLOCK blocks."""
     buf = _buffer()[:COPY_CHUNK]
-    raw = buf.obj  # the bytearray behind buf: a slice of it compared with == is a memcmp
-    assert isinstance(raw, bytearray)
     pos = 0
     while pos < size:
         n = os.preadv(src, [buf[: min(COPY_CHUNK, size - pos)]], pos)
         if n == 0:
             raise SourceChanged(size, pos)
-        run = -1  # start of the current run of non-zero blocks in buf, or -1
-        for off in range(0, n, SPARSE_BLOCK):
-            stop = min(off + SPARSE_BLOCK, n)
-            if raw[off:stop] == _ZERO_BLOCK[: stop - off]:
-                if run >= 0:
-                    _pwrite_all(dst, buf[run:off], pos + run)
-                    run = -1
-            elif run < 0:
-                run = off
-        if run >= 0:
-            _pwrite_all(dst, buf[run:n], pos + run)
+        pwrite_sparse(dst, buf[:n], pos)
         pos += n
 
 

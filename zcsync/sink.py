@@ -32,6 +32,8 @@ from typing import Protocol
 
 import xxhash
 
+from .fastio import pwrite_all, pwrite_sparse
+
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
@@ -45,8 +47,6 @@ BUFFER_SIZE = 1 << 20  # buffered: one recv_into / write per MiB
 DIRECT_BUFFER = 4 << 20  # direct: O_DIRECT writes of 4 MiB
 ALIGN = 4096  # O_DIRECT offsets and lengths (the page size covers every logical block size)
 PIPE_SIZE = 1 << 20
-SPARSE_BLOCK = 4096  # -S: the unit of holes (the page size, every common filesystem's block)
-_ZEROS = bytes(SPARSE_BLOCK)
 
 # errnos that mean "this filesystem cannot do that here": fall back, and remember.
 _UNSUPPORTED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
@@ -95,29 +95,6 @@ def _pipe() -> tuple[int, int]:
     return pipe
 
 
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
-def _pwrite_sparse(fd: int, view: memoryview, offset: int) -> None:
-    """Write view at offset, leaving each all-zero SPARSE_BLOCK of the file unwritten (a
-    hole); runs of other blocks go out in one pwrite."""
-    n = len(view)
-    i = run = 0  # run: where the current stretch of data blocks began
-    while i < n:
-        end = min(n, i + SPARSE_BLOCK - (offset + i) % SPARSE_BLOCK)  # to the file's next block edge
-        if view[i:end] == _ZEROS[:end - i]:
-            if run < i:
-                _pwrite_all(fd, view[run:i], offset + run)
-            run = end
-        i = end
-    if run < n:
-        _pwrite_all(fd, view[run:n], offset + run)
-
-
 def _discard(stream: RawStream, n: int) -> None:
     """Read and drop the rest of a payload, so the stream stays at a frame boundary."""
     n -= len(stream.take_pending(n))
@@ -149,9 +126,9 @@ class Sink:
         self.hasher.update(payload)
         view = memoryview(payload).cast("B")
         if self.sparse:
-            _pwrite_sparse(self.fd, view, self.pos)
+            pwrite_sparse(self.fd, view, self.pos)
         else:
-            _pwrite_all(self.fd, view, self.pos)
+            pwrite_all(self.fd, view, self.pos)
         self.pos += len(view)
 
     def take(self, stream: RawStream, n: int) -> None:
@@ -295,13 +272,13 @@ class DirectSink(Sink):
     def _flush(self, length: int) -> None:
         """Write buf[:length] at pos (length aligned while O_DIRECT is on)."""
         try:
-            _pwrite_all(self.fd, self.view[:length], self.pos)
+            pwrite_all(self.fd, self.view[:length], self.pos)
         except OSError as exc:
             if not self.direct or exc.errno not in _UNSUPPORTED:
                 raise
             _unsupported[(self.dev, DIRECT)] = os.strerror(exc.errno or 0)
             self._clear_direct()
-            _pwrite_all(self.fd, self.view[:length], self.pos)
+            pwrite_all(self.fd, self.view[:length], self.pos)
         self.pos += length
         self.view[:self.fill - length] = self.view[length:self.fill]
         self.fill -= length

@@ -18,18 +18,9 @@ import pytest
 from tests.oracle import differential, run_zcsync
 
 from .sshd import ALIAS, remote_zcsync_path
+from .test_delta_transfer import NAME, OLD, _edits, prepare_pair
 
 SIZE = 8 << 20
-NAME = "big.bin"
-OLD = 1_500_000_000
-
-
-def _edits(data: bytes, rnd: random.Random) -> bytes:
-    out = bytearray(data)
-    for i in range(20):
-        pos = (i * len(data)) // 20 + rnd.randrange(len(data) // 40)
-        out[pos:pos + 100] = rnd.randbytes(100)
-    return bytes(out)
 
 
 def _mix(data: bytes, rnd: random.Random) -> bytes:
@@ -48,20 +39,8 @@ CASES = {
 }
 
 
-def _prepare(case: str, size: int = SIZE):
-    def prepare(src: pathlib.Path, dst: pathlib.Path) -> None:
-        shutil.rmtree(src, ignore_errors=True)
-        shutil.rmtree(dst, ignore_errors=True)
-        src.mkdir()
-        dst.mkdir()
-        rnd = random.Random(case)
-        basis = rnd.randbytes(size)
-        (dst / NAME).write_bytes(basis)
-        os.utime(dst / NAME, (OLD, OLD))
-        (src / NAME).write_bytes(CASES[case](basis, rnd))
-        (src / "small.txt").write_bytes(b"hello\n")
-        os.utime(src, (OLD + 7, OLD + 7))
-    return prepare
+def _prepare(case: str, size: int = SIZE):  # type: ignore[no-untyped-def]
+    return prepare_pair(case, size, CASES)
 
 
 def stat_of(out: str, what: str) -> int:

@@ -37,17 +37,19 @@ CASES = {
 EDIT_CASES = ("edits", "insert-front", "append")
 
 
-def _prepare(case: str):
+def prepare_pair(case: str, size: int = SIZE, cases=CASES):  # type: ignore[no-untyped-def]
+    """A differential prepare(): dst/big.bin an old basis of `size` random bytes, src/big.bin
+    what cases[case] makes of it (seeded by the case's name), and a small file beside it."""
     def prepare(src: pathlib.Path, dst: pathlib.Path) -> None:
-        shutil.rmtree(src)
+        shutil.rmtree(src, ignore_errors=True)
         shutil.rmtree(dst, ignore_errors=True)
         src.mkdir()
         dst.mkdir()
         rnd = random.Random(case)
-        basis = rnd.randbytes(SIZE)
+        basis = rnd.randbytes(size)
         (dst / NAME).write_bytes(basis)
         os.utime(dst / NAME, (OLD, OLD))
-        (src / NAME).write_bytes(CASES[case](basis, rnd))
+        (src / NAME).write_bytes(cases[case](basis, rnd))
         (src / "small.txt").write_bytes(b"hello\n")
         # Directory times a whole second apart: zcsync skips a directory time that differs
         # from the source's by less than a second, rsync does not (not what this tests).
@@ -71,7 +73,7 @@ def _literal(out: str) -> int:
 @pytest.mark.parametrize("case", list(CASES))
 def test_delta_like_rsync(tmp_path, sshd, case, direction):
     paths = ["src/", f"{ALIAS}:{{run}}/dst"] if direction == "push" else [f"{ALIAS}:{{run}}/src/", "dst"]
-    rs, zc = differential(tmp_path, ["-a", "--no-W", "--stats"], seed=1, prepare=_prepare(case),
+    rs, zc = differential(tmp_path, ["-a", "--no-W", "--stats"], seed=1, prepare=prepare_pair(case),
                           env=sshd.env(), paths=paths, zcsync_extra=["--zcsync-path", remote_zcsync_path()])
     if case == "unrelated":
         assert _literal(zc.stdout) >= SIZE

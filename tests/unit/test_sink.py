@@ -58,11 +58,11 @@ def _send_file(conn: Connection, path: Path, size: int, index: int = 1, trailer:
     return t
 
 
-def _receive(conn: Connection, fd: int, mode: str) -> tuple[StreamFile, bytes]:
+def _receive(conn: Connection, fd: int, mode: str, sparse: bool = False) -> tuple[StreamFile, bytes]:
     begin = conn.recv()
     assert isinstance(begin, FileBegin)
     source = StreamFile(conn, begin.index, begin.size, lambda msg: False, mode)
-    return source, source.write_into(fd, False)
+    return source, source.write_into(fd, sparse)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -224,9 +224,7 @@ def test_sparse_leaves_holes_for_zero_blocks(tmp_path, mode):
     t = _send_file(send, src, len(data))
     fd = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        begin = recv.recv()
-        source = StreamFile(recv, begin.index, begin.size, lambda msg: False, mode)
-        got = source.write_into(fd, True)
+        source, got = _receive(recv, fd, mode, sparse=True)
     finally:
         os.close(fd)
     t.join()

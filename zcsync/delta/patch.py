@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import xxhash
 
+from ..fastio import pwrite_all
 from .errors import DeltaError, SourceChanged
 from .match import LITERAL, MATCH, iter_ops
 from .signature import MAX_BLOCK_LEN, block_count
@@ -47,30 +48,9 @@ def _write_all(fd: int, data: object) -> None:
 
 def _copy_range(basis_fd: int, out_fd: int, offset: int, length: int) -> None:
     """Append basis[offset:offset+length] to out_fd at its file position."""
-    global _cfr_unavailable
-    if not _cfr_unavailable:
-        try:
-            while length:
-                n = os.copy_file_range(basis_fd, out_fd, length, offset)
-                if n == 0:
-                    raise _basis_shrank()
-                offset += n
-                length -= n
-            return
-        except SourceChanged:
-            raise
-        except OSError as exc:
-            if exc.errno not in _CFR_FALLBACK:
-                raise
-            if exc.errno == errno.ENOSYS:
-                _cfr_unavailable = True
-    while length:
-        buf = os.pread(basis_fd, min(length, LITERAL_CHUNK), offset)
-        if not buf:
-            raise _basis_shrank()
-        _write_all(out_fd, buf)
-        offset += len(buf)
-        length -= len(buf)
+    pos = os.lseek(out_fd, 0, os.SEEK_CUR)
+    _copy_at(basis_fd, out_fd, offset, pos, length)
+    os.lseek(out_fd, pos + length, os.SEEK_SET)
 
 
 def apply_delta(
@@ -237,7 +217,7 @@ class Rebuild:
         """Literal bytes come next."""
         view = memoryview(data).cast("B")  # type: ignore[arg-type]
         self._room(view.nbytes)
-        _pwrite_all(self.out_fd, view, self.pos)
+        pwrite_all(self.out_fd, view, self.pos)
         self.hasher.update(view)
         self.pos += view.nbytes
         self.literal += view.nbytes
@@ -259,19 +239,12 @@ class Rebuild:
                 raise shrank()
             chunk = view[:n]
             self.hasher.update(chunk)
-            _pwrite_all(self.out_fd, chunk, self.pos + done)
+            pwrite_all(self.out_fd, chunk, self.pos + done)
             done += n
 
     def digest(self) -> bytes:
         """xxh3-128 of what was written (from `start`, or the whole file with hash_head)."""
         return self.hasher.digest()
-
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
 
 
 def _copy_at(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int) -> None:
@@ -300,7 +273,7 @@ def _copy_at(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int) 
         n = os.preadv(src_fd, [view[: min(length, LITERAL_CHUNK)]], src_off)
         if n == 0:
             raise _basis_shrank()
-        _pwrite_all(dst_fd, view[:n], dst_off)
+        pwrite_all(dst_fd, view[:n], dst_off)
         src_off += n
         dst_off += n
         length -= n
