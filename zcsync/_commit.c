@@ -12,11 +12,20 @@
  * nothing is left under either name. The same steps as writer.Writer._write_in
  * takes one system call at a time, so that a receiver thread holding the GIL
  * for Python work is not blocked by this one's ~8 system calls per file.
+ *
+ *   Committer(max_jobs, max_bytes): the same commit on a thread of its own that never
+ *   takes the GIL. submit(token, <commit_bytes' arguments>) queues a file and returns
+ *   at once (it waits, GIL released, only while max_jobs files or max_bytes bytes are
+ *   queued); collect(wait) returns [(token, errno)] for the files done since the last
+ *   call (errno 0: committed), after waiting for every queued one if wait is true. The
+ *   caller keeps dir_fd open until its token comes back. A receiver thread then spends
+ *   one call per small file instead of its system calls.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
@@ -24,9 +33,14 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define NAME_KEEP 200   /* bytes of base kept in the temp name (NAME_MAX is 255) */
+/* The Committer's thread is woken once this many files are queued (a wake-up per file
+ * costs the submitting thread a futex call), or after IDLE_NS without one. */
+#define WAKE_AT 16
+#define IDLE_NS 20000000L
 #define TRIES 16
 
 static uint64_t rng_state;
@@ -168,6 +182,289 @@ PyDoc_STRVAR(commit_bytes_doc,
 "and (if times) atime and mtime, fsync if asked, and rename it over base; the GIL is\n"
 "released throughout. On failure nothing is left behind and OSError names base.");
 
+/* -- Committer ----------------------------------------------------------------- */
+
+typedef struct Job {
+    struct Job *next;
+    PyObject *token;   /* owned; handed back by collect() */
+    Py_buffer data;    /* held until collect() */
+    int dir_fd, perms, times, do_fsync, err;
+    long long uid, gid, mtime_ns;
+    Py_ssize_t base_len;
+    char base[256];
+} Job;
+
+typedef struct {
+    Job *head, *tail;
+} JobList;
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t mu;
+    pthread_cond_t work;   /* todo got a job, or stop */
+    pthread_cond_t done;   /* a job finished */
+    pthread_t thread;
+    int started, stop;
+    int idle;      /* the thread waits for work: submit() must signal */
+    int waiters;   /* threads waiting for a job to finish: the thread must signal */
+    JobList todo, finished;
+    Py_ssize_t in_flight, in_flight_bytes;  /* submitted, not yet finished */
+    Py_ssize_t max_jobs, max_bytes;
+} Committer;
+
+static void
+list_push(JobList *l, Job *j)
+{
+    j->next = NULL;
+    if (l->tail)
+        l->tail->next = j;
+    else
+        l->head = j;
+    l->tail = j;
+}
+
+static void *
+committer_main(void *arg)
+{
+    Committer *c = (Committer *)arg;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        while (!c->todo.head && !c->stop) {
+            /* Idle: submit() wakes us only once WAKE_AT files are queued; a few files
+             * queued before the submitting thread went quiet are picked up after IDLE_NS. */
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += IDLE_NS;
+            if (until.tv_nsec >= 1000000000L) {
+                until.tv_sec += 1;
+                until.tv_nsec -= 1000000000L;
+            }
+            c->idle = 1;
+            pthread_cond_timedwait(&c->work, &c->mu, &until);
+            c->idle = 0;
+        }
+        Job *j = c->todo.head;
+        if (!j)
+            break;  /* stop, and nothing left to do */
+        c->todo.head = j->next;
+        if (!c->todo.head)
+            c->todo.tail = NULL;
+        pthread_mutex_unlock(&c->mu);
+        j->err = commit(j->dir_fd, j->base, j->base_len, j->data.buf, j->data.len, j->perms, j->uid, j->gid,
+                        j->times, j->mtime_ns, j->do_fsync);
+        pthread_mutex_lock(&c->mu);
+        list_push(&c->finished, j);
+        c->in_flight--;
+        c->in_flight_bytes -= j->data.len;
+        /* Waiters wake at half full (a full queue refills in one go) or empty (collect). */
+        if (c->waiters && (c->in_flight <= c->max_jobs / 2 || c->in_flight == 0))
+            pthread_cond_broadcast(&c->done);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+static int
+committer_init(Committer *c, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"max_jobs", "max_bytes", NULL};
+    Py_ssize_t max_jobs = 64, max_bytes = 16 << 20;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nn:Committer", kwlist, &max_jobs, &max_bytes))
+        return -1;
+    if (c->started) {
+        PyErr_SetString(PyExc_RuntimeError, "Committer already started");
+        return -1;
+    }
+    if (max_jobs < 1 || max_bytes < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_jobs and max_bytes must be positive");
+        return -1;
+    }
+    c->max_jobs = max_jobs;
+    c->max_bytes = max_bytes;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->work, NULL);
+    pthread_cond_init(&c->done, NULL);
+    int rc = pthread_create(&c->thread, NULL, committer_main, c);
+    if (rc) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    c->started = 1;
+    return 0;
+}
+
+static PyObject *
+committer_submit(Committer *c, PyObject *args)
+{
+    PyObject *token;
+    Py_buffer base;
+    Job *j = PyMem_RawCalloc(1, sizeof *j);
+    if (!j)
+        return PyErr_NoMemory();
+    if (!PyArg_ParseTuple(args, "Oiy*y*iLLpLp:submit", &token, &j->dir_fd, &base, &j->data, &j->perms, &j->uid,
+                          &j->gid, &j->times, &j->mtime_ns, &j->do_fsync)) {
+        PyMem_RawFree(j);
+        return NULL;
+    }
+    int bad = base.len == 0 || base.len > 255 || memchr(base.buf, '/', (size_t)base.len)
+              || memchr(base.buf, '\0', (size_t)base.len);
+    if (!bad) {
+        memcpy(j->base, base.buf, (size_t)base.len);
+        j->base[base.len] = '\0';
+        j->base_len = base.len;
+    }
+    PyBuffer_Release(&base);
+    if (bad || !c->started || c->stop) {
+        PyBuffer_Release(&j->data);
+        PyMem_RawFree(j);
+        if (bad)
+            PyErr_SetString(PyExc_ValueError, "base must be one path component of 1..255 bytes");
+        else
+            PyErr_SetString(PyExc_RuntimeError, "Committer is closed");
+        return NULL;
+    }
+    Py_INCREF(token);
+    j->token = token;
+    /* The thread holds the mutex only for a few instructions: take it with the GIL held,
+     * and let the GIL go only to wait for room (a queue full of jobs or bytes). */
+    pthread_mutex_lock(&c->mu);
+    if (c->in_flight >= c->max_jobs || c->in_flight_bytes + j->data.len > c->max_bytes) {
+        pthread_mutex_unlock(&c->mu);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&c->mu);
+        if (c->idle)
+            pthread_cond_signal(&c->work);
+        while (c->in_flight > c->max_jobs / 2) {
+            c->waiters++;
+            pthread_cond_wait(&c->done, &c->mu);
+            c->waiters--;
+        }
+        pthread_mutex_unlock(&c->mu);
+        Py_END_ALLOW_THREADS
+        pthread_mutex_lock(&c->mu);
+    }
+    list_push(&c->todo, j);
+    c->in_flight++;
+    c->in_flight_bytes += j->data.len;
+    if (c->idle && (c->in_flight >= WAKE_AT || c->in_flight_bytes * 4 >= c->max_bytes))
+        pthread_cond_signal(&c->work);
+    pthread_mutex_unlock(&c->mu);
+    Py_RETURN_NONE;
+}
+
+/* Hand back finished jobs as [(token, errno)], freeing them (the GIL is held). */
+static PyObject *
+take_finished(Job *j)
+{
+    PyObject *out = PyList_New(0);
+    while (j) {
+        Job *next = j->next;
+        PyObject *item = out ? Py_BuildValue("(Oi)", j->token, j->err) : NULL;
+        if (item == NULL || PyList_Append(out, item) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(item);
+        Py_DECREF(j->token);
+        PyBuffer_Release(&j->data);
+        PyMem_RawFree(j);
+        j = next;
+    }
+    return out;
+}
+
+static PyObject *
+collect_jobs(Committer *c, int wait)
+{
+    Job *j;
+    if (!c->started)
+        return PyList_New(0);
+    if (wait) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&c->mu);
+        if (c->idle)
+            pthread_cond_signal(&c->work);
+        while (c->in_flight) {
+            c->waiters++;
+            pthread_cond_wait(&c->done, &c->mu);
+            c->waiters--;
+        }
+        pthread_mutex_unlock(&c->mu);
+        Py_END_ALLOW_THREADS
+    }
+    pthread_mutex_lock(&c->mu);  /* held briefly by the thread: no need to let the GIL go */
+    j = c->finished.head;
+    c->finished.head = c->finished.tail = NULL;
+    pthread_mutex_unlock(&c->mu);
+    return take_finished(j);
+}
+
+static PyObject *
+committer_collect(Committer *c, PyObject *args)
+{
+    int wait = 0;
+    if (!PyArg_ParseTuple(args, "|p:collect", &wait))
+        return NULL;
+    return collect_jobs(c, wait);
+}
+
+/* Stop the thread once the queue is empty; what finished stays for collect(). */
+static void
+committer_stop(Committer *c)
+{
+    if (!c->started || c->stop)
+        return;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&c->mu);
+    c->stop = 1;
+    pthread_cond_signal(&c->work);
+    pthread_mutex_unlock(&c->mu);
+    pthread_join(c->thread, NULL);
+    Py_END_ALLOW_THREADS
+}
+
+static PyObject *
+committer_close(Committer *c, PyObject *Py_UNUSED(ignored))
+{
+    committer_stop(c);
+    return collect_jobs(c, 0);
+}
+
+static void
+committer_dealloc(Committer *c)
+{
+    committer_stop(c);
+    if (c->started) {
+        PyObject *rest = take_finished(c->finished.head);
+        Py_XDECREF(rest);
+        pthread_mutex_destroy(&c->mu);
+        pthread_cond_destroy(&c->work);
+        pthread_cond_destroy(&c->done);
+    }
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyMethodDef committer_methods[] = {
+    {"submit", (PyCFunction)committer_submit, METH_VARARGS,
+     "submit(token, dir_fd, base, data, perms, uid, gid, times, mtime_ns, fsync): queue one commit_bytes."},
+    {"collect", (PyCFunction)committer_collect, METH_VARARGS,
+     "collect(wait=False) -> [(token, errno)]: the files done since the last call (all queued ones if wait)."},
+    {"close", (PyCFunction)committer_close, METH_NOARGS,
+     "close() -> [(token, errno)]: finish the queue, stop the thread, return what finished."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CommitterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "zcsync._commit.Committer",
+    .tp_basicsize = sizeof(Committer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Committer(max_jobs=64, max_bytes=16 MiB): commit_bytes on a thread of its own.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)committer_init,
+    .tp_dealloc = (destructor)committer_dealloc,
+    .tp_methods = committer_methods,
+};
+
 static PyMethodDef methods[] = {
     {"commit_bytes", (PyCFunction)py_commit_bytes, METH_VARARGS, commit_bytes_doc},
     {NULL, NULL, 0, NULL},
@@ -180,5 +477,16 @@ static struct PyModuleDef moduledef = {
 PyMODINIT_FUNC
 PyInit__commit(void)
 {
-    return PyModule_Create(&moduledef);
+    if (PyType_Ready(&CommitterType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&CommitterType);
+    if (PyModule_AddObject(m, "Committer", (PyObject *)&CommitterType) < 0) {
+        Py_DECREF(&CommitterType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -72,10 +72,11 @@ class Generator:
     _after: list[tuple[bytes, frozenset[bytes]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.writer.on_commit = self._committed
-        self._hl_lock = threading.Lock()
         o = self.opts
+        # Does anything wait for a file's commit (a hard link to it, removing its source)?
         self._plain_final = not (o.hard_links or o.remove_source_files)
+        self.writer.on_commit = None if self._plain_final else self._committed
+        self._hl_lock = threading.Lock()
         # May an up-to-date file be recognised from its stat alone?
         self._quick = not (o.checksum or o.size_only or o.ignore_existing or o.xattrs or o.acls
                            or (o.itemize and o.verbose > 1))

@@ -156,16 +156,22 @@ class SendingSide:
         self.skip_compress = SkipCompress(opts.skip_compress) if conn.codec is not None else None
         self._flist_error: BaseException | None = None
         self._digests: ThreadPoolExecutor | None = None  # hashes a file while sendfile sends it
+        self._named_uids: set[int] = set()  # ids whose owner name went out already (once per id)
+        self._named_gids: set[int] = set()
 
     def _extras(self, entry: FileEntry) -> EntryExtras | None:
         digest = uname = gname = None
         if self.opts.checksum and entry.is_reg:
             digest = entry.digest if entry.digest is not None else self.sender.digest(entry)
         if not self.opts.numeric_ids:
-            if self.opts.owner and (name := meta.uid_name(entry.uid)):
-                uname = name.encode()
-            if self.opts.group and (name := meta.gid_name(entry.gid)):
-                gname = name.encode()
+            if self.opts.owner and entry.uid not in self._named_uids:
+                self._named_uids.add(entry.uid)
+                if name := meta.uid_name(entry.uid):
+                    uname = name.encode()
+            if self.opts.group and entry.gid not in self._named_gids:
+                self._named_gids.add(entry.gid)
+                if name := meta.gid_name(entry.gid):
+                    gname = name.encode()
         if digest is None and uname is None and gname is None:
             return None
         return EntryExtras(digest, uname, gname)
@@ -663,6 +669,10 @@ class ReceivingSide:
         self._partial_bases: set[bytes] = set()  # dest names whose signature is of their partial file
         self.seed = int.from_bytes(os.urandom(8), "big")  # per transfer, as rsync's checksum seed
         self._parts: list[FileEntry] = []
+        # The sender's ids -> ours, from the owner names it sends once per id; ids that
+        # came without a name stay as they are.
+        self._uids: dict[int, int] = {}
+        self._gids: dict[int, int] = {}
         self._lock = threading.Lock()
         self._listed = False
         self._empty = False
@@ -783,6 +793,8 @@ class ReceivingSide:
 
     def _maybe_done(self) -> None:
         """Once the list is through and every request answered: retry failures once, then Done."""
+        if not self._listed or self._done_sent:  # the common case, without the lock (both only ever turn True)
+            return
         with self._lock:
             if not self._listed or self.requests or self._done_sent:
                 return
@@ -804,18 +816,28 @@ class ReceivingSide:
 
     def _local_batch(self, msg: FlistBatch) -> DirBatch:
         """Wire entries to local ones: owner names mapped to local ids, -c digests kept."""
+        map_ids = not self.opts.numeric_ids
+        uids, gids = self._uids, self._gids  # only ids that differ here
+        for entry, extras in zip(msg.entries, msg.extras):  # extras: () when no entry has any
+            if extras is None:
+                continue
+            if extras.digest is not None:
+                self.digests[entry.index] = extras.digest
+            if map_ids and extras.uname:
+                uid = meta.uid_by_name(extras.uname.decode("utf-8", "replace"))
+                if uid is not None and uid != entry.uid:
+                    uids[entry.uid] = uid
+            if map_ids and extras.gname:
+                gid = meta.gid_by_name(extras.gname.decode("utf-8", "replace"))
+                if gid is not None and gid != entry.gid:
+                    gids[entry.gid] = gid
+        if not uids and not gids:
+            return DirBatch(msg.dir_name, msg.entries, msg.expanded)
         entries = []
-        for i, entry in enumerate(msg.entries):
-            extras = msg.extras_of(i)
-            if extras is not None:
-                if extras.digest is not None:
-                    self.digests[entry.index] = extras.digest
-                if not self.opts.numeric_ids:
-                    uid = meta.uid_by_name(extras.uname.decode("utf-8", "replace")) if extras.uname else None
-                    gid = meta.gid_by_name(extras.gname.decode("utf-8", "replace")) if extras.gname else None
-                    if uid is not None or gid is not None:
-                        entry = entry._replace(uid=entry.uid if uid is None else uid,
-                                               gid=entry.gid if gid is None else gid)
+        for entry in msg.entries:
+            uid, gid = uids.get(entry.uid, entry.uid), gids.get(entry.gid, entry.gid)
+            if uid != entry.uid or gid != entry.gid:
+                entry = entry._replace(uid=uid, gid=gid)
             entries.append(entry)
         return DirBatch(msg.dir_name, tuple(entries), msg.expanded)
 
@@ -829,6 +851,8 @@ class ReceivingSide:
                                       source_digest=lambda e: self.digests.get(e.index),
                                       remove_source=remove)
         self.receiver.tree.shared = True  # the generator thread and this one both use it
+        if self.receiver.writer.on_commit is None:  # nothing waits for a commit: they can queue
+            self.receiver.writer.commit_in_background()
         self._gen_thread = threading.Thread(target=self._generate, name="zcsync-generator", daemon=True)
         self._gen_thread.start()
 
@@ -923,6 +947,8 @@ class ReceivingSide:
                 if self._gen_error is not None:
                     raise self._gen_error
                 self._maybe_done()
+            if self.receiver is not None:
+                self.receiver.writer.flush_commits()
         except BaseException:
             if self.receiver is not None:
                 self.receiver.writer.cleanup()

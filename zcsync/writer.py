@@ -73,6 +73,7 @@ class Writer:
         self.on_commit = None  # callable(entry, dest_name) -> None, set by the generator
         self._lock = threading.Lock()
         self.temps: set[tuple[bytes, bytes, bytes]] = set()  # (parent, temp, base) still uncommitted
+        self._committer = None  # see commit_in_background()
 
     @property
     def partial_dir(self) -> bytes:
@@ -149,9 +150,9 @@ class Writer:
         # Pinned: on a remote receiver the generator thread may evict and close directory
         # fds while this file's data is still arriving.
         pfd = self.tree.pin(parent)
+        if self._plain(req, source) and xxhash.xxh3_128(source.data).digest() == source.digest():
+            return self._commit_bytes(req, source.data, pfd, parent, base)  # it unpins
         try:
-            if self._plain(req, source) and xxhash.xxh3_128(source.data).digest() == source.digest():
-                return self._commit_bytes(req, source.data, pfd, parent, base)
             return self._write_in(req, source, pfd, parent, base)
         finally:
             self.tree.unpin(pfd)
@@ -167,14 +168,54 @@ class Writer:
                 and (self.xattr_apply is None or req.entry.xattrs is None))
 
     def _commit_bytes(self, req: Request, data: bytes, pfd: int, parent: bytes, base: bytes) -> bool:
-        """The commit protocol of _write_in in one C call that releases the GIL (zcsync/_commit.c)."""
-        want = self.policy.wanted(req.entry, req.existing)
+        """The commit protocol of _write_in in one C call that releases the GIL (zcsync/_commit.c),
+        or queued for the commit thread (commit_in_background). Takes over pfd's pin."""
         assert _commit is not None
-        _commit.commit_bytes(pfd, base, data, want.perms, -1 if want.uid is None else want.uid,
-                             -1 if want.gid is None else want.gid, want.mtime_ns is not None,
-                             want.mtime_ns or 0, self.opts.fsync)
-        self.tree.mark_dirty(parent)
+        try:
+            want = self.policy.wanted(req.entry, req.existing)
+            args = (pfd, base, data, want.perms, -1 if want.uid is None else want.uid,
+                    -1 if want.gid is None else want.gid, want.mtime_ns is not None, want.mtime_ns or 0,
+                    self.opts.fsync)
+            if self._committer is not None:
+                self._committer.submit((req, parent, pfd), *args)  # unpinned in _finish_commits
+                pfd = -1
+            else:
+                _commit.commit_bytes(*args)
+                self.tree.mark_dirty(parent)
+        finally:
+            if pfd != -1:
+                self.tree.unpin(pfd)
+        if self._committer is not None:
+            self._finish_commits(self._committer.collect())
         return True
+
+    def commit_in_background(self) -> None:
+        """From now on, files that _commit_bytes takes are committed on a thread that never takes
+        the GIL: write() returns once the file is queued. Only for a receiver whose commits
+        nothing waits on (no hard links to make after them, no source to remove); a failure
+        is reported as a later write()'s or at flush_commits(), by the file's name."""
+        if _commit is not None and self._committer is None:
+            self._committer = _commit.Committer()
+
+    def flush_commits(self) -> None:
+        """Wait until every queued commit is done (before directory times, fsyncs, the end)."""
+        if self._committer is not None:
+            self._finish_commits(self._committer.collect(True))
+
+    def _finish_commits(self, done: list[tuple[tuple[Request, bytes, int], int]]) -> None:
+        fatal = None
+        for (req, parent, pfd), err in done:
+            self.tree.unpin(pfd)
+            if not err:
+                self.tree.mark_dirty(parent)
+                continue
+            message = f"Cannot write {escape(req.dest_name)!r}: {os.strerror(err)}"
+            if err in FATAL_ERRNOS:
+                fatal = fatal or FileIOError(message)
+            else:
+                self.report.problem(FileProblem(escape(req.dest_name), message))
+        if fatal is not None:
+            raise fatal
 
     def _write_in(self, req: Request, source: DataSource, pfd: int, parent: bytes, base: bytes) -> bool:
         opts = self.opts
@@ -265,6 +306,10 @@ class Writer:
 
     def cleanup(self) -> None:
         """Remove temp files left by an interrupted run (no partial file under a final name)."""
+        if self._committer is not None:
+            # Queued files are whole and verified: let them commit (a failed one leaves no temp).
+            for (req, parent, pfd), err in self._committer.close():
+                self.tree.unpin(pfd)
         with self._lock:
             temps = list(self.temps)
             self.temps.clear()

@@ -1,6 +1,7 @@
 """zcsync._commit.commit_bytes: the commit protocol in one call, for files received whole in memory."""
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -52,3 +53,52 @@ def test_a_symlink_in_place_is_replaced_not_followed(tmp_path, dir_fd):
     _commit.commit_bytes(dir_fd, b"link", b"mine", 0o644, -1, -1, False, 0, False)
     assert not (tmp_path / "link").is_symlink() and (tmp_path / "link").read_bytes() == b"mine"
     assert (tmp_path / "target").read_text() == "victim"
+
+
+# -- Committer: the same commit on a thread that never takes the GIL --------------------
+
+def test_committer_commits_every_file_and_hands_back_each_token(tmp_path, dir_fd):
+    c = _commit.Committer(max_jobs=4, max_bytes=64)  # small bounds: submit() must wait for room
+    want = {}
+    for i in range(200):
+        data = os.urandom(i % 50)
+        want[f"f{i}"] = data
+        c.submit(("token", i), dir_fd, b"f%d" % i, data, 0o604, -1, -1, True, 1_000_000_000 * i + 7, False)
+    done = c.collect(True)
+    assert sorted(done) == sorted((("token", i), 0) for i in range(200))
+    assert c.collect() == []  # each result is handed back once
+    for name, data in want.items():
+        st = (tmp_path / name).stat()
+        assert (tmp_path / name).read_bytes() == data
+        assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o604, 1_000_000_000 * int(name[1:]) + 7)
+    assert len(os.listdir(tmp_path)) == 200  # no temp file left
+    assert c.close() == []
+
+
+def test_committer_reports_a_failure_by_token_and_leaves_nothing(tmp_path, dir_fd):
+    (tmp_path / "d").mkdir()
+    c = _commit.Committer()
+    c.submit("dir", dir_fd, b"d", b"data", 0o644, -1, -1, False, 0, False)
+    c.submit("ok", dir_fd, b"e", b"data", 0o644, -1, -1, False, 0, False)
+    assert sorted(c.collect(True)) == [("dir", errno.EISDIR), ("ok", 0)]
+    assert sorted(os.listdir(tmp_path)) == ["d", "e"]
+    c.close()
+
+
+def test_committer_close_finishes_the_queue_and_refuses_more(tmp_path, dir_fd):
+    c = _commit.Committer()
+    for i in range(50):
+        c.submit(i, dir_fd, b"f%d" % i, b"x" * 1000, 0o644, -1, -1, False, 0, False)
+    done = c.close()
+    assert sorted(t for t, _ in done) == list(range(50)) and all(e == 0 for _, e in done)
+    assert len(os.listdir(tmp_path)) == 50
+    with pytest.raises(RuntimeError):
+        c.submit(99, dir_fd, b"late", b"", 0o644, -1, -1, False, 0, False)
+
+
+@pytest.mark.parametrize("base", [b"", b"a/b", b"x" * 256, b"nul\0"])
+def test_committer_checks_the_name_before_queueing(dir_fd, base):
+    c = _commit.Committer()
+    with pytest.raises(ValueError):
+        c.submit(1, dir_fd, base, b"", 0o644, -1, -1, False, 0, False)
+    assert c.close() == []
