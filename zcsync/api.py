@@ -8,7 +8,6 @@ the "zcsync" logger (silent unless the program configured logging) and into the 
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import io
 import os
@@ -206,6 +205,7 @@ def option_args(options: Mapping[str, object]) -> list[str]:
     for key, value in options.items():
         spec = table.get(key)
         if spec is None:
+            import difflib
             close = difflib.get_close_matches(key, table, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UsageError(f"Unknown option {key!r}{hint}")
@@ -331,9 +331,12 @@ def run_paths(paths: list[str], opts: Options, on_event: Callable[[Event], None]
         if endpoint.kind == "daemon" and not endpoint.module:  # `zcsync host::`: the module list
             if opts.transport:
                 raise UsageError(f"--transport={opts.transport} cannot be used with a zcsync daemon")
-            from .daemon import format_module_list, list_modules
+            from .connect import format_module_list, list_modules
             (out or sys.stdout).write(format_module_list(list_modules(endpoint, opts)))
             return RunResult(0, Report(), [])
+        if endpoint.is_remote:  # `zcsync host:path`: list the remote tree, as rsync does
+            from .connect import list_remote
+            return list_remote(endpoint, opts, out or sys.stdout, on_event)
     if len(paths) == 1 or opts.list_only:
         sources = paths if len(paths) == 1 else paths[:-1] if not opts.list_only else paths
         return list_only(sources, opts, out or sys.stdout, on_event)

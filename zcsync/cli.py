@@ -1,8 +1,8 @@
 """The command line: rsync's options mapped onto Options; results mapped onto rsync's exit codes."""
 from __future__ import annotations
 
+import gc
 import io
-import json
 import logging
 import os
 import signal
@@ -498,6 +498,7 @@ def run_cli(paths: list[str], opts: Options) -> int:
         if runlog is not None:
             runlog.finish(stats, code)
         if opts.json:
+            import json
             lines = tuple(listing.getvalue().splitlines()) if isinstance(listing, io.StringIO) else ()
             problems = tuple(report.problems) if report is not None else ()
             doc = SyncResult(code, stats, problems, tuple(items), lines).as_dict(items=collect)
@@ -563,13 +564,20 @@ def _summary(report: Report, opts: Options, elapsed: float) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point; argv None: the program's own arguments (the process ends here)."""
     args = list(argv) if argv is not None else sys.argv[1:]
-    if args[:1] == ["--server"]:
-        from .server import main as server_main
-        sys.exit(server_main(args))
-    if args[:1] in (["daemon"], ["--daemon"]):
-        from .daemon import main as daemon_main
-        sys.exit(daemon_main(args[1:]))
-    command.main(args=list(argv) if argv is not None else sys.argv[1:], prog_name="zcsync")
+    try:
+        if args[:1] == ["--server"]:
+            from .server import main as server_main
+            sys.exit(server_main(args))
+        if args[:1] in (["daemon"], ["--daemon"]):
+            from .daemon import main as daemon_main
+            sys.exit(daemon_main(args[1:]))
+        command.main(args=args, prog_name="zcsync")
+    finally:
+        if argv is None:
+            # The process is about to end and the OS frees its memory: spare the interpreter's
+            # shutdown its garbage collections over every object of every module loaded (8-15 ms
+            # of a small transfer). atexit handlers, thread joins and flushes still run.
+            gc.freeze()
 

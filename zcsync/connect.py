@@ -1,21 +1,41 @@
-"""The client end of a remote transfer: start `zcsync --server` on the other host and run our role."""
+"""The client end of a remote transfer: start `zcsync --server` on the other host, or reach a
+zcsync daemon (host::module/path), and run our role.
+
+The daemon's connection preamble (its format is in daemon.py's docstring) is coded here,
+both directions, so that a client never imports the daemon's server code; daemon.py
+imports the codec from here.
+"""
 from __future__ import annotations
 
 import logging
 import os
+import pwd
+import struct
 import time
 from collections.abc import Callable
+from typing import TextIO
+from dataclasses import dataclass
 
-from . import compress, errors
-from .endpoints import Endpoint, parse_endpoint
+from . import auth, compress, errors
+from .endpoints import DEFAULT_DAEMON_PORT, Endpoint, parse_endpoint, valid_module_name
 from .engine import RunResult, read_files_from, source_args
-from .errors import RemoteNotFound, StreamError, UsageError, ZcsyncError
+from .errors import (
+    FileSelectError,
+    ProtocolError,
+    RemoteNotFound,
+    SocketIOError,
+    StartupError,
+    StreamError,
+    UsageError,
+    ZcsyncError,
+)
 from .filters import FilterRules
-from .options import Options, to_wire
+from .options import MAX_WIRE_OPTIONS, Options, to_wire
 from .protocol import Connection, handshake
-from .remote import ReceivingSide, SendingSide, send_files_from
+from .remote import ListingSide, ReceivingSide, SendingSide, send_files_from
 from .sender import Sender
 from .stats import Event, Report
+from .transport import tcp
 from .transport.base import Stream
 
 log = logging.getLogger(__name__)
@@ -51,7 +71,6 @@ def open_remote(endpoint: Endpoint, role: str, opts: Options, paths: list[str]) 
         if opts.transport == "tcp":
             raise UsageError(f"--transport=tcp is for host:path (ssh) locations; {endpoint} is a zcsync "
                              "daemon, which is reached over raw TCP already")
-        from .daemon import open_daemon_stream
         return open_daemon_stream(endpoint, opts, role, paths)
     if opts.transport == "tcp":
         return open_bootstrapped(endpoint, role, opts, paths)
@@ -107,17 +126,50 @@ def run_remote(paths: list[str], opts: Options, on_event: Callable[[Event], None
         if not dst.is_remote:  # a pull: the list is read here and sent to the remote sender
             names = read_files_from(opts)
             opts = opts.replace(files_from_peer=True)
-    caps = client_caps(opts)  # a codec missing here is an error before anything starts
-    opts = opts.replace(want_items=on_event is not None)  # else the server sends no Item per file
     report = Report(on_event=on_event)
+    # Only if something here shows them (a display, a log, progress) does the server send one Item per file.
+    opts = opts.replace(want_items=report.on_event is not None)
     filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded)
     if dst.is_remote:
-        endpoint = dst
-        stream = open_remote(endpoint, "receiver", opts, [dst.path or "."])
+        def push(conn: Connection) -> None:
+            sender = Sender(source_args([s.path for s in srcs], opts), opts, filters, on_problem=report.problem)
+            SendingSide(conn, sender, opts, report).run()
+        _session(dst, "receiver", opts, [dst.path or "."], report, push)
     else:
-        endpoint = srcs[0]
-        stream = open_remote(endpoint, "sender", opts, [s.path or "." for s in srcs])
-    conn = Connection(stream, side="sender" if dst.is_remote else "receiver", peer=endpoint.host or "peer")
+        def pull(conn: Connection) -> None:
+            if names is not None:
+                send_files_from(conn, names)
+            side = ReceivingSide(conn, dst.path, opts, report, filters)
+            try:
+                side.run()
+            finally:
+                side.close()
+        _session(srcs[0], "sender", opts, [s.path or "." for s in srcs], report, pull)
+    report.stats.elapsed_s = time.monotonic() - started
+    return RunResult(report.exit_code, report, report.problems)
+
+
+def list_remote(endpoint: Endpoint, opts: Options, out: TextIO,
+                on_event: Callable[[Event], None] | None = None) -> RunResult:
+    """`zcsync host:path` (one remote operand): rsync's listing of the remote tree."""
+    started = time.monotonic()
+    report = Report(on_event=on_event)
+    show_links = opts.links
+    # As the local listing: directories shown (not entered without -r), every type listed.
+    opts = opts.replace(dirs=opts.dirs or not opts.recursive, links=True, devices=True, specials=True,
+                        want_items=False)
+    _session(endpoint, "sender", opts, [endpoint.path or "."], report,
+             lambda conn: ListingSide(conn, out, report, show_links).run())
+    report.stats.elapsed_s = time.monotonic() - started
+    return RunResult(report.exit_code, report, report.problems)
+
+
+def _session(endpoint: Endpoint, role: str, opts: Options, paths: list[str], report: Report,
+             run: Callable[[Connection], None]) -> None:
+    """Start the remote end in `role` on paths, shake hands, and run our end with run(conn)."""
+    caps = client_caps(opts)  # a codec missing here is an error before anything starts
+    stream = open_remote(endpoint, role, opts, paths)
+    conn = Connection(stream, side="sender" if role == "receiver" else "receiver", peer=endpoint.host or "peer")
     conn.set_bwlimit(opts.bwlimit)
     try:
         with _translate(stream, endpoint):
@@ -125,24 +177,11 @@ def run_remote(paths: list[str], opts: Options, on_event: Callable[[Event], None
             if caps["compress"] != "none" and negotiated.compress == "none":
                 log.warning("%s supports none of the compressions offered (%s): sending uncompressed",
                             endpoint.host or "the server", caps["compress"])
-            if dst.is_remote:
-                sender = Sender(source_args([s.path for s in srcs], opts), opts, filters,
-                                on_problem=report.problem)
-                SendingSide(conn, sender, opts, report).run()
-            else:
-                if names is not None:
-                    send_files_from(conn, names)
-                side = ReceivingSide(conn, dst.path, opts, report, filters)
-                try:
-                    side.run()
-                finally:
-                    side.close()
+            run(conn)
     finally:
         report.stats.bytes_sent = conn.bytes_sent
         report.stats.bytes_received = conn.bytes_received
         stream.close()
-    report.stats.elapsed_s = time.monotonic() - started
-    return RunResult(report.exit_code, report, report.problems)
 
 
 class _translate:
@@ -175,3 +214,312 @@ class _SshFailed(ZcsyncError):
     """{detail}"""
 
     exit_code = 255
+
+
+# -- a zcsync daemon (host::module/path) ---------------------------------------------
+#
+# The connection preamble described in daemon.py's docstring. The daemon's side of it
+# is in daemon.py; the codec is here, with the client's side, for both of them.
+
+MAGIC = b"ZCSYNCD\x01"
+KIND_LIST, KIND_TRANSFER = 1, 2
+_ROLE_CODES = {"sender": 1, "receiver": 2}
+_ROLE_NAMES = {v: k for k, v in _ROLE_CODES.items()}
+R_OK, R_AUTH, R_LIST, R_ERROR = 0, 1, 2, 3
+
+MAX_REQUEST = 256 * 1024
+MAX_PATHS = 256
+MAX_PATH = 4096
+MAX_MESSAGE = 1024
+MAX_LISTED = 4096
+MAX_COMMENT = 1024
+PREAMBLE_TIMEOUT = 60.0  # client side, while the daemon greets, throttles and answers
+
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+_ERROR_CLASSES: dict[int, type[ZcsyncError]] = {
+    errors.USAGE: UsageError, errors.PROTOCOL: ProtocolError, errors.FILE_SELECT: FileSelectError,
+    errors.STARTUP: StartupError, errors.SOCKET_IO: SocketIOError, errors.STREAM: StreamError,
+}
+
+
+# -- the preamble codec (both sides) ---------------------------------------------
+
+@dataclass(frozen=True)
+class DaemonRequest:
+    """What the client asks for, sent once after the greeting."""
+
+    kind: int
+    module: str = ""
+    user: str = ""
+    role: str | None = None  # the server's role: "sender" (pull) or "receiver" (push)
+    options: str = ""
+    paths: tuple[bytes, ...] = ()
+    client_nonce: bytes = b"\0" * auth.NONCE_SIZE
+
+    def encode(self) -> bytes:
+        """The body (after MAGIC and its length), exactly as the proofs digest it."""
+        module, user, options = self.module.encode("ascii"), self.user.encode("ascii"), self.options.encode()
+        parts = [_U8.pack(self.kind), _U8.pack(len(module)), module, _U8.pack(len(user)), user,
+                 _U8.pack(_ROLE_CODES.get(self.role or "", 0)), _U32.pack(len(options)), options,
+                 _U16.pack(len(self.paths))]
+        for path in self.paths:
+            parts += [_U16.pack(len(path)), path]
+        parts.append(self.client_nonce)
+        body = b"".join(parts)
+        if len(body) > MAX_REQUEST:
+            raise UsageError("too many or too long paths for one daemon request")
+        return body
+
+    @classmethod
+    def decode(cls, body: bytes) -> DaemonRequest:
+        """Parse and check an untrusted request body; raises ProtocolError."""
+        r = _Reader(body)
+        kind = r.u8()
+        if kind not in (KIND_LIST, KIND_TRANSFER):
+            raise ProtocolError(f"unknown request kind {kind}")
+        module = r.text(r.u8(), "module name")
+        user = r.text(r.u8(), "user name")
+        role_code = r.u8()
+        options_len = r.u32()
+        if options_len > MAX_WIRE_OPTIONS:
+            raise ProtocolError("options are too long")
+        try:
+            options = r.take(options_len).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("options are not UTF-8") from None
+        count = r.u16()
+        if count > MAX_PATHS:
+            raise ProtocolError(f"too many paths ({count}, limit {MAX_PATHS})")
+        paths = []
+        for _ in range(count):
+            n = r.u16()
+            if n > MAX_PATH:
+                raise ProtocolError("a path is too long")
+            path = r.take(n)
+            if b"\0" in path:
+                raise ProtocolError("a path contains NUL")
+            paths.append(path)
+        nonce = r.take(auth.NONCE_SIZE)
+        r.finish()
+        if kind == KIND_TRANSFER:
+            if not valid_module_name(module):
+                raise ProtocolError(f"bad module name {module!r}")
+            if role_code not in _ROLE_NAMES or not paths:
+                raise ProtocolError("a transfer request needs a role and at least one path")
+        if ":" in user:
+            raise ProtocolError("bad user name")
+        return cls(kind, module, user, _ROLE_NAMES.get(role_code), options, tuple(paths), nonce)
+
+
+class _Reader:
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.buf):
+            raise ProtocolError("truncated daemon request")
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int(_U16.unpack(self.take(2))[0])
+
+    def u32(self) -> int:
+        return int(_U32.unpack(self.take(4))[0])
+
+    def text(self, n: int, what: str) -> str:
+        raw = self.take(n)
+        if any(not 0x20 <= b < 0x7f for b in raw):
+            raise ProtocolError(f"bad {what}: only printable ASCII is allowed")
+        return raw.decode("ascii")
+
+    def finish(self) -> None:
+        if self.pos != len(self.buf):
+            raise ProtocolError("trailing bytes in daemon request")
+
+
+def peer_text(raw: bytes) -> str:
+    """Peer text for display: printable ASCII kept, everything else escaped as rsync does."""
+    return "".join(chr(b) if 0x20 <= b < 0x7f else f"\\#{b:03o}" for b in raw)
+
+
+def read_exact(stream: Stream, n: int, what: str) -> bytes:
+    """n bytes of the preamble; PreambleClosed if the peer closes first."""
+    data = stream.read(n)
+    if len(data) != n:
+        raise PreambleClosed(what)
+    return data
+
+
+class PreambleClosed(Exception):
+    """The other side closed the connection during the preamble."""
+
+
+# -- the client ---------------------------------------------------------------
+
+def _port(endpoint: Endpoint, opts: Options) -> int:
+    # --port only changes the default port (rsync: "specify double-colon alternate port").
+    if opts.port and (endpoint.port in (None, DEFAULT_DAEMON_PORT)):
+        return opts.port
+    return endpoint.port or DEFAULT_DAEMON_PORT
+
+
+def _default_user() -> str:
+    # What getpass.getuser() does, without importing getpass (and termios) for it.
+    for var in ("USER", "LOGNAME", "LNAME", "USERNAME"):
+        value = os.environ.get(var)
+        if value:
+            return value
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return "nobody"
+
+
+def _raise_daemon_error(stream: Stream, where: str) -> None:
+    code = read_exact(stream, 1, "an error")[0]
+    (n,) = _U16.unpack(read_exact(stream, 2, "an error"))
+    if n > MAX_MESSAGE:
+        raise ProtocolError(f"{where} sent an over-long error message")
+    text = peer_text(read_exact(stream, n, "an error"))
+    cls = _ERROR_CLASSES.get(code)
+    if cls is not None:
+        raise cls(f"@ERROR: {text}")
+    exc = StartupError(f"@ERROR: {text}")
+    exc.exit_code = code if 0 < code < 256 else errors.STARTUP  # keep the daemon's code
+    raise exc
+
+
+def _connect(endpoint: Endpoint, opts: Options) -> tuple[tcp.SocketStream, str]:
+    """Connect to the daemon; returns (stream, "host:port"). Its greeting is read by _read_greeting."""
+    if not endpoint.host:
+        raise UsageError("a daemon location needs a host name")
+    port = _port(endpoint, opts)
+    stream = tcp.connect(endpoint.host, port,
+                         connect_timeout=float(opts.contimeout) if opts.contimeout else None,
+                         timeout=float(opts.timeout) if opts.timeout else PREAMBLE_TIMEOUT)
+    return stream, f"{endpoint.host}:{port}"
+
+
+def _read_greeting(stream: Stream, where: str) -> bytes:
+    """Read the daemon's greeting; returns the server nonce. The caller closes the stream on error."""
+    try:
+        head = stream.read(len(MAGIC))
+        if head != MAGIC:
+            if not head:
+                raise StartupError(f"{where} closed the connection before greeting us")
+            if head.startswith(b"@RSYNCD"):
+                raise StartupError(f"{where} is an rsync daemon, not a zcsync daemon (use rsync for it)")
+            raise StartupError(f"{where} is not a zcsync daemon (it sent {peer_text(head)!r})")
+        status = read_exact(stream, 1, "the greeting")[0]
+        if status == R_ERROR:
+            _raise_daemon_error(stream, where)
+        if status != R_OK:
+            raise ProtocolError(f"{where} sent an unknown greeting status {status}")
+        return read_exact(stream, auth.NONCE_SIZE, "the greeting")
+    except PreambleClosed:
+        raise StartupError(f"{where} closed the connection during its greeting") from None
+
+
+def _send_request(stream: Stream, request: DaemonRequest) -> bytes:
+    body = request.encode()
+    stream.write(MAGIC + _U32.pack(len(body)) + body)
+    return body
+
+
+def open_daemon_stream(endpoint: Endpoint, opts: Options, role: str, paths: list[str],
+                       password: bytes | str | None = None) -> Stream:
+    """Connect to ``zcsync daemon``, select the module and authenticate; return the Stream.
+
+    ``role`` is what the server will be ("sender" for a pull, "receiver" for a push);
+    ``paths`` are relative to the module. The password is ``password``, else
+    ``--password-file``, else ``$ZCSYNC_PASSWORD``, read only if the module asks for one.
+    The protocol handshake (protocol.handshake) then runs on the stream as over ssh.
+    """
+    if role not in _ROLE_CODES:
+        raise ValueError("role must be 'sender' or 'receiver'")
+    if not endpoint.module:
+        raise UsageError(f"{endpoint}: no module named (use 'zcsync {endpoint.host}::' to list them)")
+    if not valid_module_name(endpoint.module):
+        raise UsageError(f"Bad module name {endpoint.module!r} (printable ASCII, no '/' or ']')")
+    user = endpoint.user or _default_user()
+    if not (len(user) <= 255 and all(0x20 < ord(c) < 0x7f for c in user) and ":" not in user):
+        raise UsageError(f"Bad daemon user name {user!r} (printable ASCII without ':' or blanks)")
+    stream, where = _connect(endpoint, opts)
+    try:
+        # Made while the daemon starts our session (it forks one before it greets us).
+        request = DaemonRequest(KIND_TRANSFER, endpoint.module, user, role, to_wire(opts),
+                                tuple(os.fsencode(p or ".") for p in paths), auth.new_nonce())
+        server_nonce = _read_greeting(stream, where)
+        body = _send_request(stream, request)
+        reply = read_exact(stream, 1, "the reply")[0]
+        proof_expected = None
+        if reply == R_AUTH:
+            secret = password if password is not None else auth.client_password(opts.password_file)
+            if secret is None:
+                raise StartupError(f"@ERROR: module {endpoint.module!r} on {where} needs a password: "
+                                   "give --password-file=FILE or set ZCSYNC_PASSWORD")
+            secret_b = secret.encode() if isinstance(secret, str) else secret
+            digest = auth.request_digest(body)
+            args = (server_nonce, request.client_nonce, request.module.encode(), user.encode(), digest)
+            stream.write(auth.client_proof(secret_b, *args))
+            proof_expected = auth.server_proof(secret_b, *args)
+            reply = read_exact(stream, 1, "the reply")[0]
+        if reply == R_ERROR:
+            _raise_daemon_error(stream, where)
+        if reply != R_OK:
+            raise ProtocolError(f"{where} sent an unexpected reply {reply}")
+        if proof_expected is not None:
+            proof = read_exact(stream, auth.PROOF_SIZE, "the daemon's proof")
+            if not auth.proofs_equal(proof_expected, proof):
+                raise StartupError(f"{where} could not prove that it knows the password of {user!r} "
+                                   f"for module {endpoint.module!r}: is it the daemon you meant?")
+        stream.timeout = float(opts.timeout) if opts.timeout else None
+        return stream
+    except PreambleClosed:
+        stream.close()
+        raise StartupError(f"{where} closed the connection before the transfer started") from None
+    except BaseException:
+        stream.close()
+        raise
+
+
+def list_modules(endpoint: Endpoint, opts: Options) -> list[tuple[str, str]]:
+    """The daemon's listable modules as (name, comment), for ``zcsync host::``."""
+    stream, where = _connect(endpoint, opts)
+    try:
+        _read_greeting(stream, where)
+        _send_request(stream, DaemonRequest(KIND_LIST, client_nonce=auth.new_nonce()))
+        reply = read_exact(stream, 1, "the module list")[0]
+        if reply == R_ERROR:
+            _raise_daemon_error(stream, where)
+        if reply != R_LIST:
+            raise ProtocolError(f"{where} sent an unexpected reply {reply} to a module listing")
+        (count,) = _U16.unpack(read_exact(stream, 2, "the module list"))
+        if count > MAX_LISTED:
+            raise ProtocolError(f"{where} listed too many modules ({count})")
+        out = []
+        for _ in range(count):
+            name = peer_text(read_exact(stream, read_exact(stream, 1, "the module list")[0], "a module name"))
+            (n,) = _U16.unpack(read_exact(stream, 2, "the module list"))
+            if n > MAX_COMMENT:
+                raise ProtocolError(f"{where} sent an over-long module comment")
+            out.append((name, peer_text(read_exact(stream, n, "a comment"))))
+        return out
+    except PreambleClosed:
+        raise StartupError(f"{where} closed the connection while listing modules") from None
+    finally:
+        stream.close()
+
+
+def format_module_list(modules: list[tuple[str, str]]) -> str:
+    """The listing as rsync prints it: name padded to 15, a tab, the comment."""
+    return "".join(f"{name:<15}\t{comment}\n" for name, comment in modules)

@@ -1,4 +1,4 @@
-"""`zcsync daemon`: serve modules over raw TCP; and the client's way in (`host::module/path`).
+"""`zcsync daemon`: serve modules over raw TCP to clients that name `host::module/path`.
 
 Connection preamble (version 1; all numbers big-endian; every field is bounded and
 checked on receipt; nothing the client sends reaches the filesystem before it has
@@ -23,6 +23,8 @@ authenticated):
 
 After OK both sides run the ordinary zcsync protocol (docs/protocol.md) on the socket,
 exactly as over ssh, with the module directory as the only root. Proofs: see auth.py.
+The preamble's codec and the client's end are in connect.py, so that a client never
+imports this module (the server's code costs a client's start-up ~10 ms).
 
 The daemon is one process that accepts connections and forks one child per
 connection. The parent never touches a client's bytes except to refuse one when the
@@ -39,8 +41,8 @@ import ctypes
 import dataclasses
 import errno
 import fcntl
-import getpass
 import grp
+import hmac  # noqa: F401 - auth's proofs need it (and OpenSSL): loaded once here, not in each session's child
 import logging
 import logging.handlers
 import os
@@ -58,29 +60,52 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from . import auth, errors
+
+# The preamble's codec, and the client's end (format_module_list, list_modules,
+# open_daemon_stream, MAX_PATHS, KIND_TRANSFER), importable from here as before they
+# moved to connect.py so that a client does not import this module.
+from .connect import (  # noqa: F401
+    KIND_LIST,
+    KIND_TRANSFER,
+    MAGIC,
+    MAX_COMMENT,
+    MAX_LISTED,
+    MAX_MESSAGE,
+    MAX_PATHS,
+    MAX_REQUEST,
+    R_AUTH,
+    R_ERROR,
+    R_LIST,
+    R_OK,
+    DaemonRequest,
+    PreambleClosed,
+    format_module_list,
+    list_modules,
+    open_daemon_stream,
+    peer_text,
+    read_exact,
+)
 from .daemon_config import (
     ConfigError,
     DaemonConfig,
     Module,
     host_allowed,
     load_config,
-    valid_module_name,
     with_overrides,
 )
-from .endpoints import DEFAULT_DAEMON_PORT, Endpoint
+from .endpoints import DEFAULT_DAEMON_PORT
 from .errors import (
     FileProblem,
     FileSelectError,
     ProtocolError,
     SocketIOError,
     StartupError,
-    StreamError,
     UsageError,
     ZcsyncError,
 )
 from .filters import FilterRules
 from .flist import DirBatch
-from .options import MAX_WIRE_OPTIONS, Options, from_wire, to_wire
+from .options import Options, from_wire
 from .pathnames import escape
 from .protocol import Connection, FlistBatch
 from .sender import Sender
@@ -91,309 +116,18 @@ from .transport.base import Stream
 
 log = logging.getLogger("zcsync.daemon")
 
-MAGIC = b"ZCSYNCD\x01"
-KIND_LIST, KIND_TRANSFER = 1, 2
-_ROLE_CODES = {"sender": 1, "receiver": 2}
-_ROLE_NAMES = {v: k for k, v in _ROLE_CODES.items()}
-R_OK, R_AUTH, R_LIST, R_ERROR = 0, 1, 2, 3
-
-MAX_REQUEST = 256 * 1024
-MAX_PATHS = 256
-MAX_PATH = 4096
-MAX_MESSAGE = 1024
-MAX_LISTED = 4096
-MAX_COMMENT = 1024
-PREAMBLE_TIMEOUT = 60.0  # client side, while the daemon greets, throttles and answers
 DEFAULT_CONFIG = "/etc/zcsyncd.conf"
 
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 
-_ERROR_CLASSES: dict[int, type[ZcsyncError]] = {
-    errors.USAGE: UsageError, errors.PROTOCOL: ProtocolError, errors.FILE_SELECT: FileSelectError,
-    errors.STARTUP: StartupError, errors.SOCKET_IO: SocketIOError, errors.STREAM: StreamError,
-}
 
-
-# -- the preamble codec (both sides) ---------------------------------------------
-
-@dataclass(frozen=True)
-class DaemonRequest:
-    """What the client asks for, sent once after the greeting."""
-
-    kind: int
-    module: str = ""
-    user: str = ""
-    role: str | None = None  # the server's role: "sender" (pull) or "receiver" (push)
-    options: str = ""
-    paths: tuple[bytes, ...] = ()
-    client_nonce: bytes = b"\0" * auth.NONCE_SIZE
-
-    def encode(self) -> bytes:
-        """The body (after MAGIC and its length), exactly as the proofs digest it."""
-        module, user, options = self.module.encode("ascii"), self.user.encode("ascii"), self.options.encode()
-        parts = [_U8.pack(self.kind), _U8.pack(len(module)), module, _U8.pack(len(user)), user,
-                 _U8.pack(_ROLE_CODES.get(self.role or "", 0)), _U32.pack(len(options)), options,
-                 _U16.pack(len(self.paths))]
-        for path in self.paths:
-            parts += [_U16.pack(len(path)), path]
-        parts.append(self.client_nonce)
-        body = b"".join(parts)
-        if len(body) > MAX_REQUEST:
-            raise UsageError("too many or too long paths for one daemon request")
-        return body
-
-    @classmethod
-    def decode(cls, body: bytes) -> DaemonRequest:
-        """Parse and check an untrusted request body; raises ProtocolError."""
-        r = _Reader(body)
-        kind = r.u8()
-        if kind not in (KIND_LIST, KIND_TRANSFER):
-            raise ProtocolError(f"unknown request kind {kind}")
-        module = r.text(r.u8(), "module name")
-        user = r.text(r.u8(), "user name")
-        role_code = r.u8()
-        options_len = r.u32()
-        if options_len > MAX_WIRE_OPTIONS:
-            raise ProtocolError("options are too long")
-        try:
-            options = r.take(options_len).decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolError("options are not UTF-8") from None
-        count = r.u16()
-        if count > MAX_PATHS:
-            raise ProtocolError(f"too many paths ({count}, limit {MAX_PATHS})")
-        paths = []
-        for _ in range(count):
-            n = r.u16()
-            if n > MAX_PATH:
-                raise ProtocolError("a path is too long")
-            path = r.take(n)
-            if b"\0" in path:
-                raise ProtocolError("a path contains NUL")
-            paths.append(path)
-        nonce = r.take(auth.NONCE_SIZE)
-        r.finish()
-        if kind == KIND_TRANSFER:
-            if not valid_module_name(module):
-                raise ProtocolError(f"bad module name {module!r}")
-            if role_code not in _ROLE_NAMES or not paths:
-                raise ProtocolError("a transfer request needs a role and at least one path")
-        if ":" in user:
-            raise ProtocolError("bad user name")
-        return cls(kind, module, user, _ROLE_NAMES.get(role_code), options, tuple(paths), nonce)
-
-
-class _Reader:
-    def __init__(self, buf: bytes) -> None:
-        self.buf = buf
-        self.pos = 0
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.buf):
-            raise ProtocolError("truncated daemon request")
-        out = self.buf[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        return int(_U16.unpack(self.take(2))[0])
-
-    def u32(self) -> int:
-        return int(_U32.unpack(self.take(4))[0])
-
-    def text(self, n: int, what: str) -> str:
-        raw = self.take(n)
-        if any(not 0x20 <= b < 0x7f for b in raw):
-            raise ProtocolError(f"bad {what}: only printable ASCII is allowed")
-        return raw.decode("ascii")
-
-    def finish(self) -> None:
-        if self.pos != len(self.buf):
-            raise ProtocolError("trailing bytes in daemon request")
-
-
-def _clean(raw: bytes) -> str:
-    """Peer text for display: printable ASCII kept, everything else escaped as rsync does."""
-    return "".join(chr(b) if 0x20 <= b < 0x7f else f"\\#{b:03o}" for b in raw)
-
+# -- the preamble, the daemon's side -------------------------------------------
 
 def _error_record(code: int, text: str) -> bytes:
     data = text.encode("utf-8", "replace")[:MAX_MESSAGE]
     return _U8.pack(code) + _U16.pack(len(data)) + data
-
-
-def _read_exact(stream: Stream, n: int, what: str) -> bytes:
-    data = stream.read(n)
-    if len(data) != n:
-        raise _PeerClosed(what)
-    return data
-
-
-class _PeerClosed(Exception):
-    """The other side closed the connection during the preamble."""
-
-
-# -- the client ---------------------------------------------------------------
-
-def _port(endpoint: Endpoint, opts: Options) -> int:
-    # --port only changes the default port (rsync: "specify double-colon alternate port").
-    if opts.port and (endpoint.port in (None, DEFAULT_DAEMON_PORT)):
-        return opts.port
-    return endpoint.port or DEFAULT_DAEMON_PORT
-
-
-def _default_user() -> str:
-    for var in ("USER", "LOGNAME"):
-        value = os.environ.get(var)
-        if value:
-            return value
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "nobody"
-
-
-def _raise_daemon_error(stream: Stream, where: str) -> None:
-    code = _read_exact(stream, 1, "an error")[0]
-    (n,) = _U16.unpack(_read_exact(stream, 2, "an error"))
-    if n > MAX_MESSAGE:
-        raise ProtocolError(f"{where} sent an over-long error message")
-    text = _clean(_read_exact(stream, n, "an error"))
-    cls = _ERROR_CLASSES.get(code)
-    if cls is not None:
-        raise cls(f"@ERROR: {text}")
-    exc = StartupError(f"@ERROR: {text}")
-    exc.exit_code = code if 0 < code < 256 else errors.STARTUP  # keep the daemon's code
-    raise exc
-
-
-def _greet(endpoint: Endpoint, opts: Options) -> tuple[tcp.SocketStream, bytes, str]:
-    """Connect and read the daemon's greeting; returns (stream, server nonce, "host:port")."""
-    if not endpoint.host:
-        raise UsageError("a daemon location needs a host name")
-    port = _port(endpoint, opts)
-    where = f"{endpoint.host}:{port}"
-    stream = tcp.connect(endpoint.host, port,
-                         connect_timeout=float(opts.contimeout) if opts.contimeout else None,
-                         timeout=float(opts.timeout) if opts.timeout else PREAMBLE_TIMEOUT)
-    try:
-        head = stream.read(len(MAGIC))
-        if head != MAGIC:
-            if not head:
-                raise StartupError(f"{where} closed the connection before greeting us")
-            if head.startswith(b"@RSYNCD"):
-                raise StartupError(f"{where} is an rsync daemon, not a zcsync daemon (use rsync for it)")
-            raise StartupError(f"{where} is not a zcsync daemon (it sent {_clean(head)!r})")
-        status = _read_exact(stream, 1, "the greeting")[0]
-        if status == R_ERROR:
-            _raise_daemon_error(stream, where)
-        if status != R_OK:
-            raise ProtocolError(f"{where} sent an unknown greeting status {status}")
-        return stream, _read_exact(stream, auth.NONCE_SIZE, "the greeting"), where
-    except _PeerClosed:
-        stream.close()
-        raise StartupError(f"{where} closed the connection during its greeting") from None
-    except BaseException:
-        stream.close()
-        raise
-
-
-def _send_request(stream: Stream, request: DaemonRequest) -> bytes:
-    body = request.encode()
-    stream.write(MAGIC + _U32.pack(len(body)) + body)
-    return body
-
-
-def open_daemon_stream(endpoint: Endpoint, opts: Options, role: str, paths: list[str],
-                       password: bytes | str | None = None) -> Stream:
-    """Connect to ``zcsync daemon``, select the module and authenticate; return the Stream.
-
-    ``role`` is what the server will be ("sender" for a pull, "receiver" for a push);
-    ``paths`` are relative to the module. The password is ``password``, else
-    ``--password-file``, else ``$ZCSYNC_PASSWORD``, read only if the module asks for one.
-    The protocol handshake (protocol.handshake) then runs on the stream as over ssh.
-    """
-    if role not in _ROLE_CODES:
-        raise ValueError("role must be 'sender' or 'receiver'")
-    if not endpoint.module:
-        raise UsageError(f"{endpoint}: no module named (use 'zcsync {endpoint.host}::' to list them)")
-    if not valid_module_name(endpoint.module):
-        raise UsageError(f"Bad module name {endpoint.module!r} (printable ASCII, no '/' or ']')")
-    user = endpoint.user or _default_user()
-    if not (len(user) <= 255 and all(0x20 < ord(c) < 0x7f for c in user) and ":" not in user):
-        raise UsageError(f"Bad daemon user name {user!r} (printable ASCII without ':' or blanks)")
-    stream, server_nonce, where = _greet(endpoint, opts)
-    try:
-        request = DaemonRequest(KIND_TRANSFER, endpoint.module, user, role, to_wire(opts),
-                                tuple(os.fsencode(p or ".") for p in paths), auth.new_nonce())
-        body = _send_request(stream, request)
-        reply = _read_exact(stream, 1, "the reply")[0]
-        proof_expected = None
-        if reply == R_AUTH:
-            secret = password if password is not None else auth.client_password(opts.password_file)
-            if secret is None:
-                raise StartupError(f"@ERROR: module {endpoint.module!r} on {where} needs a password: "
-                                   "give --password-file=FILE or set ZCSYNC_PASSWORD")
-            secret_b = secret.encode() if isinstance(secret, str) else secret
-            digest = auth.request_digest(body)
-            args = (server_nonce, request.client_nonce, request.module.encode(), user.encode(), digest)
-            stream.write(auth.client_proof(secret_b, *args))
-            proof_expected = auth.server_proof(secret_b, *args)
-            reply = _read_exact(stream, 1, "the reply")[0]
-        if reply == R_ERROR:
-            _raise_daemon_error(stream, where)
-        if reply != R_OK:
-            raise ProtocolError(f"{where} sent an unexpected reply {reply}")
-        if proof_expected is not None:
-            proof = _read_exact(stream, auth.PROOF_SIZE, "the daemon's proof")
-            if not auth.proofs_equal(proof_expected, proof):
-                raise StartupError(f"{where} could not prove that it knows the password of {user!r} "
-                                   f"for module {endpoint.module!r}: is it the daemon you meant?")
-        stream.timeout = float(opts.timeout) if opts.timeout else None
-        return stream
-    except _PeerClosed:
-        stream.close()
-        raise StartupError(f"{where} closed the connection before the transfer started") from None
-    except BaseException:
-        stream.close()
-        raise
-
-
-def list_modules(endpoint: Endpoint, opts: Options) -> list[tuple[str, str]]:
-    """The daemon's listable modules as (name, comment), for ``zcsync host::``."""
-    stream, _, where = _greet(endpoint, opts)
-    try:
-        _send_request(stream, DaemonRequest(KIND_LIST, client_nonce=auth.new_nonce()))
-        reply = _read_exact(stream, 1, "the module list")[0]
-        if reply == R_ERROR:
-            _raise_daemon_error(stream, where)
-        if reply != R_LIST:
-            raise ProtocolError(f"{where} sent an unexpected reply {reply} to a module listing")
-        (count,) = _U16.unpack(_read_exact(stream, 2, "the module list"))
-        if count > MAX_LISTED:
-            raise ProtocolError(f"{where} listed too many modules ({count})")
-        out = []
-        for _ in range(count):
-            name = _clean(_read_exact(stream, _read_exact(stream, 1, "the module list")[0], "a module name"))
-            (n,) = _U16.unpack(_read_exact(stream, 2, "the module list"))
-            if n > MAX_COMMENT:
-                raise ProtocolError(f"{where} sent an over-long module comment")
-            out.append((name, _clean(_read_exact(stream, n, "a comment"))))
-        return out
-    except _PeerClosed:
-        raise StartupError(f"{where} closed the connection while listing modules") from None
-    finally:
-        stream.close()
-
-
-def format_module_list(modules: list[tuple[str, str]]) -> str:
-    """The listing as rsync prints it: name padded to 15, a tab, the comment."""
-    return "".join(f"{name:<15}\t{comment}\n" for name, comment in modules)
 
 
 # -- path safety inside a module ---------------------------------------------------
@@ -708,7 +442,7 @@ class Session:
             log.warning("protocol error from %s: %s", self.addr, exc.detail)
             self._refuse(errors.PROTOCOL, exc.detail)
             return errors.PROTOCOL
-        except _PeerClosed:
+        except PreambleClosed:
             log.info("%s closed the connection during the preamble", self.addr)
             return errors.STREAM
         except _PreAuthTimeout:
@@ -744,14 +478,14 @@ class Session:
             pass
 
     def _read_request(self) -> tuple[DaemonRequest, bytes]:
-        head = _read_exact(self.stream, len(MAGIC), "the request")
+        head = read_exact(self.stream, len(MAGIC), "the request")
         if head != MAGIC:
-            log.warning("%s sent something that is not a zcsync request: %s", self.addr, _clean(head))
-            raise _PeerClosed("bad magic")
-        (n,) = _U32.unpack(_read_exact(self.stream, 4, "the request"))
+            log.warning("%s sent something that is not a zcsync request: %s", self.addr, peer_text(head))
+            raise PreambleClosed("bad magic")
+        (n,) = _U32.unpack(read_exact(self.stream, 4, "the request"))
         if n > MAX_REQUEST:
             raise ProtocolError(f"request of {n} bytes is over the limit of {MAX_REQUEST}")
-        body = _read_exact(self.stream, n, "the request")
+        body = read_exact(self.stream, n, "the request")
         return DaemonRequest.decode(body), body
 
     def _listing(self) -> bytes:
@@ -787,7 +521,7 @@ class Session:
         proof_reply = b""
         if module.auth_users:
             self.stream.write(bytes([R_AUTH]))
-            proof = _read_exact(self.stream, auth.PROOF_SIZE, "the client's proof")
+            proof = read_exact(self.stream, auth.PROOF_SIZE, "the client's proof")
             if self.ctx.throttle_delay:
                 time.sleep(self.ctx.throttle_delay)
             secret, access = self._secret_for(module, request.user)
@@ -1076,6 +810,9 @@ class Daemon:
         self._write_pid_file()
         self._setup_logging()
         self._install_signals()
+        # Every session parses its client's options. Doing it once here hands the forked
+        # children a loaded parser and table of option types, instead of ~2 ms each to build them.
+        from_wire("{}")
         for sock in self.listeners:
             self.selector.register(sock, selectors.EVENT_READ, "listen")
         self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")

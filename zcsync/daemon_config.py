@@ -23,13 +23,13 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .endpoints import MAX_MODULE_NAME, valid_module_name
 from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 2873
 DEFAULT_AUTH_TIMEOUT = 10.0
-MAX_NAME = 255
 MAX_CONFIG_SIZE = 4 << 20
 
 
@@ -138,12 +138,6 @@ _BOOLS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false"
           "0": False}
 
 
-def valid_module_name(name: str) -> bool:
-    """Printable ASCII, at most 255 bytes, no '/' or ']' and no surrounding blanks."""
-    return (0 < len(name) <= MAX_NAME and name == name.strip()
-            and all(0x20 <= ord(c) < 0x7f for c in name) and "/" not in name and "]" not in name)
-
-
 def _convert(kind: str, value: str, where: str, key: str) -> object:
     if kind == "str":
         return value
@@ -230,7 +224,7 @@ def parse_config(text: str, filename: str = "zcsyncd.conf") -> DaemonConfig:
                 continue
             if not valid_module_name(name):
                 raise ConfigError(f"{where}: bad module name {name!r} (printable ASCII, no '/' or ']', "
-                                  f"at most {MAX_NAME} characters)")
+                                  f"at most {MAX_MODULE_NAME} characters)")
             if name in seen:
                 raise ConfigError(f"{where}: module [{name}] is defined twice (first at line {seen[name]})")
             seen[name] = number

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from .errors import UsageError
 
 DEFAULT_DAEMON_PORT = 2873
+MAX_MODULE_NAME = 255
 URL_PREFIX = "zcsync://"
 _RSYNC_URL_PREFIX = "rsync://"
 
@@ -157,6 +158,12 @@ def parse_endpoint(text: str) -> Endpoint:
     if spec.rest.startswith(":"):
         return _daemon(_HostSpec(spec.user, spec.host, None, spec.rest[1:]), text)
     return Endpoint(SSH, spec.rest, user=spec.user, host=spec.host)
+
+
+def valid_module_name(name: str) -> bool:
+    """A daemon module name: printable ASCII, at most 255 bytes, no '/' or ']' and no surrounding blanks."""
+    return (0 < len(name) <= MAX_MODULE_NAME and name == name.strip()
+            and all(0x20 <= ord(c) < 0x7f for c in name) and "/" not in name and "]" not in name)
 
 
 def needs_trailing_slash(text: str) -> bool:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import types
 import typing
 from dataclasses import dataclass
@@ -174,6 +173,7 @@ def _field_types() -> dict[str, frozenset[type]]:
 
 def to_wire(opts: Options) -> str:
     """The options the server needs, as JSON of the fields that differ from the defaults."""
+    import json
     default = Options()
     changed = {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options)
                if f.name not in CLIENT_ONLY and getattr(opts, f.name) != getattr(default, f.name)}
@@ -182,6 +182,7 @@ def to_wire(opts: Options) -> str:
 
 def from_wire(text: str) -> Options:
     """Parse and type-check options a client sent (untrusted): plain JSON, known fields only."""
+    import json
     if len(text) > MAX_WIRE_OPTIONS:
         raise UsageError("options from the client are too long")
     try:

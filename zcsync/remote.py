@@ -18,6 +18,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TextIO
 
 import xxhash
 
@@ -475,6 +476,52 @@ class SendingSide:
                 return
             elif not common(msg, self.report, sending=True):
                 raise ProtocolError(f"unexpected {type(msg).__name__} from the receiver")
+
+
+# -- a listing ---------------------------------------------------------------
+
+class ListingSide:
+    """The receiving end of `zcsync host:path` (one operand): rsync's --list-only of a remote
+    tree. Prints the file list the sender sends, in `ls -l` style, and asks for no data."""
+
+    def __init__(self, conn: Connection, out: TextIO, report: Report, show_links: bool) -> None:
+        self.conn = conn
+        self.out = out
+        self.report = report
+        self.show_links = show_links  # " -> target" only with -l, as rsync's remote listing
+
+    def run(self) -> None:
+        # rsync's order is depth first: a directory whose contents follow in a batch of
+        # their own is shown just before them (the batches come depth first).
+        held: dict[bytes, FileEntry] = {}
+        while True:
+            msg = self.conn.recv()
+            if isinstance(msg, FlistBatch):
+                if msg.dir_name in held:
+                    self._show(held.pop(msg.dir_name))
+                for e in msg.entries:
+                    if e.name in msg.expanded:
+                        held[e.name] = e
+                    else:
+                        self._show(e)
+            elif isinstance(msg, FlistEnd):
+                for e in held.values():  # contents that never came (unreadable)
+                    self._show(e)
+                self.conn.send(Done())
+                self.conn.flush()
+            elif isinstance(msg, Goodbye):
+                self.report.outcome(msg.exit_code)
+                break
+            elif not common(msg, self.report):
+                raise ProtocolError(f"unexpected {type(msg).__name__} from the sender")
+        self.conn.send(stats_message(self.report))
+        self.conn.send(Goodbye(self.report.exit_code))
+        self.conn.flush()
+
+    def _show(self, e: FileEntry) -> None:
+        link = escape(e.link) if e.link is not None and self.show_links else None
+        self.out.write(meta.list_line(e.mode, e.size, e.mtime_ns // 1_000_000_000, escape(e.name),
+                                      link_target_escaped=link) + "\n")
 
 
 # -- the receiving side --------------------------------------------------------

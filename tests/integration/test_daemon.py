@@ -177,6 +177,20 @@ def test_module_listing(zd):
     assert daemon.format_module_list([("rw", "x")]) == "rw             \tx\n"
 
 
+def test_one_operand_lists_the_module_path_like_rsync(zd):
+    """`zcsync zcsync://host/module/path/` alone lists the remote tree, in rsync's order."""
+    from tests.oracle import run_rsync, run_zcsync
+    from tests.treegen import make_tree
+
+    make_tree(zd.dir / "data" / "tree", seed=7, files=25)
+    rs = run_rsync(["-r", f"{zd.dir}/data/tree/"])
+    zc = run_zcsync(["-r", zd.url("rw", "tree/")])
+    assert zc.returncode == 0, zc.stderr
+    assert zc.stdout.splitlines() == rs.stdout.splitlines() and len(rs.stdout.splitlines()) > 5
+    code, msg, _ = run_client([zd.url("rw", "../")], recursive=True)
+    assert code != 0  # escapes are refused as for a transfer
+
+
 def test_unknown_module(zd, tmp_path):
     code, msg, _ = run_client([zd.url("nosuch", ""), str(tmp_path / "out")], archive=True)
     assert code == 5 and "Unknown module 'nosuch'" in msg

@@ -239,3 +239,19 @@ def test_files_from_with_a_remote_side(tmp_path, sshd, via, direction):
                           prepare=_files_from_list, env=sshd.env(), paths=paths, zcsync_extra=_extra(),
                           compare_kwargs={"dir_times": False})
     _same_items(rs, zc)
+
+
+@pytest.mark.parametrize("args", [["-r"], [], ["-a"]], ids=["recursive", "top-level", "archive"])
+def test_one_remote_operand_lists_like_rsync(tmp_path, sshd, via, args):
+    """`zcsync host:dir/` (no destination) prints the remote listing, as `rsync host:dir/` does."""
+    from tests.oracle import run_rsync, run_zcsync
+    from tests.treegen import make_tree
+
+    make_tree(tmp_path / "src", seed=5, files=30)
+    operand = f"{ALIAS}:{tmp_path}/src/"
+    rs = run_rsync([*args, "-e", sshd.rsh, operand], env=sshd.env())
+    zc = run_zcsync([*args, *via, *_extra(), operand], env=sshd.env())
+    assert zc.returncode == 0, zc.stderr
+    assert zc.stdout.splitlines() == rs.stdout.splitlines()
+    assert len(rs.stdout.splitlines()) > 1
+    assert not (tmp_path / f"{ALIAS}:{tmp_path}").exists()  # nothing local was taken for the operand
