@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, TextIO, TypedDict, Unpack
 
-from . import meta
 from .endpoints import parse_endpoint
 from .engine import RunResult, run_local, source_args
 from .errors import FileProblem, UsageError, ZcsyncError
 from .filters import FilterRules
 from .flist import Scanner, ScanState
+from .listing import Listing
 from .options import Options
-from .pathnames import escape
 from .stats import Event, Hooks, Report, RunLog, Stats, exit_text
 
 PathArg = str | os.PathLike[str]
@@ -370,9 +369,8 @@ def list_only(sources_text: list[str], opts: Options, out: TextIO,
     report = Report(on_event=on_event)
     scanner = Scanner(source_args(sources_text, opts), opts.replace(links=True, devices=True, specials=True),
                       filters, ScanState(on_problem=report.problem))
+    listing = Listing(out, show_links=opts.links)
     for batch in scanner.batches():
-        for e in batch.entries:
-            link = escape(e.link) if e.link is not None else None
-            out.write(meta.list_line(e.mode, e.size, e.mtime_ns // 1_000_000_000, escape(e.name),
-                                     link_target_escaped=link) + "\n")
+        listing.batch(batch.dir_name, batch.entries, batch.expanded)
+    listing.finish()
     return RunResult(report.exit_code, report, report.problems)

@@ -28,6 +28,7 @@ from .engine import Receiver, make_receiver
 from .errors import PARTIAL, VANISHED, FileProblem, ProtocolError
 from .filters import FilterRules
 from .flist import DirBatch, FileEntry
+from .listing import Listing
 from .options import Options
 from .pathnames import escape, split
 from .protocol import (Committed, Connection, Data, DataZ, Done, EntryExtras, FileBegin, FileEnd, FilesFrom, FileSkip,
@@ -482,31 +483,20 @@ class SendingSide:
 
 class ListingSide:
     """The receiving end of `zcsync host:path` (one operand): rsync's --list-only of a remote
-    tree. Prints the file list the sender sends, in `ls -l` style, and asks for no data."""
+    tree. Prints the file list the sender sends and asks for no data."""
 
     def __init__(self, conn: Connection, out: TextIO, report: Report, show_links: bool) -> None:
         self.conn = conn
-        self.out = out
+        self.listing = Listing(out, show_links)
         self.report = report
-        self.show_links = show_links  # " -> target" only with -l, as rsync's remote listing
 
     def run(self) -> None:
-        # rsync's order is depth first: a directory whose contents follow in a batch of
-        # their own is shown just before them (the batches come depth first).
-        held: dict[bytes, FileEntry] = {}
         while True:
             msg = self.conn.recv()
             if isinstance(msg, FlistBatch):
-                if msg.dir_name in held:
-                    self._show(held.pop(msg.dir_name))
-                for e in msg.entries:
-                    if e.name in msg.expanded:
-                        held[e.name] = e
-                    else:
-                        self._show(e)
+                self.listing.batch(msg.dir_name, msg.entries, msg.expanded)
             elif isinstance(msg, FlistEnd):
-                for e in held.values():  # contents that never came (unreadable)
-                    self._show(e)
+                self.listing.finish()
                 self.conn.send(Done())
                 self.conn.flush()
             elif isinstance(msg, Goodbye):
@@ -517,11 +507,6 @@ class ListingSide:
         self.conn.send(stats_message(self.report))
         self.conn.send(Goodbye(self.report.exit_code))
         self.conn.flush()
-
-    def _show(self, e: FileEntry) -> None:
-        link = escape(e.link) if e.link is not None and self.show_links else None
-        self.out.write(meta.list_line(e.mode, e.size, e.mtime_ns // 1_000_000_000, escape(e.name),
-                                      link_target_escaped=link) + "\n")
 
 
 # -- the receiving side --------------------------------------------------------

@@ -389,3 +389,15 @@ def test_progress_over_ssh(tmp_path, sshd, direction, flag):
     assert "100%" in tty, tty  # a push draws the run's bar (per file, from the bytes sent)
     if direction == "pull" and flag == "--progress":
         assert "sub/b.bin: 100%" in tty  # a pull has the writer here: a line per file
+
+
+@pytest.mark.parametrize("args", [["-r"], ["-a"], []], ids=["recursive", "archive", "top-level"])
+def test_one_operand_listing_matches_rsync_line_for_line(tmp_path, args):
+    """rsync's depth-first order, and `-> target` only when links are kept (-l, -a)."""
+    from tests.treegen import make_tree
+
+    make_tree(tmp_path / "src", seed=11, files=30)
+    rs = run_rsync([*args, "src/"], cwd=tmp_path)
+    zc = run_zcsync([*args, "src/"], cwd=tmp_path)
+    assert zc.returncode == 0, zc.stderr
+    assert zc.stdout.splitlines() == rs.stdout.splitlines() and len(rs.stdout.splitlines()) > 3
