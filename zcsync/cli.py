@@ -11,8 +11,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-import click
-
 from . import __version__, errors
 from .errors import ZcsyncError
 from .filters import FilterRules
@@ -31,11 +29,18 @@ from .stats import (
 from .units import parse_size
 
 if TYPE_CHECKING:
+    import click
+
     from .progress import Progress
 
 __all__ = ["EXIT_TEXT", "build_options", "command", "main", "run_cli"]
 
 log = logging.getLogger("zcsync")
+
+# click (8-10 ms of imports) and the command built on it load on first use, through the
+# module __getattr__ below: `zcsync --server` and `zcsync daemon` parse their own
+# arguments, and the remote end of every ssh transfer would otherwise pay for them.
+command: click.Command
 
 
 # Short options that take a value: the filter pre-scan must skip their argument.
@@ -61,28 +66,6 @@ def expand_short_negations(args: list[str]) -> list[str]:
             return out + args[i:]
         out.extend(_SHORT_NEGATIONS.get(arg[5:], [arg]) if arg.startswith("--no-") else [arg])
     return out
-
-
-class RsyncCommand(click.Command):
-    """click, but usage errors exit 1 (rsync's code) and filter rules keep command-line order."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        ctx.meta["zcsync.filters"] = ordered_filter_rules(args)
-        return super().parse_args(ctx, expand_short_negations(args))
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.Exit as exc:
-            sys.exit(exc.exit_code)
-        except click.Abort:
-            sys.exit(errors.SIGNAL)
-        except click.UsageError as exc:
-            exc.show()
-            sys.exit(errors.USAGE)
-        except click.ClickException as exc:
-            exc.show()
-            sys.exit(errors.USAGE)
 
 
 def ordered_filter_rules(args: Sequence[str]) -> list[tuple[str, str]]:
@@ -144,6 +127,8 @@ def filter_specs(ordered: list[tuple[str, str]], from0: bool) -> tuple[str, ...]
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    import click
+
     if value is None:
         return None
     try:
@@ -154,6 +139,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
 
 def _block_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     """--block-size: a size with rsync's suffixes; 0 is the automatic size."""
+    import click
+
     if value is None:
         return None
     try:
@@ -167,6 +154,8 @@ def _block_size(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     """--bwlimit: a plain number is KiB/s (rsync), suffixes as --max-size; returns bytes/s."""
+    import click
+
     if value is None:
         return None
     try:
@@ -177,10 +166,14 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
 
 def flag(*decls: str, help: str) -> Any:
     """A boolean rsync flag with a --no- form; None when not given (so -a can fill it)."""
+    import click
+
     return click.option(*decls, default=None, help=help)
 
 
 def _cmd_options(f: Any) -> Any:
+    import click
+
     opts = [
         click.option("-v", "--verbose", count=True, help="increase verbosity"),
         click.option("-q", "--quiet", is_flag=True, default=False, help="suppress non-error messages"),
@@ -277,25 +270,71 @@ def _cmd_options(f: Any) -> Any:
     return f
 
 
-@click.command(cls=RsyncCommand, context_settings={"help_option_names": ["-h", "--help"]},
-               no_args_is_help=False)
-@_cmd_options
-@click.argument("paths", nargs=-1, type=click.UNPROCESSED)
-@click.pass_context
-def command(ctx: click.Context, paths: tuple[str, ...], **kw: Any) -> None:
-    """zcsync [OPTION]... SRC [SRC]... DEST  -- fast, safe file tree replication (rsync syntax)."""
-    if kw.pop("version"):
-        click.echo(f"zcsync version {__version__}  (rsync-compatible command line)")
-        sys.exit(0)
-    if not paths:
-        click.echo(ctx.get_help())
-        sys.exit(errors.USAGE)
-    opts = build_options(ctx, kw)
-    sys.exit(run_cli(list(paths), opts))
+def _build_command() -> click.Command:
+    """The click command (the module's `command`), built on first use."""
+    import click
+
+    class RsyncCommand(click.Command):
+        """click, but usage errors exit 1 (rsync's code) and filter rules keep command-line order."""
+
+        def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+            ctx.meta["zcsync.filters"] = ordered_filter_rules(args)
+            return super().parse_args(ctx, expand_short_negations(args))
+
+        def main(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().main(*args, standalone_mode=False, **kwargs)
+            except click.exceptions.Exit as exc:
+                sys.exit(exc.exit_code)
+            except click.Abort:
+                sys.exit(errors.SIGNAL)
+            except click.UsageError as exc:
+                exc.show()
+                sys.exit(errors.USAGE)
+            except click.ClickException as exc:
+                exc.show()
+                sys.exit(errors.USAGE)
+
+    @click.command(cls=RsyncCommand, context_settings={"help_option_names": ["-h", "--help"]},
+                   no_args_is_help=False)
+    @_cmd_options
+    @click.argument("paths", nargs=-1, type=click.UNPROCESSED)
+    @click.pass_context
+    def command(ctx: click.Context, paths: tuple[str, ...], **kw: Any) -> None:
+        """zcsync [OPTION]... SRC [SRC]... DEST  -- fast, safe file tree replication (rsync syntax)."""
+        if kw.pop("version"):
+            click.echo(f"zcsync version {__version__}  (rsync-compatible command line)")
+            sys.exit(0)
+        if not paths:
+            click.echo(ctx.get_help())
+            sys.exit(errors.USAGE)
+        opts = build_options(ctx, kw)
+        sys.exit(run_cli(list(paths), opts))
+
+    return command
+
+
+def _command() -> click.Command:
+    cmd = globals().get("command")
+    if cmd is None:
+        # Two threads may both build it; either result is the same command.
+        cmd = globals()["command"] = _build_command()
+    return cmd
+
+
+def __getattr__(name: str) -> Any:
+    """`command` and `RsyncCommand`, built (and click imported) when first asked for."""
+    if name == "command":
+        return _command()
+    if name == "RsyncCommand":
+        return type(_command())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     """Map click's values onto Options (rsync's implications and conflicts)."""
+    import click
+
     values = dict(kw)
     values["filter_rules"] = filter_specs(ctx.meta.get("zcsync.filters", []), values["from0"])
     for key in ("exclude", "include", "exclude_from", "include_from", "filter_", "filter_F"):
@@ -573,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args[:1] in (["daemon"], ["--daemon"]):
             from .daemon import main as daemon_main
             sys.exit(daemon_main(args[1:]))
-        command.main(args=args, prog_name="zcsync")
+        _command().main(args=args, prog_name="zcsync")
     finally:
         if argv is None:
             # The process is about to end and the OS frees its memory: spare the interpreter's

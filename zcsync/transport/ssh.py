@@ -28,8 +28,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-
-import paramiko
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from ..endpoints import Endpoint
 from ..errors import (
@@ -48,6 +48,47 @@ from .base import (
     not_found_message,
     remote_command,
 )
+
+
+class _InvokeOnUse:
+    """Stands in for the invoke module in paramiko.config until a ``Match exec`` calls it."""
+
+    def __getattr__(self, name: str) -> Any:
+        import invoke
+        import paramiko.config
+
+        paramiko.config.invoke = invoke
+        return getattr(invoke, name)
+
+
+def _import_paramiko() -> ModuleType:
+    """import paramiko, without the ~35 ms of importing invoke until a ``Match exec`` needs it.
+
+    paramiko.config imports invoke up front only to run ``Match exec`` commands, and copes
+    with its absence (the ImportError is raised when such a line is evaluated). So invoke
+    is hidden during the import, and paramiko.config then gets a stand-in that imports it
+    on first use: every user of paramiko in the process keeps ``Match exec``. Hiding a
+    module would fail another thread's first import of it, so this is done only while no
+    other thread runs, and not at all once paramiko or invoke is loaded.
+    """
+    if "paramiko" in sys.modules or "invoke" in sys.modules or threading.active_count() > 1:
+        import paramiko
+        return paramiko
+    sys.modules["invoke"] = None  # type: ignore[assignment]  # makes `import invoke` raise ImportError
+    try:
+        import paramiko
+    finally:
+        if "invoke" in sys.modules and sys.modules["invoke"] is None:
+            del sys.modules["invoke"]
+    if getattr(paramiko.config, "invoke", False) is None:
+        paramiko.config.invoke = _InvokeOnUse()
+    return paramiko
+
+
+if TYPE_CHECKING:
+    import paramiko
+else:
+    paramiko = _import_paramiko()
 
 log = logging.getLogger(__name__)
 # paramiko logs failed negotiations with tracebacks; without this, Python's
@@ -799,21 +840,37 @@ class _Connector:
         notes.append(f"no valid passphrase for '{path}'")
         return None
 
-    def _authenticate(self, t: paramiko.Transport, hop: _Hop) -> None:
-        user = hop.user
+    @staticmethod
+    def _auth_none(t: paramiko.Transport, user: str) -> list[str]:
+        """Ask for "none": the methods the server allows ([] if it let us in)."""
         try:
             t.auth_none(user)
-            return
+            return []
         except paramiko.BadAuthenticationType as exc:
-            allowed = list(exc.allowed_types)
+            return list(exc.allowed_types)
         except paramiko.AuthenticationException:
-            allowed = ["publickey"]
+            return ["publickey"]
+
+    def _authenticate(self, t: paramiko.Transport, hop: _Hop) -> None:
+        user = hop.user
         notes: list[str] = []
         batch = hop.yes("batchmode")
-        if "publickey" in allowed:
+        prompts = self.interactive and not batch
+        allowed: list[str] | None = None
+        # Where we may prompt, "none" first learns whether keys are wanted before we ask
+        # for a passphrase. Where we may not (cron, scripts), keys go first: the "none"
+        # round trip costs ~10 ms against OpenSSH, and is asked only if no key got in.
+        if prompts:
+            allowed = self._auth_none(t, user)
+            if t.is_authenticated():
+                return
+        if allowed is None or "publickey" in allowed:
             for key in self._candidate_keys(hop, notes, batch):
                 try:
                     t.auth_publickey(user, key)
+                except paramiko.BadAuthenticationType as exc:  # keys are not accepted at all
+                    allowed = list(exc.allowed_types)
+                    break
                 except paramiko.AuthenticationException:
                     continue
                 except paramiko.SSHException:
@@ -823,7 +880,11 @@ class _Connector:
                     break
                 if t.is_authenticated():
                     return
-        if self.interactive and not batch and ("password" in allowed or "keyboard-interactive" in allowed):
+        if allowed is None:
+            allowed = self._auth_none(t, user) if t.is_active() else ["publickey"]
+            if t.is_authenticated():
+                return
+        if prompts and ("password" in allowed or "keyboard-interactive" in allowed):
             for _ in range(3):
                 password = getpass.getpass(f"{user}@{hop.hostname}'s password: ")
                 try:
