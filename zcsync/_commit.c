@@ -2,7 +2,7 @@
  * zcsync._commit: the commit protocol for a file whose bytes are already in memory
  * (a small file received in one frame), as one call with the GIL released:
  *
- *   commit_bytes(dir_fd, base, data, perms, uid, gid, times, mtime_ns, fsync) -> None
+ *   commit_bytes(dir_fd, base, data, perms, uid, gid, times, mtime_ns, fsync, umask=-1) -> None
  *
  * creates ".<base>.<random>.zcs" beside `base` in dir_fd (O_CREAT|O_EXCL|
  * O_NOFOLLOW, mode 0600), writes data, sets owner (uid/gid -1: leave), permissions
@@ -20,6 +20,11 @@
  *   call (errno 0: committed), after waiting for every queued one if wait is true. The
  *   caller keeps dir_fd open until its token comes back. A receiver thread then spends
  *   one call per small file instead of its system calls.
+ *
+ * Two system calls are left out where they would change nothing: given the process
+ * umask (>= 0) and perms without set-id or sticky bits that it keeps, the temp file is
+ * created with perms (the owner change that follows cannot clear bits it does not have)
+ * and not chmod-ed; and the owner is changed only if an fstat shows it differs.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -67,17 +72,18 @@ next_random(void)
 
 static int
 commit(int dir_fd, const char *base, Py_ssize_t base_len, const char *data, Py_ssize_t size,
-       int perms, long long uid, long long gid, int times, long long mtime_ns, int do_fsync)
+       int perms, long long uid, long long gid, int times, long long mtime_ns, int do_fsync, int umask)
 {
     char tmp[NAME_KEEP + 32];
     int fd = -1, err = 0;
     Py_ssize_t keep = base_len < NAME_KEEP ? base_len : NAME_KEEP;
+    int exact = umask >= 0 && !(perms & (07000 | umask));  /* created with perms, no chmod */
 
     for (int i = 0; i < TRIES; i++) {
         tmp[0] = '.';
         memcpy(tmp + 1, base, keep);
         snprintf(tmp + 1 + keep, sizeof tmp - 1 - keep, ".%08x.zcs", next_random());
-        fd = openat(dir_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        fd = openat(dir_fd, tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, exact ? perms : 0600);
         if (fd >= 0 || errno != EEXIST)
             break;
     }
@@ -94,11 +100,16 @@ commit(int dir_fd, const char *base, Py_ssize_t base_len, const char *data, Py_s
         }
         done += n;
     }
-    if ((uid != -1 || gid != -1) && fchown(fd, (uid_t)uid, (gid_t)gid) < 0) {
-        err = errno;
-        goto fail;
+    if (uid != -1 || gid != -1) {
+        struct stat st;
+        int same = fstat(fd, &st) == 0 && (uid == -1 || st.st_uid == (uid_t)uid)
+                   && (gid == -1 || st.st_gid == (gid_t)gid);
+        if (!same && fchown(fd, (uid_t)uid, (gid_t)gid) < 0) {
+            err = errno;
+            goto fail;
+        }
     }
-    if (fchmod(fd, (mode_t)perms) < 0) {
+    if (!exact && fchmod(fd, (mode_t)perms) < 0) {
         err = errno;
         goto fail;
     }
@@ -141,12 +152,12 @@ fail:
 static PyObject *
 py_commit_bytes(PyObject *self, PyObject *args)
 {
-    int dir_fd, perms, times, do_fsync;
+    int dir_fd, perms, times, do_fsync, umask = -1;
     long long uid, gid, mtime_ns;
     Py_buffer base, data;
 
-    if (!PyArg_ParseTuple(args, "iy*y*iLLpLp:commit_bytes", &dir_fd, &base, &data, &perms, &uid, &gid,
-                          &times, &mtime_ns, &do_fsync))
+    if (!PyArg_ParseTuple(args, "iy*y*iLLpLp|i:commit_bytes", &dir_fd, &base, &data, &perms, &uid, &gid,
+                          &times, &mtime_ns, &do_fsync, &umask))
         return NULL;
     int err = 0;
     if (base.len == 0 || base.len > 255 || memchr(base.buf, '/', (size_t)base.len)
@@ -157,7 +168,7 @@ py_commit_bytes(PyObject *self, PyObject *args)
         memcpy(name, base.buf, (size_t)base.len);
         name[base.len] = '\0';
         Py_BEGIN_ALLOW_THREADS
-        err = commit(dir_fd, name, base.len, data.buf, data.len, perms, uid, gid, times, mtime_ns, do_fsync);
+        err = commit(dir_fd, name, base.len, data.buf, data.len, perms, uid, gid, times, mtime_ns, do_fsync, umask);
         Py_END_ALLOW_THREADS
     }
     PyObject *filename = err ? PyBytes_FromStringAndSize(base.buf, base.len) : NULL;
@@ -177,10 +188,11 @@ py_commit_bytes(PyObject *self, PyObject *args)
 }
 
 PyDoc_STRVAR(commit_bytes_doc,
-"commit_bytes(dir_fd, base, data, perms, uid, gid, times, mtime_ns, fsync)\n--\n\n"
+"commit_bytes(dir_fd, base, data, perms, uid, gid, times, mtime_ns, fsync, umask=-1)\n--\n\n"
 "Write data to a fresh temp file beside base, set its owner (-1: leave), permissions\n"
 "and (if times) atime and mtime, fsync if asked, and rename it over base; the GIL is\n"
-"released throughout. On failure nothing is left behind and OSError names base.");
+"released throughout. On failure nothing is left behind and OSError names base.\n"
+"umask: the process umask, if known (lets the file be created with perms).");
 
 /* -- Committer ----------------------------------------------------------------- */
 
@@ -188,7 +200,7 @@ typedef struct Job {
     struct Job *next;
     PyObject *token;   /* owned; handed back by collect() */
     Py_buffer data;    /* held until collect() */
-    int dir_fd, perms, times, do_fsync, err;
+    int dir_fd, perms, times, do_fsync, umask, err;
     long long uid, gid, mtime_ns;
     Py_ssize_t base_len;
     char base[256];
@@ -251,7 +263,7 @@ committer_main(void *arg)
             c->todo.tail = NULL;
         pthread_mutex_unlock(&c->mu);
         j->err = commit(j->dir_fd, j->base, j->base_len, j->data.buf, j->data.len, j->perms, j->uid, j->gid,
-                        j->times, j->mtime_ns, j->do_fsync);
+                        j->times, j->mtime_ns, j->do_fsync, j->umask);
         pthread_mutex_lock(&c->mu);
         list_push(&c->finished, j);
         c->in_flight--;
@@ -302,8 +314,9 @@ committer_submit(Committer *c, PyObject *args)
     Job *j = PyMem_RawCalloc(1, sizeof *j);
     if (!j)
         return PyErr_NoMemory();
-    if (!PyArg_ParseTuple(args, "Oiy*y*iLLpLp:submit", &token, &j->dir_fd, &base, &j->data, &j->perms, &j->uid,
-                          &j->gid, &j->times, &j->mtime_ns, &j->do_fsync)) {
+    j->umask = -1;
+    if (!PyArg_ParseTuple(args, "Oiy*y*iLLpLp|i:submit", &token, &j->dir_fd, &base, &j->data, &j->perms, &j->uid,
+                          &j->gid, &j->times, &j->mtime_ns, &j->do_fsync, &j->umask)) {
         PyMem_RawFree(j);
         return NULL;
     }
@@ -445,7 +458,7 @@ committer_dealloc(Committer *c)
 
 static PyMethodDef committer_methods[] = {
     {"submit", (PyCFunction)committer_submit, METH_VARARGS,
-     "submit(token, dir_fd, base, data, perms, uid, gid, times, mtime_ns, fsync): queue one commit_bytes."},
+     "submit(token, dir_fd, base, data, perms, uid, gid, times, mtime_ns, fsync, umask=-1): queue one commit_bytes."},
     {"collect", (PyCFunction)committer_collect, METH_VARARGS,
      "collect(wait=False) -> [(token, errno)]: the files done since the last call (all queued ones if wait)."},
     {"close", (PyCFunction)committer_close, METH_NOARGS,

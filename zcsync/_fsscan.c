@@ -6,6 +6,8 @@
  *       (name, mode, size, mtime_ns, uid, gid, ino, dev, nlink, rdev)
  *   stat_names(dir_fd, names) -> list of
  *       (mode, size, mtime_ns, uid, gid, ino, dev, nlink, rdev) or None
+ *   digest_names(dir_fd, names, sizes) -> list of digest or -errno / -1
+ *   read_file(path, size, follow) -> (data, digest), -errno or None
  *
  * The directory is read through a fresh open file description,
  * openat(dir_fd, "."), so the caller's descriptor keeps its offset and two
@@ -511,10 +513,79 @@ done:
     return list;
 }
 
+PyDoc_STRVAR(read_file_doc,
+"read_file(path, size, follow) -> (data, digest) | int | None\n\n"
+"The contents of the regular file at path and their xxh3-128 (canonical), in one\n"
+"call with the GIL released: open (O_NOFOLLOW unless follow), fstat, pread, close.\n"
+"Returns -errno when it cannot be opened or read, None when it is not a regular\n"
+"file of exactly size bytes (it changed). A file that shrinks between the fstat and the\n"
+"read comes back short, with the digest of what was read.");
+
+static PyObject *
+py_read_file(PyObject *self, PyObject *args)
+{
+    const char *path;
+    Py_ssize_t path_len, size;
+    int follow;
+    if (!PyArg_ParseTuple(args, "y#np:read_file", &path, &path_len, &size, &follow))
+        return NULL;
+    if ((size_t)path_len != strlen(path)) {
+        PyErr_SetString(PyExc_ValueError, "embedded null character in path");
+        return NULL;
+    }
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "read_file: negative size");
+        return NULL;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(NULL, size);
+    if (data == NULL)
+        return NULL;
+    char *buf = PyBytes_AS_STRING(data);
+    XXH128_canonical_t digest;
+    Py_ssize_t done = 0;
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    /* O_NONBLOCK: a FIFO swapped in since the scan must not wait for a writer. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (follow ? 0 : O_NOFOLLOW));
+    struct stat st;
+    if (fd < 0)
+        rc = -errno;
+    else if (fstat(fd, &st) < 0)
+        rc = -errno;
+    else if (!S_ISREG(st.st_mode) || (long long)st.st_size != (long long)size)
+        rc = 1;  /* changed */
+    while (rc == 0 && done < size) {
+        ssize_t n = pread(fd, buf + done, (size_t)(size - done), (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            rc = -errno;
+        else if (n == 0)
+            break;  /* shrank under us: sent short, its digest cannot pass the size check */
+        else
+            done += n;
+    }
+    if (fd >= 0)
+        close(fd);
+    if (rc == 0)
+        XXH128_canonicalFromHash(&digest, XXH3_128bits(buf, (size_t)done));
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        Py_DECREF(data);
+        if (rc == 1)
+            Py_RETURN_NONE;
+        return PyLong_FromLong(rc);
+    }
+    if (done < size && _PyBytes_Resize(&data, done) < 0)
+        return NULL;
+    return Py_BuildValue("(Ny#)", data, (const char *)digest.digest, (Py_ssize_t)sizeof digest.digest);
+}
+
 static PyMethodDef methods[] = {
     {"digest_names", (PyCFunction)py_digest_names, METH_VARARGS, digest_names_doc},
     {"list_dir", (PyCFunction)(void (*)(void))py_list_dir, METH_VARARGS | METH_KEYWORDS, list_dir_doc},
     {"stat_names", (PyCFunction)py_stat_names, METH_VARARGS, stat_names_doc},
+    {"read_file", (PyCFunction)py_read_file, METH_VARARGS, read_file_doc},
     {NULL, NULL, 0, NULL},
 };
 

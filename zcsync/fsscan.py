@@ -161,6 +161,26 @@ def py_digest_names(dir_fd: int, names: Iterable[bytes], sizes: Iterable[int]) -
     return out
 
 
+def py_read_file(path: bytes, size: int, follow: bool) -> tuple[bytes, bytes] | int | None:
+    """read_file in pure Python: (contents, xxh3-128) of the regular file at path, or -errno
+    (cannot be opened or read) or None (not a regular file of exactly `size` bytes: it changed)."""
+    import xxhash
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW))
+    except OSError as exc:
+        return -(exc.errno or 1)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            return None
+        data = os.pread(fd, size, 0)  # short if it shrank since the fstat, as read_file
+    except OSError as exc:
+        return -(exc.errno or 1)
+    finally:
+        os.close(fd)
+    return data, xxhash.xxh3_128(data).digest()
+
+
 try:
     from . import _fsscan
 except ImportError:
@@ -169,8 +189,10 @@ except ImportError:
     list_dir = py_list_dir
     stat_names = py_stat_names
     digest_names = py_digest_names
+    read_file = py_read_file
 else:
     NATIVE = True
     list_dir = _fsscan.list_dir
     stat_names = _fsscan.stat_names
     digest_names = _fsscan.digest_names
+    read_file = _fsscan.read_file

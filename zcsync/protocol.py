@@ -26,9 +26,9 @@ from .transport.base import Buffer, Stream
 
 __all__ = [
     "MAGIC", "PROTOCOL_VERSION", "MIN_PROTOCOL_VERSION", "DEFAULT_FRAME_MAX", "DEFAULT_CAPS",
-    "MAX_NAME", "MAX_LINK", "MAX_ENTRIES", "MAX_XATTRS", "MAX_XATTR_NAME", "MAX_XATTR_VALUE",
+    "MAX_NAME", "MAX_LINK", "MAX_ENTRIES", "MAX_REQUESTS", "MAX_XATTRS", "MAX_XATTR_NAME", "MAX_XATTR_VALUE",
     "MAX_TEXT", "MAX_PATH_TEXT", "MAX_OWNER_NAME", "DIGEST_SIZE",
-    "Message", "FlistBatch", "EntryExtras", "FlistEnd", "Request", "FilesFrom", "FileBegin", "Data", "DataZ", "FileEnd",
+    "Message", "FlistBatch", "EntryExtras", "FlistEnd", "Request", "Requests", "FilesFrom", "FileBegin", "Data", "DataZ", "FileEnd",
     "WholeFile", "FileSkip", "Match", "Done", "Committed", "Problem", "Log", "Item", "Stats", "Heartbeat", "Goodbye",
     "Negotiated", "Connection", "ConnectionClosed", "Decoder", "handshake", "entry_problem",
     "encode_signature", "decode_signature", "max_signature_blocks",
@@ -47,6 +47,7 @@ MAX_FRAME_MAX = 64 * 1024 * 1024
 MAX_NAME = 4096  # bytes of a relative name (PATH_MAX)
 MAX_LINK = 4096  # bytes of a symlink target
 MAX_ENTRIES = 65536  # entries in one FlistBatch message
+MAX_REQUESTS = 65536  # files named by one Requests message
 MAX_XATTRS = 256  # xattrs per entry
 MAX_XATTR_NAME = 255  # XATTR_NAME_MAX
 MAX_XATTR_VALUE = 65536  # XATTR_SIZE_MAX
@@ -76,6 +77,7 @@ DEFAULT_CAPS: Mapping[str, str] = {
     "checksums": "xxh3-128",
     "compress": "none",
     "frame-max": str(DEFAULT_FRAME_MAX),
+    "request-batch": "1",  # we decode Requests (0x23): a peer that lists it may send them
 }
 
 _HEADER = struct.Struct(">BI")  # frame: type, payload length
@@ -220,6 +222,16 @@ class Request(Message):
     inplace: bool = False
     append_from: int | None = None
     append_verify: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Requests(Message):
+    """Generator -> sender: send me these files whole, in this order (Request(index) each,
+    in one frame). Sent only to a peer that announced the request-batch capability."""
+
+    TYPE: ClassVar[int] = 0x23
+    NAME: ClassVar[str] = "Requests"
+    indices: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,11 +414,11 @@ class Goodbye(Message):
     exit_code: int = 0
 
 
-AnyMessage = Union[FlistBatch, FlistEnd, Request, Done, FilesFrom, FileBegin, Data, DataZ, Match, FileEnd, WholeFile,
+AnyMessage = Union[FlistBatch, FlistEnd, Request, Requests, Done, FilesFrom, FileBegin, Data, DataZ, Match, FileEnd, WholeFile,
                    FileSkip, Committed, Problem, Log, Item, Stats, Heartbeat, Goodbye]
 
 _TYPES: dict[int, type[Message]] = {cls.TYPE: cls for cls in (
-    FlistBatch, FlistEnd, Request, Done, FilesFrom, FileBegin, Data, DataZ, Match, FileEnd, WholeFile,
+    FlistBatch, FlistEnd, Request, Requests, Done, FilesFrom, FileBegin, Data, DataZ, Match, FileEnd, WholeFile,
     FileSkip, Committed, Problem, Log, Item, Stats, Heartbeat, Goodbye)}
 # Exact payload sizes of fixed-layout messages, checked from the header alone.
 _FIXED_SIZE: dict[int, int] = {
@@ -417,7 +429,7 @@ _FIXED_SIZE: dict[int, int] = {
 _COMMON = frozenset({Problem, Log, Item, Stats, Heartbeat, Goodbye})
 #: What each side accepts from its peer; the rest is a protocol error.
 ACCEPTS: dict[str, frozenset[type[Message]]] = {
-    "sender": _COMMON | {Request, Done, Committed, FilesFrom},
+    "sender": _COMMON | {Request, Requests, Done, Committed, FilesFrom},
     "receiver": _COMMON | {FlistBatch, FlistEnd, FileBegin, Data, DataZ, Match, FileEnd, WholeFile, FileSkip},
 }
 
@@ -604,6 +616,13 @@ def _encode_flist(batch: FlistBatch, frame_max: int, next_index: int) -> tuple[l
 def encode_payload(msg: Message, frame_max: int = DEFAULT_FRAME_MAX) -> bytes:
     """The payload of one frame for a message other than FlistBatch (which may need several)."""
     try:
+        # The most frequent first: one WholeFile per small file.
+        if isinstance(msg, WholeFile):
+            if len(msg.digest) != DIGEST_SIZE:
+                raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
+            if _FILE_END.size + len(msg.data) > frame_max:
+                raise ValueError(f"a file of {len(msg.data)} bytes does not fit in one frame")
+            return _FILE_END.pack(msg.index, msg.digest) + bytes(msg.data)
         if isinstance(msg, Request):
             sig = msg.signature
             if msg.append_from is not None:
@@ -623,6 +642,10 @@ def encode_payload(msg: Message, frame_max: int = DEFAULT_FRAME_MAX) -> bytes:
                 raise ValueError(f"signature of {len(sig)} bytes does not fit in a frame")
             flags = _R_SIGNATURE | (_R_INPLACE if msg.inplace else 0)
             return _REQUEST.pack(msg.index, flags, len(sig)) + sig
+        if isinstance(msg, Requests):
+            if not 0 < len(msg.indices) <= MAX_REQUESTS:
+                raise ValueError(f"a Requests message names 1 to {MAX_REQUESTS} files")
+            return struct.pack(f">{len(msg.indices)}I", *msg.indices)
         if isinstance(msg, FileBegin):
             if not 0 <= msg.size < _U64_LIMIT:
                 raise ValueError(f"impossible file size {msg.size}")
@@ -643,12 +666,6 @@ def encode_payload(msg: Message, frame_max: int = DEFAULT_FRAME_MAX) -> bytes:
             if len(msg.digest) != DIGEST_SIZE:
                 raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
             return _FILE_END.pack(msg.index, msg.digest)
-        if isinstance(msg, WholeFile):
-            if len(msg.digest) != DIGEST_SIZE:
-                raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
-            if _FILE_END.size + len(msg.data) > frame_max:
-                raise ValueError(f"a file of {len(msg.data)} bytes does not fit in one frame")
-            return _FILE_END.pack(msg.index, msg.digest) + bytes(msg.data)
         if isinstance(msg, FileSkip):
             text = _encode_text(msg.message, MAX_TEXT)
             return _FILE_SKIP.pack(msg.index, msg.code, len(text)) + text
@@ -1004,6 +1021,17 @@ class Decoder:
             if append_from >= _U64_LIMIT:
                 raise ProtocolError(f"peer sent an impossible append offset {append_from}")
         return Request(index, signature, bool(flags & _R_INPLACE), append_from, bool(flags & _R_APPEND_VERIFY))
+
+    def _d_Requests(self, r: _Reader) -> Requests:
+        if self.requests_done:
+            raise ProtocolError("peer sent Requests after Done")
+        count, odd = divmod(r.remaining(), _U32.size)
+        if odd or not 0 < count <= MAX_REQUESTS:
+            raise ProtocolError(f"peer sent a Requests message of {r.remaining()} bytes")
+        indices = struct.unpack_from(f">{count}I", r.buf, r.pos)
+        r.pos += count * _U32.size
+        self._index(max(indices), "a Request")
+        return Requests(indices)
 
     def _d_Done(self, r: _Reader) -> Done:
         if self.requests_done:

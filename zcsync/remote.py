@@ -33,7 +33,7 @@ from .options import Options
 from .pathnames import escape, split
 from .protocol import (Committed, Connection, Data, DataZ, Done, EntryExtras, FileBegin, FileEnd, FilesFrom, FileSkip,
                        FlistBatch, FlistEnd, Goodbye, Heartbeat, Item, Log, Match, Message, Problem, RawData,
-                       Request, Stats, WholeFile, decode_signature, encode_signature, max_signature_blocks)
+                       Request, Requests, Stats, WholeFile, decode_signature, encode_signature, max_signature_blocks)
 from .sender import Sender, SourceChanged
 from .sink import AUTO, make_sink
 from .stats import Event, Report
@@ -46,6 +46,7 @@ CHUNK = 1 << 20  # bytes read from a file per DATA frame
 # Files at least this big go from the file to a raw socket by sendfile; smaller ones are
 # read into the send buffer, where they share system calls with their neighbours.
 SENDFILE_MIN = 256 << 10
+REQUESTS_AT_ONCE = 64  # whole-file requests the generator thread records under one lock
 WHOLE_FILE_OVERHEAD = 20  # a WholeFile payload's index and digest
 _NO_DIGEST = bytes(16)  # FileEnd of a file that changed while sent: cannot match its data
 # Counters the receiving side owns and reports to the client at the end.
@@ -204,18 +205,34 @@ class SendingSide:
         try:
             return self.sender.open(entry)
         except SourceChanged as exc:
-            self.conn.send(FileSkip(index, exc.code, str(exc)))
-            self.report.problem(FileProblem(escape(entry.name), str(exc), exc.code))
+            self._skip(index, entry, exc)
             return None
+
+    def _skip(self, index: int, entry: FileEntry, exc: SourceChanged) -> None:
+        """Tell the peer a requested file will not come, and why."""
+        self.conn.send(FileSkip(index, exc.code, str(exc)))
+        self.report.problem(FileProblem(escape(entry.name), str(exc), exc.code))
 
     def send_file(self, index: int, signature: bytes | None = None) -> None:
         entry = self._requested(index)
         # Checked before anything else: a bad signature is a misbehaving peer, not a file problem.
         sig = decode_signature(signature, self.conn.frame_max) if signature is not None else None
+        compress = self.skip_compress is not None and entry.name not in self.skip_compress
+        if sig is None and not compress and entry.size < min(SENDFILE_MIN, self.conn.frame_max - WHOLE_FILE_OVERHEAD):
+            # A small file goes whole in one frame, read and hashed in one call.
+            try:
+                data, digest = self.sender.read(entry)
+            except SourceChanged as exc:
+                self._skip(index, entry, exc)
+                return
+            # A file that shrank meanwhile arrives short: the receiver, which knows the
+            # listed size, discards it and asks once more.
+            self.conn.send(WholeFile(index, digest, data))
+            self.report.stats.bytes_sent += len(data)
+            return
         fd = self._open(index, entry)
         if fd is None:
             return
-        compress = self.skip_compress is not None and entry.name not in self.skip_compress
         if sig is not None and entry.size > 0:
             try:
                 self._send_delta(index, entry, fd, sig, compress)
@@ -227,16 +244,6 @@ class SendingSide:
                 self._send_zero_copy(index, entry.size, fd)
             finally:
                 os.close(fd)
-            return
-        if sig is None and not compress and entry.size < min(SENDFILE_MIN, self.conn.frame_max - WHOLE_FILE_OVERHEAD):
-            try:
-                data = os.pread(fd, entry.size, 0)
-            finally:
-                os.close(fd)
-            # A file that shrank meanwhile arrives short: the receiver, which knows the
-            # listed size, discards it and asks once more.
-            self.conn.send(WholeFile(index, xxhash.xxh3_128(data).digest(), data))
-            self.report.stats.bytes_sent += len(data)
             return
         try:
             hasher = xxhash.xxh3_128()  # over the file's bytes, compressed on the wire or not
@@ -439,7 +446,10 @@ class SendingSide:
         try:
             while True:
                 msg = self.conn.recv()
-                if isinstance(msg, Request):
+                if isinstance(msg, Requests):
+                    for index in msg.indices:
+                        self.send_file(index)
+                elif isinstance(msg, Request):
                     self._answer(msg)
                 elif isinstance(msg, Committed):
                     entry = self.entries.get(msg.index)
@@ -691,6 +701,8 @@ class ReceivingSide:
         self.opts = opts
         self.report = report
         self.filters = filters
+        # Whole-file requests go out several to a frame (Requests) if the peer decodes them.
+        self._batch_requests = conn.negotiated is not None and conn.negotiated.peer_caps.get("request-batch") == "1"
         self.receiver: Receiver | None = None
         self.io_error = False
         self.batches: queue.Queue[DirBatch | None] = queue.Queue()
@@ -718,11 +730,14 @@ class ReceivingSide:
         generator = self.receiver.generator
         try:
             while (batch := self.batches.get()) is not None:
+                pending: list[tuple[WriteRequest, Request]] = []
                 for request in generator.process(batch):
                     message = self._request_for(request)
-                    with self._lock:
-                        self.requests[request.entry.index] = request
-                    self.conn.send(message)
+                    pending.append((request, message))
+                    # A delta's signature took a basis read: the sender may start on it now.
+                    if len(pending) == REQUESTS_AT_ONCE or message.signature is not None:
+                        self._send_requests(pending)
+                self._send_requests(pending)
                 self.conn.flush()
                 if not self.opts.hard_links:
                     # Hard links are made from the writer thread with unpinned fds: with -H
@@ -738,6 +753,25 @@ class ReceivingSide:
             self._listed = True
         self._maybe_done()
 
+    def _send_requests(self, pending: list[tuple[WriteRequest, Request]]) -> None:
+        """Record requests (under one lock: the reading thread takes them as data arrives),
+        then send them; empties `pending`."""
+        with self._lock:
+            for request, _ in pending:
+                self.requests[request.entry.index] = request
+        whole: list[int] = []  # a run of plain whole-file requests, sent as one Requests
+        for _, message in pending:
+            if self._batch_requests and message.signature is None and message.append_from is None:
+                whole.append(message.index)
+                continue
+            if whole:
+                self.conn.send(Requests(tuple(whole)))
+                whole = []
+            self.conn.send(message)
+        if whole:
+            self.conn.send(Requests(tuple(whole)))
+        pending.clear()
+
     def _delta_wanted(self) -> bool:
         # rsync's default for a remote transfer is the delta algorithm.
         return self.opts.whole_file is not True
@@ -751,9 +785,11 @@ class ReceivingSide:
                 self.bases[index] = Basis(1, 0, 0, append_from=st.st_size, append_verify=self.opts.append_verify)
             return Request(index, append_from=st.st_size, append_verify=self.opts.append_verify)
         signature = self._signature(request)
+        if signature is None:
+            return Request(index)
         with self._lock:
             basis = self.bases.get(index)
-        return Request(index, signature, inplace=signature is not None and basis is not None and basis.inplace)
+        return Request(index, signature, inplace=basis is not None and basis.inplace)
 
     def _inplace(self, request: WriteRequest) -> bool:
         """Will the writer update this file where it lies (as Writer decides)?"""
@@ -927,7 +963,7 @@ class ReceivingSide:
             self.report.stats.matched_bytes += source.matched
         elif ok:
             self.report.stats.literal_bytes += source.size
-        if ok is not None:
+        if ok is not None and second_try:
             with self._lock:
                 self.redo.pop(begin.index, None)
 

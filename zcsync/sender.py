@@ -1,12 +1,13 @@
 """The sender role: walks the source, opens requested files safely, removes sent sources."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
 from collections.abc import Iterator
 
-from . import fastio
+from . import fastio, fsscan
 from .errors import PARTIAL, VANISHED
 from .filters import FilterRules
 from .flist import DirBatch, FileEntry, Scanner, ScanState, SourceArg, quote
@@ -45,20 +46,36 @@ class Sender:
     def open(self, entry: FileEntry) -> int:
         """Open a regular source file for reading; it must still be the file the scan saw."""
         path = self.path(entry)
-        flags = os.O_RDONLY | os.O_CLOEXEC | (0 if self.opts.copy_links else os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO swapped in since the scan must not wait for a writer.
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if self.opts.copy_links else os.O_NOFOLLOW)
         try:
             fd = os.open(path, flags)
-        except FileNotFoundError:
-            raise SourceChanged(f"file has vanished: {quote(path)}", VANISHED) from None
         except OSError as exc:
-            self.state.io_error = True  # a read error on the sender: no deletions from here on
-            raise SourceChanged(f"[sender] send_files failed to open {quote(os.path.abspath(path))}: "
-                                f"{exc.strerror} ({exc.errno})", PARTIAL) from None
+            raise self._unreadable(path, exc.errno or 0) from None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
             os.close(fd)
-            raise SourceChanged(f"file has changed during the transfer: {quote(path)}", VANISHED)
+            raise self._unreadable(path, None)
         return fd
+
+    def read(self, entry: FileEntry) -> tuple[bytes, bytes]:
+        """A small requested file's bytes and their xxh3-128, with open's checks, in one call
+        that releases the GIL once (fsscan.read_file). Short if it shrank while read."""
+        path = self.path(entry)
+        got = fsscan.read_file(path, entry.size, self.opts.copy_links)
+        if got is None or isinstance(got, int):
+            raise self._unreadable(path, None if got is None else -got)
+        return got
+
+    def _unreadable(self, path: bytes, err: int | None) -> SourceChanged:
+        """What a failed open means (errno err; None: no longer the regular file the scan saw)."""
+        if err is None:
+            return SourceChanged(f"file has changed during the transfer: {quote(path)}", VANISHED)
+        if err == errno.ENOENT:
+            return SourceChanged(f"file has vanished: {quote(path)}", VANISHED)
+        self.state.io_error = True  # a read error on the sender: no deletions from here on
+        return SourceChanged(f"[sender] send_files failed to open {quote(os.path.abspath(path))}: "
+                             f"{os.strerror(err)} ({err})", PARTIAL)
 
     def digest(self, entry: FileEntry) -> bytes | None:
         """xxh3-128 of a source file (for -c); None if it cannot be read."""

@@ -31,6 +31,9 @@ PARTIAL_DIR = ".zcsync-partial"  # where --partial keeps data: never under the f
 
 # Errors that mean the destination itself is broken: stop the run (rsync exits 11 on these).
 FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+# Background commits are collected once per this many submits (and at flush_commits()):
+# a failure is reported that much later, the pins of their directories held that long.
+COLLECT_EVERY = 16
 
 
 class DataSource(Protocol):
@@ -74,6 +77,7 @@ class Writer:
         self._lock = threading.Lock()
         self.temps: set[tuple[bytes, bytes, bytes]] = set()  # (parent, temp, base) still uncommitted
         self._committer = None  # see commit_in_background()
+        self._queued = 0  # files submitted to it since its results were last collected
 
     @property
     def partial_dir(self) -> bytes:
@@ -175,7 +179,7 @@ class Writer:
             want = self.policy.wanted(req.entry, req.existing)
             args = (pfd, base, data, want.perms, -1 if want.uid is None else want.uid,
                     -1 if want.gid is None else want.gid, want.mtime_ns is not None, want.mtime_ns or 0,
-                    self.opts.fsync)
+                    self.opts.fsync, self.policy.umask)
             if self._committer is not None:
                 self._committer.submit((req, parent, pfd), *args)  # unpinned in _finish_commits
                 pfd = -1
@@ -186,7 +190,10 @@ class Writer:
             if pfd != -1:
                 self.tree.unpin(pfd)
         if self._committer is not None:
-            self._finish_commits(self._committer.collect())
+            self._queued += 1
+            if self._queued == COLLECT_EVERY:
+                self._queued = 0
+                self._finish_commits(self._committer.collect())
         return True
 
     def commit_in_background(self) -> None:
@@ -200,6 +207,7 @@ class Writer:
     def flush_commits(self) -> None:
         """Wait until every queued commit is done (before directory times, fsyncs, the end)."""
         if self._committer is not None:
+            self._queued = 0
             self._finish_commits(self._committer.collect(True))
 
     def _finish_commits(self, done: list[tuple[tuple[Request, bytes, int], int]]) -> None:

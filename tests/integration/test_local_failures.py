@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -116,6 +117,26 @@ def test_full_filesystem_exit_11_old_file_intact(tmp_path, small_fs):
     assert "big" in result.stderr
     assert (dst / "big").read_bytes() == b"old version"
     assert not _temps(dst)
+
+
+def test_full_filesystem_with_small_files(tmp_path, small_fs):
+    """Small files go to the commit thread: ENOSPC there still ends the run with exit 11,
+    names the file, keeps the old file and leaves no temp file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(400):  # 3.2 MB into 1 MiB
+        (src / f"f{i:03d}").write_bytes(os.urandom(8192))
+    (src / "z-old").write_bytes(b"new version")
+    dst = small_fs / "dst"
+    dst.mkdir()
+    (dst / "z-old").write_bytes(b"old version")
+    result = run_zcsync(["-a", f"{src}/", f"{dst}/"])
+    assert result.returncode == 11, result.stderr
+    assert re.search(r"Cannot write 'f\d{3}': No space left on device", result.stderr), result.stderr
+    assert (dst / "z-old").read_bytes() == b"old version"
+    assert not _temps(dst)
+    written = [p for p in dst.iterdir() if p.name.startswith("f")]
+    assert written and all(p.read_bytes() == (src / p.name).read_bytes() for p in written)
 
 
 def test_sigterm_leaves_no_partial_file(tmp_path):

@@ -26,6 +26,37 @@ def test_writes_sets_metadata_and_renames_into_place(tmp_path, dir_fd, mtime_ns)
     assert os.listdir(tmp_path) == ["f"]  # no temp file left
 
 
+@pytest.mark.parametrize("perms", [0o644, 0o755, 0o600, 0o666, 0o777, 0o4755, 0o2750, 0o1777, 0])
+@pytest.mark.parametrize("umask", [-1, 0o022, 0o077, 0])
+def test_permissions_whether_created_with_them_or_chmod_ed(tmp_path, dir_fd, perms, umask):
+    """With the umask known, perms it keeps (and no set-id/sticky bits) are given at creation
+    and no chmod follows; every other case is chmod-ed: either way the file ends as perms."""
+    old = os.umask(umask if umask >= 0 else 0o022)
+    try:
+        _commit.commit_bytes(dir_fd, b"f", b"x", perms, os.geteuid(), os.getegid(), False, 0, False, umask)
+        committer = _commit.Committer()
+        committer.submit("t", dir_fd, b"g", b"y", perms, -1, -1, False, 0, False, umask)
+        assert committer.close() == [("t", 0)]
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f").stat().st_mode & 0o7777 == perms
+    assert (tmp_path / "g").stat().st_mode & 0o7777 == perms
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_owner_changed_only_where_it_differs(tmp_path, dir_fd):
+    _commit.commit_bytes(dir_fd, b"mine", b"x", 0o4755, 0, 0, False, 0, False, 0o022)
+    _commit.commit_bytes(dir_fd, b"theirs", b"x", 0o4755, 1234, 5678, False, 0, False, 0o022)
+    mine, theirs = (tmp_path / "mine").stat(), (tmp_path / "theirs").stat()
+    assert (mine.st_uid, mine.st_gid, mine.st_mode & 0o7777) == (0, 0, 0o4755)
+    # chown before chmod: the set-uid bit survives the owner change
+    assert (theirs.st_uid, theirs.st_gid, theirs.st_mode & 0o7777) == (1234, 5678, 0o4755)
+    os.chmod(tmp_path, 0o2775)  # a set-gid directory: new files take its group, which differs
+    os.chown(tmp_path, 0, 99)
+    _commit.commit_bytes(dir_fd, b"group", b"x", 0o644, 0, 0, False, 0, False, 0o022)
+    assert (tmp_path / "group").stat().st_gid == 0
+
+
 def test_times_and_owner_can_be_left_alone(tmp_path, dir_fd):
     _commit.commit_bytes(dir_fd, b"g", b"", 0o600, -1, -1, False, 0, False)
     st = (tmp_path / "g").stat()

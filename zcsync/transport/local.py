@@ -20,6 +20,7 @@ from ..errors import VANISHED, FileProblem
 from ..generator import Generator
 from ..pathnames import escape, split
 from ..sender import Sender, SourceChanged
+from ..sink import AUTO, make_sink
 from ..flist import DirBatch
 from ..stats import Report, Stats
 from ..writer import Request, Writer
@@ -78,6 +79,26 @@ class LocalFile:
 
 def _changed() -> SourceChanged:
     return SourceChanged("file has changed during the transfer", VANISHED)
+
+
+class LocalBytes:
+    """A DataSource for a small source file read whole in one call (Sender.read): its bytes
+    are in memory, so the writer may queue it for the commit thread as it is."""
+
+    matched = 0
+
+    def __init__(self, data: bytes, digest: bytes) -> None:
+        self.data = data
+        self.size = self.literal = len(data)
+        self._digest = digest
+
+    def write_into(self, fd: int, sparse: bool) -> bytes:
+        sink = make_sink(fd, AUTO, raw=False, sparse=sparse)
+        sink.write(self.data)
+        return sink.finish()
+
+    def digest(self) -> bytes:
+        return self._digest
 
 
 class LocalDelta:
@@ -213,24 +234,40 @@ class LocalAppend:
         return self._digest if self._digest is not None else self._whole.digest()
 
 
-def local_source(writer: Writer, request: Request, fd: int) -> LocalFile | LocalDelta | LocalAppend:
-    """How the writer gets this file's data: appended (--append), rebuilt from a basis
-    (--no-whole-file; local copies are whole by default, as in rsync), or copied whole."""
+def _whole(writer: Writer, request: Request) -> bool:
+    """Is this file copied whole: not appended (--append), not rebuilt from a basis
+    (--no-whole-file; local copies are whole by default, as in rsync)?"""
     opts = writer.opts
     size = request.entry.size
     st = request.existing
     in_place = opts.inplace and st is not None and stat.S_ISREG(st.st_mode)
-    if opts.append and in_place and 0 < st.st_size < size:
-        return LocalAppend(fd, size, st.st_size, opts.append_verify)
+    if opts.append and in_place and 0 < st.st_size < size:  # type: ignore[union-attr]
+        return False
     if opts.whole_file is not False or size == 0:
-        return LocalFile(fd, size)
+        return True
     if in_place:
-        return LocalDelta(fd, size, None, opts.block_size) if st.st_size else LocalFile(fd, size)
+        return not st.st_size  # type: ignore[union-attr]
+    if request.partial is not None:
+        return False
+    return not (st is not None and stat.S_ISREG(st.st_mode) and st.st_size)
+
+
+def local_source(writer: Writer, request: Request, fd: int) -> LocalFile | LocalDelta | LocalAppend:
+    """How the writer gets this file's data from the open source: copied whole, appended
+    (--append), or rebuilt from a basis (--no-whole-file)."""
+    opts = writer.opts
+    size = request.entry.size
+    st = request.existing
+    if _whole(writer, request):
+        return LocalFile(fd, size)
+    in_place = opts.inplace and st is not None and stat.S_ISREG(st.st_mode)
+    if opts.append and in_place and 0 < st.st_size < size:  # type: ignore[union-attr]
+        return LocalAppend(fd, size, st.st_size, opts.append_verify)  # type: ignore[union-attr]
+    if in_place:
+        return LocalDelta(fd, size, None, opts.block_size)
     if request.partial is not None:
         return LocalDelta(fd, size, lambda: writer.open_partial(request.dest_name), opts.block_size)
-    if st is not None and stat.S_ISREG(st.st_mode) and st.st_size:
-        return LocalDelta(fd, size, lambda: _open_dest(writer, request.dest_name), opts.block_size)
-    return LocalFile(fd, size)
+    return LocalDelta(fd, size, lambda: _open_dest(writer, request.dest_name), opts.block_size)
 
 
 def _open_dest(writer: Writer, name: bytes) -> int:
@@ -301,10 +338,15 @@ def run(sender: Sender, generator: Generator, writer: Writer, report: Report,
         # the scan thread became the bottleneck.)
         batches = Ahead(batches)
     stats = report.stats
+    if writer.on_commit is None:  # nothing waits for a commit: small files can queue
+        writer.commit_in_background()
     for batch in batches:
         count_entries(stats, batch)
         for request in generator.process(batch):
             copy_one(sender, writer, report, request)
+        if writer.tree.retired:
+            writer.tree.close_retired()  # directory fds evicted while queued commits held them
+    writer.flush_commits()
     writer.finish_delayed()
     generator.finish()
 
@@ -326,18 +368,24 @@ def count_entries(stats: Stats, batch: DirBatch) -> None:
 
 
 def copy_one(sender: Sender, writer: Writer, report: Report, request: Request) -> None:
-    """Open the source the request names and let the writer commit it."""
+    """Read (a small whole file) or open the source the request names, and let the writer
+    commit it."""
+    fd = -1
+    source: LocalBytes | LocalFile | LocalDelta | LocalAppend
     try:
-        fd = sender.open(request.entry)
-    except SourceChanged as exc:
-        report.problem(FileProblem(escape(request.dest_name), str(exc), exc.code))
-        return
-    try:
-        source = local_source(writer, request, fd)
+        if request.entry.size <= SMALL_FILE and _whole(writer, request):
+            data, digest = sender.read(request.entry)
+            if len(data) != request.entry.size:
+                raise _changed()  # shrank while read
+            source = LocalBytes(data, digest)
+        else:
+            fd = sender.open(request.entry)
+            source = local_source(writer, request, fd)
         if writer.write(request, source):
             report.stats.literal_bytes += source.literal
             report.stats.matched_bytes += source.matched
     except SourceChanged as exc:
         report.problem(FileProblem(escape(request.dest_name), str(exc), exc.code))
     finally:
-        os.close(fd)
+        if fd != -1:
+            os.close(fd)
