@@ -337,7 +337,10 @@ def run_paths(paths: list[str], opts: Options, on_event: Callable[[Event], None]
             from .connect import list_remote
             return list_remote(endpoint, opts, out or sys.stdout, on_event)
     if len(paths) == 1 or opts.list_only:
-        sources = paths if len(paths) == 1 else paths[:-1] if not opts.list_only else paths
+        sources = paths if len(paths) == 1 else paths[:-1]  # rsync lists the sources and ignores DST
+        if any(parse_endpoint(p).is_remote for p in sources):
+            from .connect import list_remote_sources
+            return list_remote_sources(sources, opts, out or sys.stdout, on_event)
         return list_only(sources, opts, out or sys.stdout, on_event)
     *sources, dest = paths
     if not sources:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from . import auth, compress, errors
 from .endpoints import DEFAULT_DAEMON_PORT, Endpoint, parse_endpoint, valid_module_name
-from .engine import RunResult, read_files_from, source_args
+from .engine import RunResult, read_files_from, remote_files_from, source_args
 from .errors import (
     FileSelectError,
     ProtocolError,
@@ -32,7 +32,13 @@ from .errors import (
 from .filters import FilterRules
 from .options import MAX_WIRE_OPTIONS, Options, to_wire
 from .protocol import Connection, handshake
-from .remote import ListingSide, ReceivingSide, SendingSide, send_files_from
+from .remote import (
+    ListingSide,
+    ReceivingSide,
+    SendingSide,
+    receive_files_from,
+    send_files_from,
+)
 from .sender import Sender
 from .stats import Event, Report
 from .transport import tcp
@@ -48,12 +54,51 @@ def split_remote(paths: list[str]) -> tuple[list[Endpoint], Endpoint]:
     if remote_srcs and dst.is_remote:
         raise UsageError("The source and destination cannot both be remote.")
     if remote_srcs:
-        first = remote_srcs[0]
-        if len(remote_srcs) != len(srcs) or any(
-                (s.kind, s.host, s.user, s.port, s.module) != (first.kind, first.host, first.user, first.port,
-                                                              first.module) for s in srcs):
-            raise UsageError("All remote sources must be on the same host")
+        _one_remote(srcs)
     return srcs, dst
+
+
+def _one_remote(srcs: list[Endpoint]) -> None:
+    """Remote sources must all be on one host, as one session reads them all."""
+    first = srcs[0]
+    if any(not s.is_remote or (s.kind, s.host, s.user, s.port, s.module)
+           != (first.kind, first.host, first.user, first.port, first.module) for s in srcs):
+        raise UsageError("All remote sources must be on the same host")
+
+
+def files_from_plan(srcs: list[Endpoint], dst: Endpoint | None, opts: Options) -> tuple[Options, list[bytes] | None]:
+    """--files-from in a remote transfer (dst None: a remote listing): the options for the
+    server and the names this side sends it (a pull with a local list), if any.
+
+    A local list is read here: a push scans it, a pull sends it to the server sender
+    (files_from_peer). A list on the remote side (host:FILE, :FILE) is read by the server
+    (files_from_remote), which in a push sends the names back. Its host must be the
+    transfer's remote host, as rsync requires.
+    """
+    if opts.files_from is None:
+        return opts, None
+    if len(srcs) != 1:
+        raise UsageError("--files-from needs exactly one source directory")
+    push = dst is not None and dst.is_remote
+    remote = dst if push else srcs[0]
+    assert remote is not None
+    spec = remote_files_from(opts.files_from)
+    if spec is None:
+        if push:  # the sender here reads the list as it scans
+            return opts, None
+        return opts.replace(files_from_peer=True), read_files_from(opts)
+    if spec.host is not None and (spec.user, spec.host) != (remote.user, remote.host):
+        raise UsageError("--files-from hostname is not the same as the transfer hostname")
+    return opts.replace(files_from_remote=spec.path), None
+
+
+def check_listed(names: list[bytes]) -> list[bytes]:
+    """The server's --files-from names (a push with host:FILE), checked before our sender reads
+    anything: relative names below the source directory only."""
+    for name in names:
+        if name.startswith(b"/") or b".." in name.split(b"/"):
+            raise ProtocolError(f"the server sent an unsafe --files-from name {peer_text(name)!r}")
+    return names
 
 
 def server_argv(role: str, opts: Options, paths: list[str], listen_timeout: int | None = None) -> list[str]:
@@ -119,20 +164,21 @@ def run_remote(paths: list[str], opts: Options, on_event: Callable[[Event], None
     """Push (remote DST) or pull (remote SRC) over a stream to `zcsync --server`."""
     started = time.monotonic()
     srcs, dst = split_remote(paths)
-    names = None
-    if opts.files_from is not None:
-        if len(srcs) != 1:
-            raise UsageError("--files-from needs exactly one source directory")
-        if not dst.is_remote:  # a pull: the list is read here and sent to the remote sender
-            names = read_files_from(opts)
-            opts = opts.replace(files_from_peer=True)
+    opts, names = files_from_plan(srcs, dst, opts)
     report = Report(on_event=on_event)
     # Only if something here shows them (a display, a log, progress) does the server send one Item per file.
     opts = opts.replace(want_items=report.on_event is not None)
     filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded)
     if dst.is_remote:
         def push(conn: Connection) -> None:
-            sender = Sender(source_args([s.path for s in srcs], opts), opts, filters, on_problem=report.problem)
+            listed = None
+            if opts.files_from_remote is not None:  # the server reads its list file and sends the names
+                listed = receive_files_from(conn, report)
+                if listed is None:  # it could not (its message is logged, its code is ours)
+                    return
+                check_listed(listed)
+            sender = Sender(source_args([s.path for s in srcs], opts, listed), opts, filters,
+                            on_problem=report.problem)
             SendingSide(conn, sender, opts, report).run()
         _session(dst, "receiver", opts, [dst.path or "."], report, push)
     else:
@@ -152,14 +198,33 @@ def run_remote(paths: list[str], opts: Options, on_event: Callable[[Event], None
 def list_remote(endpoint: Endpoint, opts: Options, out: TextIO,
                 on_event: Callable[[Event], None] | None = None) -> RunResult:
     """`zcsync host:path` (one remote operand): rsync's listing of the remote tree."""
+    return _list_remote([endpoint], opts, out, on_event)
+
+
+def list_remote_sources(sources: list[str], opts: Options, out: TextIO,
+                        on_event: Callable[[Event], None] | None = None) -> RunResult:
+    """`zcsync --list-only host:src/ DST`: the remote sources listed as one operand lists them;
+    DST is ignored (nothing is transferred or created), as rsync does."""
+    srcs = [parse_endpoint(p) for p in sources]
+    _one_remote(srcs)
+    return _list_remote(srcs, opts, out, on_event)
+
+
+def _list_remote(srcs: list[Endpoint], opts: Options, out: TextIO,
+                 on_event: Callable[[Event], None] | None) -> RunResult:
     started = time.monotonic()
     report = Report(on_event=on_event)
     show_links = opts.links
+    opts, names = files_from_plan(srcs, None, opts)
     # As the local listing: directories shown (not entered without -r), every type listed.
     opts = opts.replace(dirs=opts.dirs or not opts.recursive, links=True, devices=True, specials=True,
                         want_items=False)
-    _session(endpoint, "sender", opts, [endpoint.path or "."], report,
-             lambda conn: ListingSide(conn, out, report, show_links).run())
+
+    def listing(conn: Connection) -> None:
+        if names is not None:
+            send_files_from(conn, names)
+        ListingSide(conn, out, report, show_links).run()
+    _session(srcs[0], "sender", opts, [s.path or "." for s in srcs], report, listing)
     report.stats.elapsed_s = time.monotonic() - started
     return RunResult(report.exit_code, report, report.problems)
 

@@ -85,6 +85,9 @@ def read_files_from(opts: Options) -> list[bytes]:
     """The names of the --files-from file (or stdin for "-"): one per line (NUL with
     --from0), comments and empty lines skipped, leading slashes dropped."""
     assert opts.files_from is not None
+    if remote_files_from(opts.files_from) is not None:
+        # A remote transfer takes a host: prefix off before anything reads the list here.
+        raise UsageError("--files-from cannot be remote when the transfer is local")
     try:
         if opts.files_from == "-":
             import sys
@@ -94,14 +97,106 @@ def read_files_from(opts: Options) -> list[bytes]:
                 data = f.read()
     except OSError as exc:
         raise UsageError(f"failed to open files-from file {opts.files_from}: {exc.strerror}") from exc
-    sep = b"\0" if opts.from0 else b"\n"
+    return parse_files_from(data, opts.from0)
+
+
+def parse_files_from(data: bytes, from0: bool) -> list[bytes]:
+    """The names in the text of a --files-from list (see read_files_from)."""
+    sep = b"\0" if from0 else b"\n"
     names = []
     for line in data.split(sep):
-        line = line.rstrip(b"\r") if not opts.from0 else line
-        if not line or (not opts.from0 and line[:1] in (b"#", b";")):
+        if not from0:
+            # A NUL ends the name, as in rsync (its names are C strings).
+            line = line.split(b"\0", 1)[0].rstrip(b"\r")
+        if not line or (not from0 and line[:1] in (b"#", b";")):
             continue
         names.append(line.lstrip(b"/") or b".")  # "/" alone: the source directory itself
     return names
+
+
+@dataclass(frozen=True)
+class RemoteList:
+    """--files-from=[[user@]host]:FILE: a list on the remote side of the transfer.
+
+    host is None for ":FILE" (whatever host the transfer reaches). path is FILE as
+    rsync passes it on: for ``host::FILE`` and ``zcsync://host/FILE`` the whole rest,
+    module name included, relative to the module root.
+    """
+
+    user: str | None
+    host: str | None
+    path: str
+
+
+def remote_files_from(value: str) -> RemoteList | None:
+    """Where a --files-from value's list is: None for a local file (or "-"), else the
+    remote spec, split off as rsync does (its check_for_hostspec)."""
+    from .endpoints import DAEMON, parse_endpoint
+
+    if value.startswith(":"):
+        spec = RemoteList(None, None, value[1:])
+    else:
+        endpoint = parse_endpoint(value)
+        if not endpoint.is_remote:
+            return None
+        path = endpoint.path
+        if endpoint.kind == DAEMON:
+            path = "/".join(p for p in (endpoint.module, endpoint.path) if p)
+        spec = RemoteList(endpoint.user, endpoint.host, path)
+    if spec.path in ("", "-"):
+        raise UsageError(f"Invalid --files-from remote filename {value!r}")
+    return spec
+
+
+def read_list_file(path: str, from0: bool, limit: int, nofollow: bool = False) -> list[bytes]:
+    """A server's own --files-from file (the client gave host:FILE or :FILE): its names, as
+    parse_files_from makes them, at most `limit` bytes of them.
+
+    The file must be a regular file (not a fifo or a device that never ends). With
+    nofollow no symlink is followed anywhere on the way: every directory is opened from
+    its parent with O_NOFOLLOW, so a symlink swapped in after the caller checked the path
+    cannot lead elsewhere.
+    """
+    import errno
+
+    raw = os.fsencode(path)
+    try:
+        fd = _open_nofollow(raw) if nofollow else os.open(raw, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            if not stat.S_ISREG(mode):
+                raise UsageError(f"failed to open files-from file {path}: not a regular file")
+            chunks: list[bytes] = []
+            total = 0
+            # The names are at most `limit` bytes; comments and blank lines get as much again.
+            while total <= 2 * limit and (chunk := os.read(fd, 1 << 20)):
+                chunks.append(chunk)
+                total += len(chunk)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise UsageError(f"failed to open files-from file {path}: {exc.strerror}") from exc
+    names = parse_files_from(b"".join(chunks), from0) if total <= 2 * limit else None
+    if names is None or sum(len(n) + 1 for n in names) > limit:
+        raise UsageError(f"files-from file {path} is too long (more than {limit} bytes of names)")
+    return names
+
+
+def _open_nofollow(path: bytes) -> int:
+    """path opened for reading through real directories only (ELOOP at any symlink)."""
+    *dirs, last = [p for p in path.split(b"/") if p not in (b"", b".")] or [b"."]
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(b"/" if path.startswith(b"/") else b".", flags | os.O_DIRECTORY)
+    try:
+        for part in dirs:
+            nfd = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return os.open(last, flags | os.O_NONBLOCK, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _files_from(base: bytes, names: list[bytes], opts: Options) -> list[SourceArg]:

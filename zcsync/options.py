@@ -53,6 +53,9 @@ class Options:
     filter_rules: tuple[str, ...] = ()
     files_from: str | None = None
     files_from_peer: bool = False  # the client sends the --files-from names after the handshake (pull)
+    # --files-from=host:FILE or :FILE: FILE on the server's host, which the server reads (pull)
+    # or reads and sends to the client's sender before it scans (push)
+    files_from_remote: str | None = None
     from0: bool = False
     min_size: int | None = None
     max_size: int | None = None

@@ -100,7 +100,16 @@ MAX_FILES_FROM = 64 << 20  # bytes of --files-from names a sender accepts from i
 
 
 def send_files_from(conn: Connection, names: list[bytes]) -> None:
-    """Client in a pull: the --files-from names, in frames, before anything else."""
+    """The receiving end's --files-from names to the sender, in frames, before anything else:
+    the client's list in a pull, the server's own (host:FILE) in a push."""
+    from .errors import UsageError
+    from .protocol import MAX_NAME
+
+    # A name the peer would refuse: said here, by name, before any of the list goes out.
+    for name in names:
+        if len(name) > MAX_NAME:
+            raise UsageError(f"--files-from name {escape(name[:64])!r}... is too long "
+                             f"({len(name)} bytes, at most {MAX_NAME})")
     chunk: list[bytes] = []
     size = 1
     for name in names:
@@ -113,8 +122,13 @@ def send_files_from(conn: Connection, names: list[bytes]) -> None:
     conn.flush()
 
 
-def receive_files_from(conn: Connection, report: Report) -> list[bytes]:
-    """Server in a pull: the --files-from names the client sends (at most MAX_FILES_FROM bytes)."""
+def receive_files_from(conn: Connection, report: Report) -> list[bytes] | None:
+    """The sending end: the --files-from names its peer sends (at most MAX_FILES_FROM bytes),
+    the client's list in a pull, the server's own list file in a push (host:FILE).
+
+    None if the peer ended the session instead (its Goodbye code counts toward ours, and
+    its Log said why): a server that could not read its list file, or refused it.
+    """
     names: list[bytes] = []
     total = 0
     while True:
@@ -126,6 +140,9 @@ def receive_files_from(conn: Connection, report: Report) -> list[bytes]:
             names.extend(msg.names)
             if msg.last:
                 return names
+        elif isinstance(msg, Goodbye):
+            report.outcome(msg.exit_code)
+            return None
         elif not common(msg, report):
             raise ProtocolError(f"peer sent {type(msg).__name__} before the end of the --files-from list")
 

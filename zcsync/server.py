@@ -4,7 +4,8 @@ The client builds the arguments: ``--server --sender|--receiver [--listen
 [--listen-timeout=SECONDS]] --options=JSON [--restrict-to=DIR] -- PATH...``. Nothing
 else is accepted; the server only does what the protocol messages name. For an
 authorized_keys ``command=`` line, run ``zcsync --server --restrict-to=DIR`` there: the
-requested paths must then lie in DIR.
+requested paths must then lie in DIR, and so must a --files-from file the client names
+on this host (``--files-from=host:FILE``), which is then read through real directories only.
 
 With ``--listen`` (the client's ``--transport=tcp``) stdin/stdout carry only the
 bootstrap: one ``ZCSYNC-LISTEN`` line out, then the protocol runs on a raw TCP
@@ -20,17 +21,25 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import bootstrap, compress, errors
-from .engine import source_args
+from .engine import read_list_file, source_args
 from .errors import FileProblem, StreamError, UsageError, ZcsyncError
 from .filters import FilterRules
 from .options import Options, from_wire
 from .pathnames import escape
 from .protocol import ACCEPTS, Connection, Goodbye, Log, handshake
-from .remote import ReceivingSide, SendingSide, forward_report, receive_files_from
+from .remote import (
+    MAX_FILES_FROM,
+    ReceivingSide,
+    SendingSide,
+    forward_report,
+    receive_files_from,
+    send_files_from,
+)
 from .sender import Sender
 from .stats import Report
 from .transport.stdio import FdStream
@@ -136,17 +145,30 @@ class Job:
     #: Checks each --files-from path a client sent (joined to its source directory) before
     #: anything reads it; raises a ZcsyncError for one that must not be read.
     check_path: Callable[[bytes], None] | None = None
+    #: Reads a --files-from file on this host (the client gave host:FILE or :FILE): its
+    #: names from (path, from0). None: this server end reads no list files (the daemon).
+    read_list: Callable[[str, bool], list[bytes]] | None = None
 
 
 def check_files_from(names: list[bytes], paths: Sequence[str], check: Callable[[bytes], None] | None) -> None:
-    """A client's --files-from names: no '..' (they stay below the source directory), and
-    each joined path passes the server's own check (--restrict-to, a daemon module)."""
+    """--files-from names a client sent, or that the server read from its own list file: no
+    '..' (they stay below the source directory), and each joined path passes the server's
+    own check (--restrict-to, a daemon module)."""
     for name in names:
         if b".." in name.split(b"/"):
-            raise UsageError(f"--files-from name {escape(name)!r} refused: '..' is not allowed from a client")
+            raise UsageError(f"--files-from name {escape(name)!r} refused: '..' is not allowed in a remote transfer")
         if check is not None:
             for path in paths:
                 check(os.fsencode(path).rstrip(b"/") + b"/" + name)
+
+
+def _own_list(job: Job, opts: Options) -> list[bytes]:
+    """The names of the --files-from file on this host (host:FILE), read as the job allows."""
+    assert opts.files_from_remote is not None
+    if job.read_list is None:
+        raise UsageError(f"--files-from file {opts.files_from_remote!r} refused: a zcsync daemon reads no "
+                         "list files in its modules (give --files-from a file on the client)")
+    return job.read_list(opts.files_from_remote, opts.from0)
 
 
 def serve_job(conn: Connection, plan: Callable[[Report], Job], *, logger: logging.Logger = log,
@@ -182,8 +204,16 @@ def serve_job(conn: Connection, plan: Callable[[Report], Job], *, logger: loggin
                 report.problem(problem)
             filters = FilterRules.parse([*job.filter_prefix, *opts.filter_rules],
                                         delete_excluded=opts.delete_excluded, trusted=False)
+            if opts.files_from_peer and opts.files_from_remote is not None:
+                raise UsageError("--files-from names one list: the client's or the server's, not both")
             if job.role == "sender":
-                names = receive_files_from(conn, report) if opts.files_from_peer else None
+                names = None
+                if opts.files_from_remote is not None:
+                    names = _own_list(job, opts)
+                elif opts.files_from_peer:
+                    names = receive_files_from(conn, report)
+                    if names is None:  # the client gave up before its list
+                        return report.exit_code
                 if names is not None:
                     check_files_from(names, job.paths, job.check_path)
                 sender = job.make_sender(source_args(list(job.paths), opts, names), opts, filters, report.problem)
@@ -191,6 +221,14 @@ def serve_job(conn: Connection, plan: Callable[[Report], Job], *, logger: loggin
             else:
                 if len(job.paths) != 1:
                     raise UsageError("a receiving server takes one destination path")
+                if opts.files_from_peer:
+                    raise UsageError("a receiving server takes no --files-from names from the client")
+                if opts.files_from_remote is not None:
+                    # The client's sender reads these below its source directory: '..' is refused
+                    # here (the client refuses it as well); our own paths are not involved.
+                    names = _own_list(job, opts)
+                    check_files_from(names, (), None)
+                    send_files_from(conn, names)
                 side = ReceivingSide(conn, job.paths[0] or ".", opts, report, filters)
                 try:
                     side.run()
@@ -218,9 +256,28 @@ def _fatal(conn: Connection, message: str, code: int) -> bool:
         conn.send(Log(logging.ERROR, message))
         conn.send(Goodbye(code))
         conn.drain()
-        return True
     except ZcsyncError:
         return False
+    _linger(conn)
+    return True
+
+
+LINGER = 10.0  # seconds a server waits for the client's last frames after its fatal Goodbye
+
+
+def _linger(conn: Connection) -> None:
+    """After our fatal Goodbye, read what the client still sends, until its Goodbye or the end of
+    the stream (LINGER seconds at most): a pulling client answers our Goodbye with its own, which
+    must not meet a closed connection (the client would report a lost stream, exit 12, instead
+    of our message and code)."""
+    deadline = time.monotonic() + LINGER
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            conn.stream.timeout = left
+            if isinstance(conn.recv(), Goodbye):
+                return
+    except (ZcsyncError, OSError):
+        return
 
 
 # -- `zcsync --server` -------------------------------------------------------------------
@@ -230,12 +287,21 @@ def _job(args: ServerArgs) -> Job:
     if restrict is None and os.environ.get("ZCSYNC_RESTRICT_TO"):
         restrict = os.environ["ZCSYNC_RESTRICT_TO"]
     if restrict is None:
-        return Job(args.role, args.options, args.paths)
+        # As rsync: the user's own file, relative to the directory ssh started us in (home).
+        return Job(args.role, args.options, args.paths,
+                   read_list=lambda path, from0: read_list_file(path, from0, MAX_FILES_FROM))
     check_restricted(args.paths, args.options, restrict)
 
     def check_path(path: bytes) -> None:
         check_restricted([os.fsdecode(path)], args.options, restrict)
-    return Job(args.role, args.options, args.paths, check_path=check_path)
+
+    def read_list(path: str, from0: bool) -> list[bytes]:
+        # Resolved once and checked; then opened through real directories only, so a symlink
+        # swapped in meanwhile cannot lead out of DIR.
+        real = os.path.realpath(path)
+        check_restricted([real], args.options, restrict)
+        return read_list_file(real, from0, MAX_FILES_FROM, nofollow=True)
+    return Job(args.role, args.options, args.paths, check_path=check_path, read_list=read_list)
 
 
 def serve(argv: list[str], rfd: int = 0, wfd: int = 1) -> int:
