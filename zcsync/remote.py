@@ -197,6 +197,7 @@ class SendingSide:
         return EntryExtras(digest, uname, gname)
 
     def _send_flist(self) -> None:
+        ended = False
         try:
             for batch in self.sender.batches():
                 for entry in batch.entries:
@@ -205,10 +206,20 @@ class SendingSide:
                 extras = tuple(self._extras(e) for e in batch.entries)
                 self.conn.send(FlistBatch.from_dir_batch(batch, extras, io_error=self.sender.io_error))
                 self.conn.flush()
+            ended = True
             self.conn.send(FlistEnd(self.sender.io_error))
             self.conn.flush()
         except BaseException as exc:  # re-raised by run() on the main thread
             self._flist_error = exc
+            if not ended:
+                # run() waits in recv() for the receiver, which waits for the rest of the list:
+                # end it (with an I/O error: no deletions), so that the receiver answers (Done
+                # at the latest) and run() wakes up to raise this.
+                try:
+                    self.conn.send(FlistEnd(True))
+                    self.conn.flush()
+                except Exception:  # noqa: BLE001 - the stream itself failed: recv() fails too
+                    pass
 
     def _requested(self, index: int) -> FileEntry:
         """The regular file a Request names (ProtocolError for anything else)."""
@@ -487,10 +498,10 @@ class SendingSide:
             flist.join(timeout=10)
             if self._digests is not None:
                 self._digests.shutdown()
-        if gave_up:
-            return
         if self._flist_error is not None:
             raise self._flist_error
+        if gave_up:
+            return
         self.conn.send(Goodbye(self.report.exit_code))
         self.conn.flush()
         while True:  # the rest of Committed, the receiver's Stats and Goodbye

@@ -109,6 +109,32 @@ def test_files_changed_after_the_scan_are_skipped(tmp_path: Path) -> None:
     assert {pr.path for pr in report.problems} >= {"gone", "grown", "linked", "fifo"}
 
 
+def test_a_failing_file_list_ends_the_run_instead_of_hanging(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The list thread fails after two batches (the top one, then the root's): the receiver
+    still gets FlistEnd (with an I/O error, so no deletions), and the sending side raises the
+    failure once it hears back."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "a").write_bytes(b"a")
+    (src / "d" / "b").write_bytes(b"b")
+    scan = Sender.batches
+
+    def failing(self):
+        it = scan(self)
+        yield next(it)
+        yield next(it)
+        raise OSError(5, "Input/output error", "d")
+    monkeypatch.setattr(Sender, "batches", failing)
+    conn, files, join, _ = _serve(src)  # returns only once FlistEnd arrived
+    assert set(files) == {b"a"}
+    assert conn.decoder.flist_done
+    conn.send(p.Done())
+    conn.flush()
+    with pytest.raises(OSError, match="Input/output error"):
+        join()
+
+
 def test_requests_for_an_index_out_of_the_list_are_refused() -> None:
     decoder = p.Decoder(side="sender")
     decoder.sent_next_index = 5  # we listed indices 0..4
