@@ -216,7 +216,7 @@ def _cmd_options(f: Any) -> Any:
         click.option("--include-from", multiple=True, metavar="FILE", help="read include patterns from FILE"),
         click.option("-f", "--filter", "filter_", multiple=True, metavar="RULE", help="add a file-filtering RULE"),
         click.option("-F", "filter_F", count=True, help="same as --filter='dir-merge /.rsync-filter'; repeated: --filter='- .rsync-filter'"),
-        click.option("--files-from", metavar="FILE", default=None, help="read list of source-file names from FILE"),
+        click.option("--files-from", metavar="FILE", default=None, help="read list of source-file names from FILE ([host]:FILE: on the remote host)"),
         click.option("-0", "--from0", is_flag=True, default=False, help="all *-from/filter files are delimited by 0s"),
         click.option("--min-size", callback=_size, metavar="SIZE", help="don't transfer any file smaller than SIZE"),
         click.option("--max-size", callback=_size, metavar="SIZE", help="don't transfer any file larger than SIZE"),

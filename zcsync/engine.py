@@ -1,6 +1,7 @@
 """Sets up one run: source operands, the destination root, the roles, and the transport."""
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -13,13 +14,13 @@ from dataclasses import dataclass, field
 
 from . import fastio, meta
 from .attrs import AttrPolicy
-from .commit import DestTree
+from .commit import DestTree, open_beneath
 from .errors import FileIOError, FileProblem, FileSelectError, UsageError
 from .filters import FilterRules
 from .flist import ROOT, DirBatch, FileEntry, SourceArg, quote
 from .generator import Generator
 from .options import Options
-from .pathnames import escape
+from .pathnames import escape, split
 from .sender import Sender
 from .stats import Event, Report
 from .writer import Writer
@@ -157,8 +158,6 @@ def read_list_file(path: str, from0: bool, limit: int, nofollow: bool = False) -
     its parent with O_NOFOLLOW, so a symlink swapped in after the caller checked the path
     cannot lead elsewhere.
     """
-    import errno
-
     raw = os.fsencode(path)
     try:
         fd = _open_nofollow(raw) if nofollow else os.open(raw, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -186,15 +185,14 @@ def read_list_file(path: str, from0: bool, limit: int, nofollow: bool = False) -
 
 def _open_nofollow(path: bytes) -> int:
     """path opened for reading through real directories only (ELOOP at any symlink)."""
-    *dirs, last = [p for p in path.split(b"/") if p not in (b"", b".")] or [b"."]
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-    fd = os.open(b"/" if path.startswith(b"/") else b".", flags | os.O_DIRECTORY)
+    parent, base = split(path.rstrip(b"/") or b".")
+    top = os.open(b"/" if path.startswith(b"/") else b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for part in dirs:
-            nfd = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        return os.open(last, flags | os.O_NONBLOCK, dir_fd=fd)
+        fd = open_beneath(top, parent)
+    finally:
+        os.close(top)
+    try:
+        return os.open(base, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
     finally:
         os.close(fd)
 

@@ -25,13 +25,13 @@ import xxhash
 from . import delta, fastio, meta
 from .compress import SkipCompress
 from .engine import Receiver, make_receiver
-from .errors import PARTIAL, VANISHED, FileProblem, ProtocolError
+from .errors import PARTIAL, VANISHED, FileProblem, ProtocolError, UsageError
 from .filters import FilterRules
 from .flist import DirBatch, FileEntry
 from .listing import Listing
 from .options import Options
 from .pathnames import escape, split
-from .protocol import (Committed, Connection, Data, DataZ, Done, EntryExtras, FileBegin, FileEnd, FilesFrom, FileSkip,
+from .protocol import (MAX_NAME, Committed, Connection, Data, DataZ, Done, EntryExtras, FileBegin, FileEnd, FilesFrom, FileSkip,
                        FlistBatch, FlistEnd, Goodbye, Heartbeat, Item, Log, Match, Message, Problem, RawData,
                        Request, Requests, Stats, WholeFile, decode_signature, encode_signature, max_signature_blocks)
 from .sender import Sender, SourceChanged
@@ -102,9 +102,6 @@ MAX_FILES_FROM = 64 << 20  # bytes of --files-from names a sender accepts from i
 def send_files_from(conn: Connection, names: list[bytes]) -> None:
     """The receiving end's --files-from names to the sender, in frames, before anything else:
     the client's list in a pull, the server's own (host:FILE) in a push."""
-    from .errors import UsageError
-    from .protocol import MAX_NAME
-
     # A name the peer would refuse: said here, by name, before any of the list goes out.
     for name in names:
         if len(name) > MAX_NAME:
