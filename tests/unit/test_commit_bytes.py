@@ -9,6 +9,15 @@ import pytest
 _commit = pytest.importorskip("zcsync._commit")
 
 
+@pytest.fixture(autouse=True, params=[True, False], ids=["unnamed", "named"])
+def temp_kind(request):
+    """Every test runs both ways a temp file can be made: unnamed (O_TMPFILE, linked in) and
+    named from the start (the fallback where the kernel or filesystem refuses the first)."""
+    was = _commit.unnamed(request.param)
+    yield request.param
+    _commit.unnamed(was)
+
+
 @pytest.fixture
 def dir_fd(tmp_path):
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
@@ -84,6 +93,33 @@ def test_a_symlink_in_place_is_replaced_not_followed(tmp_path, dir_fd):
     _commit.commit_bytes(dir_fd, b"link", b"mine", 0o644, -1, -1, False, 0, False)
     assert not (tmp_path / "link").is_symlink() and (tmp_path / "link").read_bytes() == b"mine"
     assert (tmp_path / "target").read_text() == "victim"
+
+
+def test_a_new_file_and_a_replacement_leave_only_their_names(tmp_path, dir_fd):
+    _commit.commit_bytes(dir_fd, b"new", b"1", 0o644, -1, -1, False, 0, False)
+    (tmp_path / "old").write_bytes(b"before")
+    inode = (tmp_path / "old").stat().st_ino
+    _commit.commit_bytes(dir_fd, b"old", b"after", 0o644, -1, -1, False, 0, False)
+    assert sorted(os.listdir(tmp_path)) == ["new", "old"]
+    assert (tmp_path / "old").read_bytes() == b"after" and (tmp_path / "old").stat().st_ino != inode
+    assert (tmp_path / "new").stat().st_nlink == 1
+
+
+def test_the_unnamed_path_is_used_where_the_kernel_allows_it(tmp_path, dir_fd, temp_kind):
+    """O_TMPFILE and linkat(AT_EMPTY_PATH) work on this machine's tmpfs and ext4 as root, so
+    the fast path must not silently switch itself off (it does so only on EPERM/ENOENT)."""
+    if not temp_kind:
+        pytest.skip("the named path is the one under test")
+    release = tuple(int(p) for p in os.uname().release.split(".")[:2] if p.isdigit())
+    if os.geteuid() != 0 and release < (6, 10):
+        pytest.skip("before Linux 6.10 only CAP_DAC_READ_SEARCH may link an unnamed file")
+    _commit.commit_bytes(dir_fd, b"f", b"x", 0o644, -1, -1, False, 0, False)
+    try:
+        probe = os.open(tmp_path, os.O_RDWR | os.O_TMPFILE)
+    except OSError as exc:
+        pytest.skip(f"no O_TMPFILE on this filesystem: {exc.strerror}")
+    os.close(probe)
+    assert _commit.unnamed() is True
 
 
 # -- Committer: the same commit on a thread that never takes the GIL --------------------
