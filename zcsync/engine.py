@@ -201,7 +201,23 @@ def _files_from(base: bytes, names: list[bytes], opts: Options) -> list[SourceAr
     """--files-from: every listed name is a source relative to the one source directory."""
     base = base.rstrip(b"/") or b"/"
     relative = opts.replace(relative=True)
-    return [_one_source(rel, relative, base=base) for rel in names]
+    return [_one_source(collapse_dot_dots(rel), relative, base=base) for rel in names]
+
+
+def collapse_dot_dots(name: bytes) -> bytes:
+    """A listed name with its '..' parts resolved as rsync resolves them (clean_fname with
+    CFN_COLLAPSE_DOT_DOT_DIRS, then leading '..' dropped): 'a/../../b' is 'b', always below
+    the source directory. A peer's names never get here with '..' (they are refused)."""
+    if b".." not in name:
+        return name
+    parts: list[bytes] = []
+    for part in name.split(b"/"):
+        if part == b"..":
+            if parts:
+                parts.pop()
+        elif part not in (b"", b"."):
+            parts.append(part)
+    return b"/".join(parts) or b"."
 
 
 def _is_dir(path: bytes, follow: bool) -> bool | None:

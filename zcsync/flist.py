@@ -154,12 +154,15 @@ class Scanner:
                        and read_xattrs is None)
 
     # -- entry construction -------------------------------------------------
-    def _lstat(self, path: bytes, top: bool = False) -> os.stat_result | None:
-        """stat a source name; problems are recorded (a missing operand is an error, 23)."""
+    def _lstat(self, path: bytes, top: bool = False, implied: bool = False) -> os.stat_result | None:
+        """stat a source name; problems are recorded (a missing operand is an error, 23).
+        A missing implied -R parent is not one: the name below it says what is missing."""
         follow = self.opts.copy_links
         try:
             return os.stat(path, follow_symlinks=follow)
         except FileNotFoundError:
+            if implied:
+                return None
             if top:
                 self.state.problem(path, f"link_stat {quote(os.path.abspath(path))} failed: "
                                    f"No such file or directory (2)")
@@ -328,7 +331,7 @@ class Scanner:
                 if iname in seen_implied:
                     continue
                 seen_implied.add(iname)
-                st = self._lstat(ipath)
+                st = self._lstat(ipath, implied=True)
                 if st is None:
                     continue
                 entry = self.make_entry(iname, ipath, st)

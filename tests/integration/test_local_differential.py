@@ -136,6 +136,29 @@ def test_files_from(tmp_path):
                  compare_kwargs={"dir_times": False})
 
 
+def test_files_from_dot_dot_names_resolve_below_the_source(tmp_path):
+    """'..' in a local list is resolved as rsync resolves it ('a/../../b' is 'b', never above
+    the source directory); a name that is then missing is an error (23), as a missing
+    implied -R parent is not. Nothing outside dst is written."""
+    def prepare(src: pathlib.Path, dst: pathlib.Path) -> None:
+        (src.parent / "outside").mkdir()
+        (src.parent / "outside" / "secret").write_text("not to be copied")
+        names = sorted(str(p.relative_to(src)) for p in src.rglob("*")
+                       if p.is_file() and not p.is_symlink() and "\n" not in str(p))
+        first = names[0]
+        top = first.split("/")[0]
+        lines = [f"../{first}", f"{top}/../{first}", "../outside/secret", "nodir/../../outside/secret",
+                 "missing/dir/file"]
+        (src.parent / "list").write_text("\n".join(lines) + "\n", errors="surrogateescape")
+    rs, zc = differential(tmp_path, ["-a", "--files-from=list"], seed=17, prepare=prepare,
+                          check_returncode=False, compare_kwargs={"dir_times": False})
+    assert rs.returncode == zc.returncode == 23
+    def problems(text: str, tool: str) -> list[str]:
+        return sorted(line[len(tool) + 2:] for line in text.splitlines() if line.startswith(f"{tool}: "))
+    assert problems(rs.stderr, "rsync") == problems(zc.stderr, "zcsync")
+    assert len(problems(rs.stderr, "rsync")) == 3
+
+
 def test_update_existing_ignore_existing(tmp_path):
     differential(tmp_path, ["-a", "-u"], seed=18, mutate=True)
     differential(tmp_path, ["-a", "--existing"], seed=19, mutate=True)
