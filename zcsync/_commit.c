@@ -350,7 +350,10 @@ static int
 committer_init(Committer *c, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"max_jobs", "max_bytes", NULL};
-    Py_ssize_t max_jobs = 64, max_bytes = 16 << 20;
+    /* 256 files: the receiver thread waits less often for a commit thread that shares the
+     * cores with it (daemon push of 100k files, tmpfs: 3.0 -> 2.7 s against 64 files; 1024
+     * was no faster). */
+    Py_ssize_t max_jobs = 256, max_bytes = 32 << 20;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nn:Committer", kwlist, &max_jobs, &max_bytes))
         return -1;
     if (c->started) {
@@ -541,7 +544,7 @@ static PyTypeObject CommitterType = {
     .tp_name = "zcsync._commit.Committer",
     .tp_basicsize = sizeof(Committer),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Committer(max_jobs=64, max_bytes=16 MiB): commit_bytes on a thread of its own.",
+    .tp_doc = "Committer(max_jobs=256, max_bytes=32 MiB): commit_bytes on a thread of its own.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)committer_init,
     .tp_dealloc = (destructor)committer_dealloc,
