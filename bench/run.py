@@ -273,6 +273,11 @@ CASES: dict[str, Case] = {c.name: c for c in (
          tools=DAEMON_TOOLS, src_spec=daemon_spec),
     Case("ssh-push-small20k", "small20k", FRESH, "push 20,000 small files over ssh (127.0.0.1)",
          tools=SSH_TOOLS, dst_spec=ssh_spec),
+    Case("ssh-push-small100k", "small100k", FRESH,
+         "push 100,000 small files over ssh (127.0.0.1), the size #3 names",
+         tools=SSH_TOOLS, dst_spec=ssh_spec),
+    Case("ssh-pull-small100k", "small100k", FRESH,
+         "pull 100,000 small files over ssh (127.0.0.1)", tools=SSH_TOOLS, src_spec=ssh_spec),
 )}
 
 RATIOS = (("rsync", "zcsync"), ("rsync", "zcsync-nofsync"),
