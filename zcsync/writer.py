@@ -202,7 +202,9 @@ class Writer:
         nothing waits on (no hard links to make after them, no source to remove); a failure
         is reported as a later write()'s or at flush_commits(), by the file's name."""
         if _commit is not None and self._committer is None:
-            self._committer = _commit.Committer()
+            # Each queued file pins its directory's fd: no more queued than the fd cache
+            # may hold (256, or a quarter of a low fd limit).
+            self._committer = _commit.Committer(commit.default_cache_size(), 32 << 20)
 
     def flush_commits(self) -> None:
         """Wait until every queued commit is done (before directory times, fsyncs, the end)."""

@@ -107,7 +107,7 @@ def test_a_new_file_and_a_replacement_leave_only_their_names(tmp_path, dir_fd):
 
 def test_the_unnamed_path_is_used_where_the_kernel_allows_it(tmp_path, dir_fd, temp_kind):
     """O_TMPFILE and linkat(AT_EMPTY_PATH) work on this machine's tmpfs and ext4 as root, so
-    the fast path must not silently switch itself off (it does so only on EPERM/ENOENT)."""
+    the fast path must not silently switch itself off (it does so only on EPERM, ENOENT or EACCES)."""
     if not temp_kind:
         pytest.skip("the named path is the one under test")
     release = tuple(int(p) for p in os.uname().release.split(".")[:2] if p.isdigit())
