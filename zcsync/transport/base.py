@@ -7,8 +7,11 @@ place, raising ours ``from`` the original.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import select
 import shlex
+import stat
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Protocol, runtime_checkable
@@ -17,6 +20,16 @@ from ..errors import StreamError, Timeout, ZcsyncError
 
 Buffer = bytes | bytearray | memoryview
 READ_AHEAD = 256 * 1024
+PIPE_SIZE = 1024 * 1024  # fewer wakeups than the 64 KiB default on bulk data
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def grow_pipe(fd: int) -> None:
+    """Give a pipe PIPE_SIZE bytes of buffer (both ends share it); anything else, or a size
+    over /proc/sys/fs/pipe-max-size or the user's pipe quota, is left as it is."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
 
 
 @runtime_checkable

@@ -7,7 +7,6 @@ The child's stderr is ours, so ssh's prompts and messages reach the user.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import select
 import shlex
@@ -17,10 +16,8 @@ from collections.abc import Sequence
 
 from ..endpoints import Endpoint
 from ..errors import RemoteNotFound, StartupError, Timeout, UsageError
-from .base import BaseStream, Buffer, looks_like_not_found, map_stream_errors, not_found_message, remote_command
+from .base import BaseStream, Buffer, grow_pipe, looks_like_not_found, map_stream_errors, not_found_message, remote_command
 
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_PIPE_SIZE = 1024 * 1024  # fewer wakeups than the 64 KiB default on bulk data
 _READ_CHUNK = 256 * 1024
 
 
@@ -81,8 +78,7 @@ class PipeStream(BaseStream):
         self._exit_status: int | None = None
         for fd in (self._rfd, self._wfd):
             os.set_blocking(fd, False)
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+            grow_pipe(fd)
 
     def fileno(self) -> int:
         """The read end, for callers that poll."""

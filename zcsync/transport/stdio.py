@@ -5,7 +5,7 @@ import os
 import select
 
 from ..errors import Timeout
-from .base import BaseStream, Buffer, map_stream_errors
+from .base import BaseStream, Buffer, grow_pipe, map_stream_errors
 
 _READ_CHUNK = 256 * 1024
 
@@ -17,6 +17,8 @@ class FdStream(BaseStream):
         super().__init__(peer, timeout)
         self._rfd = rfd
         self._wfd = wfd
+        for fd in {rfd, wfd}:  # sshd's pipes to the server are 64 KiB
+            grow_pipe(fd)
 
     @property
     def exit_status(self) -> int | None:
