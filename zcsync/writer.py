@@ -204,7 +204,7 @@ class Writer:
         if _commit is not None and self._committer is None:
             # Each queued file pins its directory's fd: no more queued than the fd cache
             # may hold (256, or a quarter of a low fd limit).
-            self._committer = _commit.Committer(commit.default_cache_size(), 32 << 20)
+            self._committer = _commit.Committer(max_jobs=commit.default_cache_size())
 
     def flush_commits(self) -> None:
         """Wait until every queued commit is done (before directory times, fsyncs, the end)."""
