@@ -508,10 +508,16 @@ class SshStream(BaseStream):
             raise StreamError(f"connection to {self.peer} lost" + (f": {cause}" if cause else ""))
 
     def _send(self, data: Buffer) -> None:
-        if not isinstance(data, bytes):
-            data = bytes(data)
+        # Not channel.sendall: it re-slices the rest of a bytes object after every
+        # packet (32 KiB), which copies a 1 MiB frame 16 times over. A memoryview
+        # slices for free, and channel.send copies each packet's part once.
+        view = memoryview(data).cast("B")
         with _map_channel_errors(self.peer, self._timeout, "writing to"):
-            self.channel.sendall(data)
+            while view:
+                sent = self.channel.send(view)
+                if not sent:
+                    raise StreamError(f"writing to {self.peer}: the channel is closed")
+                view = view[sent:]
 
     def _shutdown_write(self) -> None:
         with contextlib.suppress(Exception):
