@@ -24,6 +24,7 @@ from zcsync.errors import (
 )
 from zcsync.transport import Stream
 from zcsync.transport.rsh import open_rsh, rsh_argv
+from zcsync.transport.packet_pipe import PacketPipe
 from zcsync.transport.ssh import DEFAULT_WINDOW_SIZE, SshOptions, auto_window, open_ssh
 
 EP = parse_endpoint("zcs-test:")
@@ -137,6 +138,18 @@ def test_one_large_write_costs_no_more_than_many_small_ones(opts: SshOptions) ->
     small = seconds([view[off : off + (1 << 20)] for off in range(0, len(payload), 1 << 20)])
     large = seconds([payload])
     assert large < 2 * small + 0.25, (large, small)
+
+
+def test_the_channel_reads_through_our_packet_pipe(opts: SshOptions) -> None:
+    # open_ssh swaps paramiko's BufferedPipe for a PacketPipe. Should a paramiko release
+    # stop reading Channel.in_buffer, the swap would do nothing, silently: so feed the
+    # pipe ourselves and see the stream read it, before the remote sends anything.
+    with open_ssh(EP, ["sh", "-c", "sleep 1; echo remote"], options=opts) as stream:
+        pipe = stream.channel.in_buffer
+        assert isinstance(pipe, PacketPipe)
+        pipe.feed(b"ours\n")
+        assert stream.read(5) == b"ours\n"
+        assert read_all(stream) == b"remote\n"
 
 
 def test_exit_status_and_stderr_forwarded(opts: SshOptions) -> None:

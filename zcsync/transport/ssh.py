@@ -90,6 +90,8 @@ if TYPE_CHECKING:
 else:
     paramiko = _import_paramiko()
 
+from .packet_pipe import PacketPipe  # noqa: E402  (imports paramiko: after _import_paramiko)
+
 log = logging.getLogger(__name__)
 # paramiko logs failed negotiations with tracebacks; without this, Python's
 # last-resort handler would print them on every refused connection.
@@ -425,9 +427,6 @@ class SshStream(BaseStream):
         self._close_wait = close_wait
         self._sink = stderr_sink or _write_stderr
         self._got_data = False
-        self._rbuf = memoryview(b"")
-        self._rpos = 0
-        self._drain = max(channel.in_window_size, 1 << 20)
         self.stderr_head = b""
         channel.settimeout(timeout)
         self._stderr_thread = threading.Thread(target=self._pump_stderr, name=f"ssh-stderr-{host}", daemon=True)
@@ -441,8 +440,8 @@ class SshStream(BaseStream):
         self.channel.settimeout(self._timeout)
 
     def _input_waiting(self) -> bool:
-        """Is there something to read right now (buffered here, or in paramiko)?"""
-        return self._rpos < len(self._rbuf) or self.channel.recv_ready()
+        """Is there something to read right now (in the channel's buffer)?"""
+        return self.channel.recv_ready()
 
     def _pump_stderr(self) -> None:
         pending = b""
@@ -476,24 +475,15 @@ class SshStream(BaseStream):
             log.debug("dropped remote stderr line %r", line[:200])
 
     def _recv(self, n: int) -> bytes:
-        if self._rpos < len(self._rbuf):
-            data = self._rbuf[self._rpos : self._rpos + n]
-            self._rpos += len(data)
-            return data.tobytes()
         with _map_channel_errors(self.peer, self._timeout, "reading from"):
-            # Take everything paramiko holds: its buffer is an array that pays a
-            # memmove of the remainder on every partial read, which costs more
-            # than the decryption once a large window has filled it.
-            data = self.channel.recv(self._drain)
+            # The channel's buffer is a PacketPipe (open_ssh): up to n bytes of whole
+            # packets, joined once, and a partial read costs only the packet it splits.
+            data = self.channel.recv(n)
         if not data:
             self._check_eof()
             return data
         self._got_data = True
-        if len(data) <= n:
-            return data
-        self._rbuf = memoryview(data)
-        self._rpos = n
-        return data[:n]
+        return data
 
     def _check_eof(self) -> None:
         """Turn an EOF that means "never started" or "connection lost" into an error."""
@@ -958,6 +948,7 @@ def open_ssh(
                 max_packet_size=options.max_packet_size,
                 timeout=timeout,
             )
+            chan.in_buffer = PacketPipe()  # before anything can arrive
             chan.exec_command(command)
     except BaseException:
         _release(connector.resources)
