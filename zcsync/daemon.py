@@ -109,6 +109,8 @@ from .options import Options, from_wire
 from .pathnames import escape
 from .protocol import Connection, FlistBatch
 from .sender import Sender
+from .engine import read_list_file
+from .remote import MAX_FILES_FROM
 from .server import Job, serve_job
 from .stats import Report
 from .transport import tcp
@@ -566,6 +568,8 @@ class Session:
             raise _Refuse(errors.USAGE, "module is read only")
         if role == "sender" and module.write_only:
             raise _Refuse(errors.USAGE, "module is write only")
+        if opts.files_from_remote is not None and module.write_only:
+            raise _Refuse(errors.USAGE, "module is write only (--files-from reads a file of the module)")
         if role == "sender" and opts.remove_source_files and read_only:
             raise _Refuse(errors.USAGE, "module is read only (--remove-source-files)")
         if role == "sender" and opts.copy_links:
@@ -647,13 +651,28 @@ def run_role(stream: Stream, role: str, opts: Options, paths: list[str], module_
         def make_sender(sources, options, filters, on_problem):  # type: ignore[no-untyped-def]
             return _ModuleSender(sources, options, filters, module_filter, on_problem=on_problem)
 
-        def check_path(path: bytes) -> None:  # a --files-from name: inside the module, as the paths
+        def in_module(path: bytes) -> bytes:
             root_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the module root
             try:
-                check_in_module(root_fd, path, module_name)
+                return check_in_module(root_fd, path, module_name)
             finally:
                 os.close(root_fd)
-        return Job(role, opts, tuple(paths), tuple(prefix), tuple(problems), make_sender, check_path)
+
+        def check_path(path: bytes) -> None:  # a --files-from name: inside the module, as the paths
+            in_module(path)
+
+        def read_list(path: str, from0: bool) -> list[bytes]:
+            """--files-from=:FILE: a list file inside the module, read as the module's files are
+            (after the uid/gid switch), relative to its root, through no symlink at all."""
+            try:
+                raw = in_module(os.fsencode(path))
+            except FileSelectError as exc:
+                raise FileSelectError(f"--files-from {exc.message}") from None
+            if module_filter.excluded(_module_relative(raw), False):
+                raise UsageError(f"--files-from file {path!r} refused: the module excludes it")
+            return read_list_file(os.fsdecode(raw), from0, MAX_FILES_FROM, nofollow=True)
+        return Job(role, opts, tuple(paths), tuple(prefix), tuple(problems), make_sender, check_path,
+                   read_list)
 
     return serve_job(conn, plan, logger=log, peer=peer)
 

@@ -23,7 +23,7 @@ from zcsync.options import Options, from_wire, to_wire
 from zcsync.remote import MAX_FILES_FROM, receive_files_from, send_files_from
 from zcsync.stats import Report
 
-from .daemon_fixture import ZcsyncDaemon
+from .daemon_fixture import RsyncDaemon, ZcsyncDaemon, rsync_available
 from .sshd import ALIAS, REPO_ROOT, remote_zcsync_path
 
 
@@ -307,32 +307,97 @@ def zdaemon(tmp_path):
     d.stop()
 
 
+@pytest.fixture
+def rdaemon(tmp_path):
+    if not rsync_available():
+        pytest.skip("rsync is not installed")
+    module = tmp_path / "rmodule"
+    _tree(module)
+    (module / "list").write_text("a\nsub/c\n")
+    d = RsyncDaemon(tmp_path / "rdaemon")
+    d.write_config(f"pid file = {d.pid_file}\n[m]\n    path = {module}\n    read only = no\n"
+                   "    uid = root\n    gid = root\n")
+    d.start()
+    yield d, module
+    d.stop()
+
+
 @needs_root
 @pytest.mark.parametrize("spec", [":list", "127.0.0.1::list"])
 @pytest.mark.parametrize("direction", ["push", "pull"])
-def test_daemon_refuses_a_list_file_in_the_module(tmp_path, zdaemon, direction, spec):
-    """The daemon reads no list files (rsync's would, from the module): a one-line usage error,
-    exit 1, nothing transferred; the list read on the client still works."""
-    d, module = zdaemon
-    if direction == "push":
-        paths, created = ["src/", d.url("m", "pushed/")], module / "pushed"
-        _tree(tmp_path / "local")
-        cwd = tmp_path / "local"
-    else:
-        paths, created = [d.url("m", "src/"), "pulled/"], tmp_path / "pulled"
-        cwd = tmp_path
-    zc = run_zcsync([f"--files-from={spec}", "-r", *paths], cwd=cwd)
+def test_daemon_reads_a_list_file_in_the_module(tmp_path, zdaemon, rdaemon, direction, spec):
+    """As rsync's daemon: --files-from=:FILE (or host::FILE) is a list file in the module,
+    relative to its root. A pull sends the listed files; a push gets the names back and
+    sends those. Both daemons end up with the same files."""
+    results = {}
+    for name, (d, module) in (("zcsync", zdaemon), ("rsync", rdaemon)):
+        local = tmp_path / f"local-{name}"
+        _tree(local)
+        if direction == "push":
+            paths, created = ["src/", d.url("m", "pushed/")], module / "pushed"
+        else:
+            paths, created = [d.url("m", "src/"), "pulled/"], local / "pulled"
+        args = [f"--files-from={spec}", "-r", *paths]
+        proc = run_zcsync(args, cwd=local) if name == "zcsync" else run_rsync(args, cwd=local, check=False)
+        assert proc.returncode == 0, (name, proc.stderr)
+        results[name] = _names(created)
+    assert results["zcsync"] == results["rsync"] == [b"a", b"sub/c"]
+
+
+@needs_root
+@pytest.mark.parametrize("spec, code, why", [
+    (":../outside", 3, "--files-from path '../outside' refused: '..' is not allowed in a module"),
+    (":/etc/passwd", 3, "--files-from absolute path '/etc/passwd' refused"),
+    (":sub/../list", 3, "--files-from path 'sub/../list' refused: '..' is not allowed in a module"),
+    (":link-out", 3, "--files-from path 'link-out' refused: it leads out of module 'm'"),
+    (":link-in", 1, "failed to open files-from file link-in: Too many levels of symbolic links"),
+    (":secret-list", 1, "--files-from file 'secret-list' refused: the module excludes it"),
+    (":missing", 1, "failed to open files-from file missing: No such file or directory"),
+], ids=["dotdot", "absolute", "dotdot-inside", "symlink-out", "symlink-in", "excluded", "missing"])
+def test_daemon_list_file_stays_inside_the_module(tmp_path, spec, code, why):
+    """A list file is read as a module path is resolved: never through '..', an absolute
+    name or any symlink, never one the module excludes. rsync instead rewrites such names
+    to lie inside the module (sanitize_path); zcsync refuses them, in one line, and
+    transfers nothing."""
+    module = tmp_path / "module"
+    _tree(module)
+    (tmp_path / "outside").write_text("a\n")
+    (module / "secret-list").write_text("a\n")
+    (module / "link-out").symlink_to(tmp_path / "outside")
+    (module / "link-in").symlink_to("list")
+    d = ZcsyncDaemon(tmp_path / "zdaemon")
+    d.write_config(f"[m]\n    path = {module}\n    read only = no\n    uid = root\n    gid = root\n"
+                   "    exclude = secret*\n")
+    d.start()
+    try:
+        zc = run_zcsync([f"--files-from={spec}", "-r", d.url("m", "src/"), "pulled/"], cwd=tmp_path)
+    finally:
+        d.stop()
+    assert zc.returncode == code, zc.stderr
+    first = _stderr_lines(zc)[0]
+    assert first.startswith("zcsync: " + why), first
+    assert not (tmp_path / "pulled").exists()
+
+
+@needs_root
+def test_write_only_module_reads_no_list_file(tmp_path):
+    """A write-only module's files are not for reading, a list file among them: refused before
+    the transfer starts, whichever way it goes."""
+    module = tmp_path / "module"
+    _tree(module)
+    (module / "list").write_text("a\n")
+    _tree(tmp_path / "local")
+    d = ZcsyncDaemon(tmp_path / "zdaemon")
+    d.write_config(f"[m]\n    path = {module}\n    read only = no\n    write only = yes\n"
+                   "    uid = root\n    gid = root\n")
+    d.start()
+    try:
+        zc = run_zcsync(["--files-from=:list", "-r", "src/", d.url("m", "pushed/")], cwd=tmp_path / "local")
+    finally:
+        d.stop()
     assert zc.returncode == 1, zc.stderr
-    refusal = ("zcsync: --files-from file 'list' refused: a zcsync daemon reads no list files in its "
-               "modules (give --files-from a file on the client)")
-    assert _stderr_lines(zc) == [refusal, "zcsync error: syntax or usage error (code 1)"]
-    assert not created.exists()
-    # The workaround the message names: the same list, read on the client.
-    local_list = tmp_path / "client-list"
-    local_list.write_text("a\nsub/c\n")
-    ok = run_zcsync([f"--files-from={local_list}", "-r", *paths], cwd=cwd)
-    assert ok.returncode == 0, ok.stderr
-    assert sorted(_names(created)) == [b"a", b"sub/c"]
+    assert "module is write only (--files-from reads a file of the module)" in _stderr_lines(zc)[0]
+    assert not (module / "pushed").exists()
 
 
 @needs_root
