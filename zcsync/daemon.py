@@ -94,6 +94,7 @@ from .daemon_config import (
     with_overrides,
 )
 from .endpoints import DEFAULT_DAEMON_PORT
+from .engine import read_list_file
 from .errors import (
     FileProblem,
     FileSelectError,
@@ -108,9 +109,8 @@ from .flist import DirBatch
 from .options import Options, from_wire
 from .pathnames import escape
 from .protocol import Connection, FlistBatch
-from .sender import Sender
-from .engine import read_list_file
 from .remote import MAX_FILES_FROM
+from .sender import Sender
 from .server import Job, serve_job
 from .stats import Report
 from .transport import tcp
