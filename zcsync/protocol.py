@@ -31,7 +31,7 @@ __all__ = [
     "Message", "FlistBatch", "EntryExtras", "FlistEnd", "Request", "Requests", "FilesFrom", "FileBegin", "Data", "DataZ", "FileEnd",
     "WholeFile", "FileSkip", "Match", "Done", "Committed", "Problem", "Log", "Item", "Stats", "Heartbeat", "Goodbye",
     "Negotiated", "Connection", "ConnectionClosed", "Decoder", "handshake", "entry_problem",
-    "encode_signature", "decode_signature", "max_signature_blocks",
+    "encode_signature", "decode_signature", "signature_fits", "MAX_SIGNATURE_BLOCKS",
 ]
 
 # -- constants ---------------------------------------------------------------
@@ -48,6 +48,7 @@ MAX_NAME = 4096  # bytes of a relative name (PATH_MAX)
 MAX_LINK = 4096  # bytes of a symlink target
 MAX_ENTRIES = 65536  # entries in one FlistBatch message
 MAX_REQUESTS = 65536  # files named by one Requests message
+MAX_SIGNATURE_BLOCKS = 1 << 24  # blocks of one delta signature: a 2 TiB basis at 128 KiB blocks
 MAX_XATTRS = 256  # xattrs per entry
 MAX_XATTR_NAME = 255  # XATTR_NAME_MAX
 MAX_XATTR_VALUE = 65536  # XATTR_SIZE_MAX
@@ -78,6 +79,7 @@ DEFAULT_CAPS: Mapping[str, str] = {
     "compress": "none",
     "frame-max": str(DEFAULT_FRAME_MAX),
     "request-batch": "1",  # we decode Requests (0x23): a peer that lists it may send them
+    "signature-parts": "1",  # we join a signature sent over several Request frames (_R_MORE)
 }
 
 _HEADER = struct.Struct(">BI")  # frame: type, payload length
@@ -115,10 +117,11 @@ _E_EXPANDED = 0x40
 _E_KNOWN = 0x7F
 # Request flags
 _R_SIGNATURE = 0x01
+_R_MORE = 0x02  # only with _R_SIGNATURE: the signature goes on in the next frame, a Request of the same index
 _R_INPLACE = 0x10  # only with _R_SIGNATURE
 _R_APPEND = 0x20  # a u64 offset follows the signature field
 _R_APPEND_VERIFY = 0x40  # only with _R_APPEND
-_R_KNOWN = _R_SIGNATURE | _R_APPEND | _R_APPEND_VERIFY | _R_INPLACE
+_R_KNOWN = _R_SIGNATURE | _R_MORE | _R_APPEND | _R_APPEND_VERIFY | _R_INPLACE
 
 _S_IFMT, _S_IFREG = 0o170000, stat.S_IFREG
 _FILE_TYPES = frozenset({stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR,
@@ -613,6 +616,25 @@ def _encode_flist(batch: FlistBatch, frame_max: int, next_index: int) -> tuple[l
     return parts, next_index
 
 
+def _encode_request(msg: Request, frame_max: int) -> list[bytes]:
+    """A Request as one frame, or a signature too big for one as several Request frames: each
+    part but the last flagged _R_MORE (only for a peer that listed signature-parts)."""
+    sig = msg.signature
+    room = frame_max - _REQUEST.size
+    if sig is None or len(sig) <= room:
+        return [encode_payload(msg, frame_max)]
+    if msg.append_from is not None or msg.append_verify:
+        raise ValueError("an append Request carries no signature")
+    flags = _R_SIGNATURE | (_R_INPLACE if msg.inplace else 0)
+    view = memoryview(sig)
+    parts = []
+    for pos in range(0, len(sig), room):
+        chunk = view[pos:pos + room]
+        more = _R_MORE if pos + room < len(sig) else 0
+        parts.append(_REQUEST.pack(msg.index, flags | more, len(chunk)) + chunk)
+    return parts
+
+
 def encode_payload(msg: Message, frame_max: int = DEFAULT_FRAME_MAX) -> bytes:
     """The payload of one frame for a message other than FlistBatch (which may need several)."""
     try:
@@ -720,9 +742,17 @@ def encode_payload(msg: Message, frame_max: int = DEFAULT_FRAME_MAX) -> bytes:
 
 # -- delta signatures (the opaque Request.signature blob) ------------------
 
-def max_signature_blocks(frame_max: int) -> int:
-    """Most blocks a signature that fits one Request frame can hold (2-byte strong sums)."""
-    return max(0, (frame_max - _REQUEST.size - _SIG_HEAD.size) // (4 + 2))
+def signature_size(count: int, strong_len: int) -> int:
+    """Bytes of the signature blob of `count` blocks with strong sums of `strong_len` bytes."""
+    return _SIG_HEAD.size + count * (4 + strong_len)
+
+
+def signature_fits(count: int, strong_len: int, frame_max: int, parts: bool) -> bool:
+    """May a signature of this shape be sent: in one Request frame, or (parts: the peer listed
+    signature-parts) in several, up to MAX_SIGNATURE_BLOCKS blocks?"""
+    if parts:
+        return count <= MAX_SIGNATURE_BLOCKS
+    return signature_size(count, strong_len) <= frame_max - _REQUEST.size
 
 
 def encode_signature(sig: Signature) -> bytes:
@@ -731,12 +761,12 @@ def encode_signature(sig: Signature) -> bytes:
                      sig.weak, sig.strong))
 
 
-def decode_signature(blob: bytes, frame_max: int = DEFAULT_FRAME_MAX) -> Signature:
+def decode_signature(blob: bytes) -> Signature:
     """Parse and validate a peer's Request.signature (every count and length is checked).
 
     Raises ProtocolError (SignatureError) on anything inconsistent: a peer must not be
     able to make the sender index outside the tables (CVE-2024-12084) or allocate
-    beyond what one frame carried.
+    beyond what its frames carried (the Decoder bounded those at receipt).
     """
     r = _Reader(blob, "signature")
     layout, block_len, strong_len, count, size, seed = r.unpack(_SIG_HEAD)
@@ -747,13 +777,12 @@ def decode_signature(blob: bytes, frame_max: int = DEFAULT_FRAME_MAX) -> Signatu
     if not MIN_STRONG_LEN <= strong_len <= MAX_STRONG_LEN:
         raise ProtocolError(f"peer sent a signature with strong sums of {strong_len} bytes "
                             f"(allowed {MIN_STRONG_LEN}..{MAX_STRONG_LEN})")
-    if not 0 <= count <= max_signature_blocks(frame_max):
-        raise ProtocolError(f"peer sent a signature of {count} blocks (limit {max_signature_blocks(frame_max)})")
+    if not 0 <= count <= MAX_SIGNATURE_BLOCKS:
+        raise ProtocolError(f"peer sent a signature of {count} blocks (limit {MAX_SIGNATURE_BLOCKS})")
     weak = r.take(4 * count, 4 * count, "a weak sum table")
     strong = r.take(strong_len * count, MAX_STRONG_LEN * count, "a strong sum table")
     r.finish()
-    return validate(Signature(block_len, strong_len, count, size, weak, strong, seed),
-                    max_signature_blocks(frame_max))
+    return validate(Signature(block_len, strong_len, count, size, weak, strong, seed), MAX_SIGNATURE_BLOCKS)
 
 
 # -- decoding ----------------------------------------------------------------
@@ -797,6 +826,17 @@ class _Reader:
 _NOTHING = object()
 
 
+@dataclass
+class _SignatureParts:
+    """A signature arriving in several Request frames (Decoder._signature_part)."""
+
+    index: int
+    flags: int  # of every part, but _R_MORE
+    size: int  # what its head announced
+    have: int = 0
+    chunks: list[bytes] = field(default_factory=list)
+
+
 class Decoder:
     """Turns frames into messages and enforces the session rules that need memory.
 
@@ -823,6 +863,7 @@ class Decoder:
         self.pending_dirs: set[bytes] = set()  # expanded, contents not yet listed
         self._cont: object = _NOTHING  # dir_name of a batch whose next part must follow
         self._cont_names: set[bytes] = set()
+        self._sig: _SignatureParts | None = None  # a signature whose next part must follow
 
     @property
     def index_limit(self) -> int:
@@ -838,6 +879,8 @@ class Decoder:
             raise ProtocolError(f"peer sent {cls.NAME} after Goodbye")
         if self.accepts is not None and cls not in self.accepts:
             raise ProtocolError(f"peer sent {cls.NAME}, which this side never accepts")
+        if self._sig is not None and cls is not Request:
+            raise ProtocolError(f"peer sent {cls.NAME} in the middle of the signature for index {self._sig.index}")
         if length > self.frame_max:
             raise ProtocolError(f"peer sent a {cls.NAME} frame of {length} bytes (limit {self.frame_max})")
         fixed = _FIXED_SIZE.get(mtype)
@@ -845,12 +888,13 @@ class Decoder:
             raise ProtocolError(f"peer sent a {cls.NAME} message of {length} bytes (expected {fixed})")
         return cls
 
-    def decode(self, mtype: int, payload: bytes) -> Message:
+    def decode(self, mtype: int, payload: bytes) -> Message | None:
         """Decode and validate one frame (header checks included)."""
         return self.decode_payload(self.check_header(mtype, len(payload)), payload)
 
-    def decode_payload(self, cls: type[Message], payload: bytes) -> Message:
-        """Decode and validate a payload whose header check_header() accepted."""
+    def decode_payload(self, cls: type[Message], payload: bytes) -> Message | None:
+        """Decode and validate a payload whose header check_header() accepted; None for a
+        part of a message that goes on in the next frame (a signature sent in parts)."""
         r = _Reader(payload, cls.NAME)
         msg = _DECODE[cls](self, r)
         r.finish()
@@ -1006,7 +1050,7 @@ class Decoder:
             raise ProtocolError(f"peer sent unknown Request flags 0x{flags:02x}")
         if (flags & _R_APPEND and flags & (_R_SIGNATURE | _R_INPLACE)) \
                 or (flags & _R_APPEND_VERIFY and not flags & _R_APPEND) \
-                or (flags & _R_INPLACE and not flags & _R_SIGNATURE):
+                or (flags & (_R_INPLACE | _R_MORE) and not flags & _R_SIGNATURE):
             raise ProtocolError(f"peer sent a Request with conflicting flags 0x{flags:02x}")
         self._index(index, "a Request")
         signature = None
@@ -1014,6 +1058,8 @@ class Decoder:
             signature = r.take(n, self.frame_max - _REQUEST.size, "a signature")
         elif n:
             raise ProtocolError("peer sent a signature length without a signature")
+        if flags & _R_MORE or self._sig is not None:
+            return self._signature_part(index, flags, signature)  # type: ignore[arg-type]
         append_from = None
         if flags & _R_APPEND:
             (append_from,) = r.unpack(_U64)
@@ -1021,6 +1067,36 @@ class Decoder:
             if append_from >= _U64_LIMIT:
                 raise ProtocolError(f"peer sent an impossible append offset {append_from}")
         return Request(index, signature, bool(flags & _R_INPLACE), append_from, bool(flags & _R_APPEND_VERIFY))
+
+    def _signature_part(self, index: int, flags: int, chunk: bytes) -> Request | None:
+        """One frame of a signature sent in parts: _R_MORE on every one but the last, nothing
+        else in between. The first part's head gives the whole signature's size, which the
+        parts must then add up to exactly; None until they do."""
+        parts = self._sig
+        if parts is None:
+            if len(chunk) < _SIG_HEAD.size:
+                raise ProtocolError(f"peer sent the first part of a signature in {len(chunk)} bytes, "
+                                    "without its head")
+            _, _, strong_len, count, _, _ = _SIG_HEAD.unpack_from(chunk)
+            if not MIN_STRONG_LEN <= strong_len <= MAX_STRONG_LEN or count > MAX_SIGNATURE_BLOCKS:
+                raise ProtocolError(f"peer began a signature of {count} blocks with strong sums of "
+                                    f"{strong_len} bytes (limit {MAX_SIGNATURE_BLOCKS} blocks of "
+                                    f"{MIN_STRONG_LEN}..{MAX_STRONG_LEN})")
+            self._sig = _SignatureParts(index, flags & ~_R_MORE, signature_size(count, strong_len))
+            parts = self._sig
+        elif index != parts.index or flags & ~_R_MORE != parts.flags:
+            raise ProtocolError(f"peer interrupted the signature for index {parts.index} "
+                                f"with a Request for index {index} (flags 0x{flags:02x})")
+        parts.chunks.append(chunk)
+        parts.have += len(chunk)
+        more = bool(flags & _R_MORE)
+        if not chunk or parts.have > parts.size or (parts.have == parts.size) == more:
+            raise ProtocolError(f"peer sent {parts.have} bytes of a signature of {parts.size} for index "
+                                f"{index}{' and more to follow' if more else ''}")
+        if more:
+            return None
+        self._sig = None
+        return Request(index, b"".join(parts.chunks), bool(flags & _R_INPLACE))
 
     def _d_Requests(self, r: _Reader) -> Requests:
         if self.requests_done:
@@ -1253,7 +1329,7 @@ class Connection:
 
     # -- sending ---------------------------------------------------------
     def send(self, msg: Message) -> None:
-        """Send one message (a big FlistBatch may go out as several parts)."""
+        """Send one message (a big FlistBatch or signature may go out as several frames, together)."""
         if isinstance(msg, Data):
             self.send_data(msg.payload)
             return
@@ -1261,6 +1337,8 @@ class Connection:
             if isinstance(msg, FlistBatch):
                 parts, next_index = _encode_flist(msg, self._frame_max, self.decoder.sent_next_index)
                 self.decoder.sent_next_index = next_index
+            elif isinstance(msg, Request):
+                parts = _encode_request(msg, self._frame_max)
             else:
                 parts = [encode_payload(msg, self._frame_max)]
             for payload in parts:
@@ -1460,16 +1538,19 @@ class Connection:
                 self._flush_locked()
             finally:
                 self._lock.release()
-        header = self._read(_HEADER.size, "", ahead=not raw_data)
-        mtype, length = _HEADER.unpack(header)
-        cls = self.decoder.check_header(mtype, length)
-        if raw_data and cls is Data:
-            if self.decoder.open_file is None:
-                raise ProtocolError("peer sent Data outside a file")
-            self.bytes_received += length
-            return RawData(length)
-        payload = self._read(length, "a message", ahead=not raw_data) if length else b""
-        return self.decoder.decode_payload(cls, payload)
+        while True:
+            header = self._read(_HEADER.size, "", ahead=not raw_data)
+            mtype, length = _HEADER.unpack(header)
+            cls = self.decoder.check_header(mtype, length)
+            if raw_data and cls is Data:
+                if self.decoder.open_file is None:
+                    raise ProtocolError("peer sent Data outside a file")
+                self.bytes_received += length
+                return RawData(length)
+            payload = self._read(length, "a message", ahead=not raw_data) if length else b""
+            msg = self.decoder.decode_payload(cls, payload)
+            if msg is not None:  # else a part of a message whose next part follows
+                return msg
 
     def inflate(self, msg: DataZ) -> bytes:
         """The data a received DataZ carries (bounded by its checked size; ProtocolError if corrupt)."""

@@ -33,7 +33,7 @@ from .options import Options
 from .pathnames import escape, split
 from .protocol import (MAX_NAME, Committed, Connection, Data, DataZ, Done, EntryExtras, FileBegin, FileEnd, FilesFrom, FileSkip,
                        FlistBatch, FlistEnd, Goodbye, Heartbeat, Item, Log, Match, Message, Problem, RawData,
-                       Request, Requests, Stats, WholeFile, decode_signature, encode_signature, max_signature_blocks)
+                       Request, Requests, Stats, WholeFile, decode_signature, encode_signature, signature_fits)
 from .sender import Sender, SourceChanged
 from .sink import AUTO, make_sink
 from .stats import Event, Report
@@ -241,7 +241,7 @@ class SendingSide:
     def send_file(self, index: int, signature: bytes | None = None) -> None:
         entry = self._requested(index)
         # Checked before anything else: a bad signature is a misbehaving peer, not a file problem.
-        sig = decode_signature(signature, self.conn.frame_max) if signature is not None else None
+        sig = decode_signature(signature) if signature is not None else None
         compress = self.skip_compress is not None and entry.name not in self.skip_compress
         if sig is None and not compress and entry.size < min(SENDFILE_MIN, self.conn.frame_max - WHOLE_FILE_OVERHEAD):
             # A small file goes whole in one frame, read and hashed in one call.
@@ -727,7 +727,10 @@ class ReceivingSide:
         self.report = report
         self.filters = filters
         # Whole-file requests go out several to a frame (Requests) if the peer decodes them.
-        self._batch_requests = conn.negotiated is not None and conn.negotiated.peer_caps.get("request-batch") == "1"
+        caps = conn.negotiated.peer_caps if conn.negotiated is not None else {}
+        self._batch_requests = caps.get("request-batch") == "1"
+        # A signature bigger than a frame may go in parts if the peer joins them.
+        self._signature_parts = caps.get("signature-parts") == "1"
         self.receiver: Receiver | None = None
         self.io_error = False
         self.batches: queue.Queue[DirBatch | None] = queue.Queue()
@@ -865,8 +868,9 @@ class ReceivingSide:
             if self.opts.block_size:
                 # A sender refuses tiny blocks from a peer (its op list could outgrow the file).
                 block_len = max(self.opts.block_size, delta.MIN_PEER_BLOCK_LEN)
-            if delta.block_count(size, block_len) > max_signature_blocks(self.conn.frame_max):
-                log.info("%s: basis too big for one signature frame; sending it whole",
+            if not signature_fits(delta.block_count(size, block_len), delta.strong_length(size, block_len),
+                                  self.conn.frame_max, self._signature_parts):
+                log.info("%s: basis has too many blocks for a signature the peer takes; sending it whole",
                          escape(request.dest_name))
                 return None
             sig = delta.make_signature(fd, size, block_len, seed=self.seed)

@@ -123,6 +123,18 @@ def test_ssh_block_size_like_rsync(tmp_path, sshd, direction):
     _same_stats(rs, zc)
 
 
+@pytest.mark.parametrize("direction", ["push", "pull"])
+@pytest.mark.parametrize("block", ["64", "100"])
+def test_ssh_signature_bigger_than_a_frame_like_rsync(tmp_path, sshd, direction, block):
+    """16 MiB in blocks of 64 or 100 bytes: a signature of 1.2 to 1.8 MB, more than one frame
+    (1 MiB + 64 KiB) holds. It goes in parts, and the delta finds what rsync's finds. (Before,
+    64 fell back to sending the file whole, and 100 ended the session with a traceback.)"""
+    rs, zc = differential(tmp_path, ["-a", "--stats", "-B", block], seed=1, prepare=_prepare("mix", 16 << 20),
+                          **_ssh(sshd, direction))
+    _same_stats(rs, zc)
+    assert stat_of(zc.stdout, "Matched data") > 8 << 20
+
+
 @pytest.mark.parametrize(("value", "message"), [
     ("131073", "--block-size=131073 is too large (max: 128.00K)"),
     ("129k", "--block-size=129k is too large (max: 128.00K)"),

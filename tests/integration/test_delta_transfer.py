@@ -1,6 +1,7 @@
 """Delta transfer over a real sshd against `rsync --no-W`: same trees, comparable bytes on the wire."""
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import random
@@ -156,6 +157,33 @@ def test_whole_file_option_sends_no_signature(tmp_path, ssh_env, monkeypatch):
     assert result.exit_code == 0
     assert result.stats.matched_bytes > 90_000  # the default for a remote transfer: delta
     assert (dst / NAME).read_bytes() == b"z" + b"x" * 100_000
+
+
+def test_a_peer_that_cannot_join_signature_parts_gets_the_file_whole(tmp_path, ssh_env, monkeypatch, caplog):
+    """A signature bigger than a frame goes in parts only to a peer that listed
+    signature-parts; to any other the file goes whole (and the session goes on)."""
+    init = remote.ReceivingSide.__init__
+
+    def older_peer(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self._signature_parts = False
+    monkeypatch.setattr(remote.ReceivingSide, "__init__", older_peer)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    rnd = random.Random(3)
+    basis = rnd.randbytes(16 << 20)  # in blocks of 100 bytes: a signature of 1.17 MB
+    (dst / NAME).write_bytes(basis)
+    os.utime(dst / NAME, (OLD, OLD))
+    want = _edits(basis, rnd)
+    (src / NAME).write_bytes(want)
+    with caplog.at_level(logging.INFO, logger="zcsync"):
+        result = zcsync.sync(f"{ALIAS}:{src}/", str(dst), archive=True, block_size=100,
+                             zcsync_path=remote_zcsync_path())
+    assert result.exit_code == 0, result.errors
+    assert result.stats.matched_bytes == 0
+    assert (dst / NAME).read_bytes() == want
+    assert "too many blocks for a signature the peer takes" in caplog.text
 
 
 # -- the sending side on its own (no ssh): a source that shrinks -------------------

@@ -441,7 +441,8 @@ D_CLOSED = raw_entry(0, b"d", DIR)  # a directory that is not expanded
     ([frame(p.Stats.TYPE, b"\x00\x02" + (b"\x01a" + b"\x00" * 8) * 2)], "twice"),
     # requests and files
     ([frame(p.Request.TYPE, struct.pack(">IBI", 10, 0, 0))], "Request for index 10"),
-    ([frame(p.Request.TYPE, struct.pack(">IBI", 1, 2, 0))], "unknown Request flags"),
+    ([frame(p.Request.TYPE, struct.pack(">IBI", 1, 4, 0))], "unknown Request flags"),
+    ([frame(p.Request.TYPE, struct.pack(">IBI", 1, 2, 0))], "conflicting flags 0x02"),
     ([frame(p.Request.TYPE, struct.pack(">IBI", 1, 0, 5))], "length without a signature"),
     ([frame(p.Request.TYPE, struct.pack(">IBI", 1, 1, p.DEFAULT_FRAME_MAX))], "signature of"),
     ([frame(p.Done.TYPE, b"") + frame(p.Request.TYPE, struct.pack(">IBI", 1, 0, 0))], "Request after Done"),
@@ -939,9 +940,81 @@ def test_bad_signatures_are_protocol_errors(mutate, match):
     assert info.value.exit_code == 2
 
 
-def test_signature_block_limit_follows_the_frame():
-    assert p.max_signature_blocks(p.MIN_FRAME_MAX) < p.max_signature_blocks(p.DEFAULT_FRAME_MAX)
-    sig = _sig(size=200_000)
+def test_what_signature_fits_one_frame_or_parts():
+    room = p.DEFAULT_FRAME_MAX - 9  # a Request's own fields
+    fits = (room - 26) // 8  # blocks with 4-byte strong sums in one frame
+    assert p.signature_fits(fits, 4, p.DEFAULT_FRAME_MAX, parts=False)
+    assert not p.signature_fits(fits + 1, 4, p.DEFAULT_FRAME_MAX, parts=False)
+    assert p.signature_fits(p.MAX_SIGNATURE_BLOCKS, 16, p.DEFAULT_FRAME_MAX, parts=True)
+    assert not p.signature_fits(p.MAX_SIGNATURE_BLOCKS + 1, 2, p.DEFAULT_FRAME_MAX, parts=True)
+
+
+def _small_block_sig(size: int, inplace_seed: int = 9):
+    import tempfile
+
+    from zcsync.delta import make_signature
+    with tempfile.TemporaryFile() as f:
+        f.write(os.urandom(size))
+        f.flush()
+        return make_signature(f.fileno(), size, 64, seed=inplace_seed)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_a_signature_bigger_than_a_frame_goes_in_parts_and_arrives_whole(inplace):
+    sig = _small_block_sig(3_000_000)  # 46,875 blocks: ~330 KB, three frames of 128 KiB
     blob = p.encode_signature(sig)
-    with pytest.raises(ProtocolError, match="limit"):
-        p.decode_signature(blob, frame_max=p.MIN_FRAME_MAX // 2 ** 20 + 40)
+    assert len(blob) > 2 * p.MIN_FRAME_MAX
+    out = p.Connection(BytesStream(), frame_max=p.MIN_FRAME_MAX)
+    out.send(p.Request(1, blob, inplace=inplace))
+    out.send(p.Heartbeat())
+    out.flush()
+    wire = bytes(out.stream.out)
+    inn = p.Connection(BytesStream(wire), side="sender", frame_max=p.MIN_FRAME_MAX)
+    inn.decoder.sent_next_index = 10  # as if it had sent a file list of 10 entries
+    frames, pos = [], 0
+    while pos < len(wire):
+        mtype, length = struct.unpack_from(">BI", wire, pos)
+        frames.append((mtype, length))
+        assert length <= p.MIN_FRAME_MAX
+        pos += 5 + length
+    assert [t for t, _ in frames] == [p.Request.TYPE] * 3 + [p.Heartbeat.TYPE]
+    got = inn.recv()
+    assert got == p.Request(1, blob, inplace=inplace)
+    assert p.decode_signature(got.signature) == sig
+    assert inn.recv() == p.Heartbeat()
+
+
+def _head(count: int, strong: int = 2) -> bytes:
+    return struct.pack(">BIBIQQ", 1, 64, strong, count, count * 64, 0)  # 26 + count * (4 + strong) in all
+
+
+def _part(index: int, flags: int, chunk: bytes) -> bytes:
+    return frame(p.Request.TYPE, struct.pack(">IBI", index, flags, len(chunk)) + chunk)
+
+
+SIG, MORE, INPLACE = 0x01, 0x02, 0x10
+
+
+@pytest.mark.parametrize(("frames", "match"), [
+    ([_part(1, MORE, b"")], "conflicting flags 0x02"),
+    ([_part(1, SIG | MORE, b"abc")], "first part of a signature in 3 bytes, without its head"),
+    ([_part(1, SIG | MORE, _head(p.MAX_SIGNATURE_BLOCKS + 1))], "limit 16777216 blocks"),
+    ([_part(1, SIG | MORE, _head(10, strong=1))], "strong sums of 1 bytes"),
+    ([_part(1, SIG | MORE, _head(1000)), frame(p.Heartbeat.TYPE, b"")],
+     "Heartbeat in the middle of the signature for index 1"),
+    ([_part(1, SIG | MORE, _head(1000)), frame(p.Requests.TYPE, struct.pack(">I", 2))],
+     "Requests in the middle of the signature for index 1"),
+    ([_part(1, SIG | MORE, _head(1000)), _part(2, SIG, b"x")],
+     "interrupted the signature for index 1 with a Request for index 2"),
+    ([_part(1, SIG | MORE, _head(1000)), _part(1, SIG | INPLACE, b"x")], "interrupted the signature for index 1"),
+    ([_part(1, SIG | MORE, _head(1000)), _part(1, 0, b"")], "interrupted the signature for index 1"),
+    ([_part(1, SIG | MORE, _head(10) + b"x" * 10), _part(1, SIG, b"x" * 100)],
+     "sent 136 bytes of a signature of 86 for index 1"),
+    ([_part(1, SIG | MORE, _head(10)), _part(1, SIG, b"x" * 10)], "sent 36 bytes of a signature of 86"),
+    ([_part(1, SIG | MORE, _head(10) + b"x" * 60)], "sent 86 bytes of a signature of 86 for index 1 and more"),
+    ([_part(1, SIG | MORE, _head(10)), _part(1, SIG | MORE, b"")], "sent 26 bytes of a signature of 86"),
+])
+def test_bad_signature_parts_end_the_session(frames, match):
+    with pytest.raises(ProtocolError, match=match) as info:
+        decode_frames(*frames)
+    assert info.value.exit_code == 2
