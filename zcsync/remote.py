@@ -15,7 +15,7 @@ import queue
 import stat
 import threading
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TextIO
@@ -757,7 +757,11 @@ class ReceivingSide:
         assert self.receiver is not None
         generator = self.receiver.generator
         try:
-            while (batch := self.batches.get()) is not None:
+            batches: Iterable[DirBatch] = iter(self.batches.get, None)
+            if self.opts.delete and self.opts.delete_mode == "before":
+                batches = list(batches)  # the whole list first (rsync's order, as the local run)
+                generator.delete_all(batches)
+            for batch in batches:
                 pending: list[tuple[WriteRequest, Request]] = []
                 for request in generator.process(batch):
                     message = self._request_for(request)

@@ -84,6 +84,17 @@ def test_pull_resync_delete(tmp_path, sshd, via):
     _same_items(rs, zc)
 
 
+@pytest.mark.parametrize("direction", ["push", "pull"])
+@pytest.mark.parametrize("mode", ["--delete-before", "--delete-after", "--delete-during"])
+def test_resync_delete_modes(tmp_path, sshd, direction, mode):
+    """Each --delete-WHEN removes what rsync's removes. (--delete-before over ssh deleted
+    nothing until 2026-12: only the local run read the whole list first.)"""
+    paths = ["src/", f"{ALIAS}:{{run}}/dst"] if direction == "push" else [f"{ALIAS}:{{run}}/src/", "dst"]
+    rs, zc = differential(tmp_path, ["-a", mode, "-i"], seed=4, mutate=True, env=sshd.env(),
+                          paths=paths, zcsync_extra=_extra())
+    _same_items(rs, zc)
+
+
 def test_push_no_trailing_slash_filters_checksum(tmp_path, sshd):
     differential(tmp_path, ["-a", "-c", "--exclude=*.bin", "--delete"], seed=5, mutate=True, env=sshd.env(),
                  paths=["src", f"{ALIAS}:{{run}}/dst"], compare_kwargs={"root_times": False},
