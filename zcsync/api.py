@@ -100,6 +100,7 @@ class SyncOptions(TypedDict, total=False):
     existing: bool
     ignore_existing: bool
     size_only: bool
+    ignore_times: bool
     modify_window: int
     delete: bool
     delete_before: bool

@@ -202,6 +202,8 @@ def _cmd_options(f: Any) -> Any:
         click.option("--existing", is_flag=True, default=False, help="skip creating new files on receiver"),
         click.option("--ignore-existing", is_flag=True, default=False, help="skip updating files that exist on receiver"),
         click.option("--size-only", is_flag=True, default=False, help="skip files that match in size"),
+        click.option("-I", "--ignore-times", is_flag=True, default=False,
+                     help="don't skip files that match size and time"),
         click.option("--modify-window", type=int, default=0, metavar="NUM", help="set the accuracy for mod-time comparisons"),
         click.option("--delete", is_flag=True, default=False, help="delete extraneous files from dest dirs"),
         click.option("--delete-before", is_flag=True, default=False, help="receiver deletes before transfer"),
@@ -570,20 +572,13 @@ def _summary(report: Report, opts: Options, elapsed: float) -> None:
     sent = s.bytes_sent or s.literal_bytes + s.flist_size
     received = s.bytes_received
     if opts.stats:
-        def kinds(reg: int, d: int, ln: int, sp: int) -> str:
-            parts = [f"reg: {_num(reg)}"]
-            if d:
-                parts.append(f"dir: {_num(d)}")
-            if ln:
-                parts.append(f"link: {_num(ln)}")
-            if sp:
-                parts.append(f"special: {_num(sp)}")
-            return ", ".join(parts)
-        out.write(f"\nNumber of files: {_num(s.files)} ({kinds(s.regular_files, s.dirs, s.links, s.specials)})\n")
-        ck = s.created_kinds
-        created = f"{_num(s.files_created)}"
-        if s.files_created:
-            created += f" ({kinds(ck.get('reg', 0), ck.get('dir', 0), ck.get('link', 0), ck.get('special', 0))})"
+        def kinds(counts: dict[str, int]) -> str:
+            """rsync's " (reg: N, dir: N, ...)": the kinds that occur, none if none does."""
+            parts = [f"{k}: {_num(counts[k])}" for k in ("reg", "dir", "link", "dev", "special") if counts.get(k)]
+            return f" ({', '.join(parts)})" if parts else ""
+        listed = {"reg": s.regular_files, "dir": s.dirs, "link": s.links, "dev": s.devices, "special": s.specials}
+        out.write(f"\nNumber of files: {_num(s.files)}{kinds(listed)}\n")
+        created = f"{_num(s.files_created)}{kinds(s.created_kinds) if s.files_created else ''}"
         out.write(f"Number of created files: {created}\n")
         out.write(f"Number of deleted files: {_num(s.files_deleted)}\n")
         out.write(f"Number of regular files transferred: {_num(s.files_transferred)}\n")

@@ -78,7 +78,7 @@ class Generator:
         self.writer.on_commit = None if self._plain_final else self._committed
         self._hl_lock = threading.Lock()
         # May an up-to-date file be recognised from its stat alone?
-        self._quick = not (o.checksum or o.size_only or o.ignore_existing or o.xattrs or o.acls
+        self._quick = not (o.checksum or o.size_only or o.ignore_times or o.ignore_existing or o.xattrs or o.acls
                            or (o.itemize and o.verbose > 1))
 
     # -- per batch ------------------------------------------------------------
@@ -338,10 +338,11 @@ class Generator:
 
     def _dir(self, entry: FileEntry, name: bytes, st: os.stat_result | None) -> None:
         if name == ROOT and self.root_created:
-            self.report.stats.created(entry.mode)
             itemize = self._new_itemize(entry, name, "cd")
             if itemize is not None:
                 self._event(itemize, name, entry)
+            if itemize is not None and itemize.endswith(NEW):  # not one a --*-dest dir had
+                self.report.stats.created(entry.mode)
             self.dir_fixes.append(_DirFix(name, self.policy.wanted(entry, None)))
             return
         if st is not None and stat.S_ISDIR(st.st_mode):
@@ -356,7 +357,8 @@ class Generator:
         itemize = self._new_itemize(entry, name, "cd")
         if itemize is not None:
             self._event(itemize, name, entry)
-        self.report.stats.created(entry.mode)
+        if itemize is not None and itemize.endswith(NEW):  # not one a --*-dest dir had
+            self.report.stats.created(entry.mode)
         if self.opts.dry_run:
             self._virtual_dirs.add(name)
             return
@@ -408,13 +410,14 @@ class Generator:
             if not self.make_way(entry, name, st):
                 return None
             st = None
-        # Any other type is replaced by the final rename (after its backup).
-        return self._request(entry, name, st, (self._new_itemize(entry, name, ">f") or ">f" + NEW)
+        # Any other type is replaced by the final rename (after its backup). A name that a
+        # --*-dest dir holds unchanged but was not taken from there (-I) shows no change.
+        return self._request(entry, name, st, (self._new_itemize(entry, name, ">f") or ">f" + "." * 9)
                              if st is None else ">f" + NEW)
 
     def _request(self, entry: FileEntry, name: bytes, st: os.stat_result | None, itemize: str) -> Request | None:
         self._event(itemize, name, entry)
-        if st is None:
+        if st is None and itemize.endswith(NEW):  # not one a --*-dest dir had (rsync's ITEM_IS_NEW)
             self.report.stats.created(entry.mode)
         self.report.stats.files_transferred += 1
         self.report.stats.transferred_size += entry.size
@@ -500,6 +503,8 @@ class Generator:
                 return self.dest_digest(fd, st.st_size) == self.source_digest(entry)
             finally:
                 os.close(fd)
+        if self.opts.ignore_times:
+            return False  # rsync's quick_check_ok: -I after -c and --size-only
         return self.policy.same_time(st.st_mtime_ns, entry.mtime_ns)
 
     def _copy_local(self, entry: FileEntry, name: bytes, pfd: int, base: bytes, st: os.stat_result) -> None:

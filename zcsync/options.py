@@ -44,6 +44,7 @@ class Options:
     existing: bool = False
     ignore_existing: bool = False
     size_only: bool = False
+    ignore_times: bool = False  # -I: transfer even files whose size and time match
     modify_window: int = 0
     delete: bool = False
     delete_mode: str = "during"  # before | during | after

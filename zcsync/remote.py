@@ -50,7 +50,7 @@ REQUESTS_AT_ONCE = 64  # whole-file requests the generator thread records under 
 WHOLE_FILE_OVERHEAD = 20  # a WholeFile payload's index and digest
 _NO_DIGEST = bytes(16)  # FileEnd of a file that changed while sent: cannot match its data
 # Counters the receiving side owns and reports to the client at the end.
-RECEIVER_STATS = ("files", "regular_files", "dirs", "links", "specials", "total_size",
+RECEIVER_STATS = ("files", "regular_files", "dirs", "links", "devices", "specials", "total_size",
                   "files_created", "files_deleted", "files_transferred", "transferred_size",
                   "literal_bytes", "matched_bytes")
 

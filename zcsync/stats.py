@@ -52,9 +52,10 @@ class Stats:
     regular_files: int = 0
     dirs: int = 0
     links: int = 0
-    specials: int = 0
+    devices: int = 0  # character and block devices
+    specials: int = 0  # fifos and sockets
     files_created: int = 0
-    created_kinds: dict[str, int] = field(default_factory=dict)  # "reg", "dir", "link", "special"
+    created_kinds: dict[str, int] = field(default_factory=dict)  # "reg", "dir", "link", "dev", "special"
     files_deleted: int = 0
     files_transferred: int = 0
     total_size: int = 0
@@ -69,7 +70,8 @@ class Stats:
     def created(self, mode: int) -> None:
         """Count one created name by type (rsync's "Number of created files" line)."""
         kind = ("reg" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode)
-                else "link" if stat.S_ISLNK(mode) else "special")
+                else "link" if stat.S_ISLNK(mode) else "dev" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "special")
         self.files_created += 1
         self.created_kinds[kind] = self.created_kinds.get(kind, 0) + 1
 

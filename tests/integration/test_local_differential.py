@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import stat
 import subprocess
 
 import pytest
@@ -46,6 +47,37 @@ def test_resync_hard_links(tmp_path, seed):
 @pytest.mark.parametrize("mode", ["--delete-before", "--delete-after", "--delete-during"])
 def test_delete_modes(tmp_path, mode):
     differential(tmp_path, ["-a", mode], seed=7, mutate=True)
+
+
+def _transferred(out: str) -> int:
+    import re
+    m = re.search(r"^Number of regular files transferred: ([\d,]+)", out, re.M)
+    assert m, out
+    return int(m.group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize("extra", [[], ["--size-only"], ["--link-dest=../src"]], ids=["alone", "size-only", "link-dest"])
+def test_ignore_times_transfers_what_rsync_transfers(tmp_path, extra):
+    """-I: even files whose size and time match are sent (and not hard-linked from a
+    --link-dest); --size-only still wins."""
+    rs, zc = differential(tmp_path, ["-a", "-I", "-i", "--stats", *extra], seed=3, mutate=True)
+    _itemize_same(rs, zc)
+    assert _transferred(zc.stdout) == _transferred(rs.stdout) > 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_stats_count_devices_apart_from_specials(tmp_path):
+    """rsync's --stats lists the kinds that occur: reg, dir, link, dev (character and block
+    devices) and special (fifos, sockets), and none that does not."""
+    def prepare(src: pathlib.Path, dst: pathlib.Path) -> None:
+        os.mknod(src / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        os.mkfifo(src / "fifo")
+        for path in (src / "null", src / "fifo", src):
+            os.utime(path, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9), follow_symlinks=False)
+    rs, zc = differential(tmp_path, ["-a", "--stats"], seed=2, prepare=prepare)
+    want = [line for line in rs.stdout.splitlines() if line.startswith("Number of")]
+    assert "dev: 1" in want[0], want
+    assert want == [line for line in zc.stdout.splitlines() if line.startswith("Number of")]
 
 
 def test_no_trailing_slash(tmp_path):

@@ -95,6 +95,15 @@ def test_resync_delete_modes(tmp_path, sshd, direction, mode):
     _same_items(rs, zc)
 
 
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_resync_ignore_times(tmp_path, sshd, direction):
+    """-I over ssh: every file goes (as a delta against the old one), as with rsync."""
+    paths = ["src/", f"{ALIAS}:{{run}}/dst"] if direction == "push" else [f"{ALIAS}:{{run}}/src/", "dst"]
+    rs, zc = differential(tmp_path, ["-a", "-I", "-i"], seed=4, mutate=True, env=sshd.env(),
+                          paths=paths, zcsync_extra=_extra())
+    _same_items(rs, zc)
+
+
 def test_push_no_trailing_slash_filters_checksum(tmp_path, sshd):
     differential(tmp_path, ["-a", "-c", "--exclude=*.bin", "--delete"], seed=5, mutate=True, env=sshd.env(),
                  paths=["src", f"{ALIAS}:{{run}}/dst"], compare_kwargs={"root_times": False},

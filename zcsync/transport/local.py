@@ -363,6 +363,8 @@ def count_entries(stats: Stats, batch: DirBatch) -> None:
         elif entry.is_link:
             stats.links += 1
             stats.total_size += entry.size
+        elif stat.S_ISCHR(entry.mode) or stat.S_ISBLK(entry.mode):
+            stats.devices += 1
         else:
             stats.specials += 1
 
