@@ -22,7 +22,7 @@ from .endpoints import parse_endpoint
 from .engine import RunResult, run_local, source_args
 from .errors import FileProblem, UsageError, ZcsyncError
 from .filters import FilterRules
-from .flist import Scanner, ScanState
+from .flist import Scanner, ScanState, prune_empty_dirs
 from .listing import Listing
 from .options import Options
 from .stats import Event, Hooks, Report, RunLog, Stats, exit_text
@@ -91,6 +91,7 @@ class SyncOptions(TypedDict, total=False):
     acls: bool
     xattrs: bool
     sparse: bool
+    prune_empty_dirs: bool
     one_file_system: bool
     relative: bool
     dry_run: bool
@@ -372,9 +373,12 @@ def list_only(sources_text: list[str], opts: Options, out: TextIO,
     filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded)
     report = Report(on_event=on_event)
     scanner = Scanner(source_args(sources_text, opts), opts.replace(links=True, devices=True, specials=True),
-                      filters, ScanState(on_problem=report.problem))
+                      filters, ScanState(on_problem=report.problem, on_notice=report.notice))
     listing = Listing(out, show_links=opts.links)
-    for batch in scanner.batches():
+    batches = scanner.batches()
+    if opts.prune_empty_dirs:
+        batches = prune_empty_dirs(batches, filters)
+    for batch in batches:
         listing.batch(batch.dir_name, batch.entries, batch.expanded)
     listing.finish()
     return RunResult(report.exit_code, report, report.problems)

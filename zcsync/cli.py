@@ -193,6 +193,7 @@ def _cmd_options(f: Any) -> Any:
         flag("-A", "--acls/--no-acls", help="preserve ACLs (implies --perms)"),
         flag("-X", "--xattrs/--no-xattrs", help="preserve extended attributes"),
         flag("-S", "--sparse/--no-sparse", help="turn sequences of nulls into sparse blocks"),
+        flag("-m", "--prune-empty-dirs/--no-prune-empty-dirs", help="prune empty directory chains from file-list"),
         flag("-x", "--one-file-system/--no-one-file-system", help="don't cross filesystem boundaries"),
         flag("-R", "--relative/--no-relative", help="use relative path names"),
         click.option("-n", "--dry-run", is_flag=True, default=False, help="perform a trial run with no changes made"),
@@ -505,7 +506,9 @@ def run_cli(paths: list[str], opts: Options) -> int:
             items.append(event)
 
     listening = display.enabled or runlog is not None or collect
-    hooks = Hooks(on_event=on_event if listening else None, progress=progress)
+    # rsync's lines without -v ("skipping directory X"): on stdout, unless -q (or --json).
+    on_notice = None if opts.quiet or opts.json else display.write
+    hooks = Hooks(on_event=on_event if listening else None, progress=progress, on_notice=on_notice)
     listing = io.StringIO() if opts.json else out
     code = 0
     result = None

@@ -178,7 +178,7 @@ def run_remote(paths: list[str], opts: Options, on_event: Callable[[Event], None
                     return
                 check_listed(listed)
             sender = Sender(source_args([s.path for s in srcs], opts, listed), opts, filters,
-                            on_problem=report.problem)
+                            on_problem=report.problem, on_notice=report.notice)
             SendingSide(conn, sender, opts, report).run()
         _session(dst, "receiver", opts, [dst.path or "."], report, push)
     else:

@@ -288,13 +288,13 @@ class _ModuleSender(Sender):
     """A Sender that leaves out what the module excludes (by module-relative name)."""
 
     def __init__(self, sources, opts: Options, filters: FilterRules, module_filter: ModuleFilter,
-                 on_problem: Callable[[FileProblem], None]) -> None:
-        super().__init__(sources, opts, filters, on_problem=on_problem)
+                 on_problem: Callable[[FileProblem], None], on_notice: Callable[[str], None]) -> None:
+        super().__init__(sources, opts, filters, on_problem=on_problem, on_notice=on_notice)
         self.module_filter = module_filter
 
-    def batches(self) -> Iterator[DirBatch]:
+    def scan(self) -> Iterator[DirBatch]:
         dropped: set[bytes] = set()
-        for batch in super().batches():
+        for batch in super().scan():
             if batch.dir_name is not None and _under(batch.dir_name, dropped):
                 continue
             keep = []
@@ -648,8 +648,9 @@ def run_role(stream: Stream, role: str, opts: Options, paths: list[str], module_
             assert dest_rel is not None
             conn.incoming = _incoming_filter(dest_rel, module_filter, report)
 
-        def make_sender(sources, options, filters, on_problem):  # type: ignore[no-untyped-def]
-            return _ModuleSender(sources, options, filters, module_filter, on_problem=on_problem)
+        def make_sender(sources, options, filters, report):  # type: ignore[no-untyped-def]
+            return _ModuleSender(sources, options, filters, module_filter, on_problem=report.problem,
+                                 on_notice=report.notice)
 
         def in_module(path: bytes) -> bytes:
             root_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the module root

@@ -365,7 +365,8 @@ def run_local(sources_text: list[str], dest: str, opts: Options,
     sources = source_args(sources_text, opts)
     filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded)
     report = Report(on_event=on_event)
-    sender = Sender(sources, opts, filters, read_xattrs=read_source_xattrs(opts), on_problem=report.problem)
+    sender = Sender(sources, opts, filters, read_xattrs=read_source_xattrs(opts), on_problem=report.problem,
+                    on_notice=report.notice)
     batches = sender.batches()
     top = next(batches)
     if not top.entries:  # nothing to transfer: rsync does not even create DST

@@ -6,7 +6,7 @@ import logging
 import operator
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -115,6 +115,7 @@ class ScanState:
 
     io_error: bool = False
     on_problem: Callable[[FileProblem], None] | None = None
+    on_notice: Callable[[str], None] | None = None  # rsync's lines without -v ("skipping directory X")
     inodes: dict[tuple[int, int], int] = field(default_factory=dict)
     next_index: int = 0
     # Where each listed directory and each top-level name is on disk: a file's path is
@@ -128,6 +129,12 @@ class ScanState:
         if top is not None:
             return top
         return self.dirs[entry.parent] + b"/" + entry.basename
+
+    def notice(self, text: str) -> None:
+        if self.on_notice is not None:
+            self.on_notice(text)
+        else:
+            log.info("%s", text)
 
     def problem(self, path: bytes, message: str, code: int = PARTIAL) -> None:
         problem = FileProblem(escape(path), "[sender] " + message, code)
@@ -196,7 +203,7 @@ class Scanner:
         link = None
         if stat.S_ISLNK(mode):
             if not opts.links:
-                log.info("skipping non-regular file %s", quote(name))
+                self.state.notice(f"skipping non-regular file {quote(name)}")
                 return None
             try:
                 link = os.readlink(path)
@@ -206,11 +213,11 @@ class Scanner:
                 return None
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             if not opts.devices:
-                log.info("skipping non-regular file %s", quote(name))
+                self.state.notice(f"skipping non-regular file {quote(name)}")
                 return None
         elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
             if not opts.specials:
-                log.info("skipping non-regular file %s", quote(name))
+                self.state.notice(f"skipping non-regular file {quote(name)}")
                 return None
         elif stat.S_ISDIR(mode):
             pass
@@ -342,7 +349,7 @@ class Scanner:
             if st is None:
                 continue
             if stat.S_ISDIR(st.st_mode) and not (opts.recursive or opts.dirs):
-                log.info("skipping directory %s", quote(src.prefix))
+                self.state.notice(f"skipping directory {escape(src.prefix)}")  # unquoted, as rsync
                 continue
             if self._root_dev is None:
                 self._root_dev = st.st_dev
@@ -387,6 +394,28 @@ class Scanner:
 
 
 _by_name = operator.itemgetter(0)
+
+
+def prune_empty_dirs(batches: Iterable[DirBatch], filters: FilterRules) -> Iterator[DirBatch]:
+    """-m: the file list without the directories that hold no non-directory at any depth,
+    as rsync's receiver prunes it: a directory that was not recursed into (-d, -x) counts as
+    empty; the transfer root (.) and a directory that a receiver-side rule protects stay
+    (rsync's --filter='P dir/'), and so do their parents. Needs the whole list first."""
+    batches = list(batches)
+    needed = {ROOT}
+    for batch in batches:
+        for entry in batch.entries:
+            if entry.is_dir and not (filters.has_rules and filters.excluded(entry.name, True, side="receiver")):
+                continue
+            name = entry.name if entry.is_dir else entry.parent
+            while name not in needed and name:  # its directory and every one above it
+                needed.add(name)
+                name = name.rpartition(b"/")[0]
+    for batch in batches:
+        if batch.dir_name is not None and batch.dir_name not in needed:
+            continue
+        entries = tuple(e for e in batch.entries if not e.is_dir or e.name in needed)
+        yield DirBatch(batch.dir_name, entries, batch.expanded & needed)
 
 
 def _merge_reader(dir_path: bytes) -> Callable[[bytes], bytes | None]:

@@ -306,7 +306,7 @@ class Generator:
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
-                self.report.note(f"cannot delete non-empty directory: {escape(name)}")
+                self.report.notice(f"cannot delete non-empty directory: {escape(name)}")
 
     # -- directories ----------------------------------------------------------
     def _new_itemize(self, entry: FileEntry, name: bytes, prefix: str) -> str | None:
@@ -706,27 +706,41 @@ class Generator:
             return
         try:
             fd = self.tree.dir_fd(dest_dir)
-            names = sorted(commit.listdir(fd))
+            names = [n for n in commit.listdir(fd) if n not in keep]
         except OSError:
             return
-        partial_dir = os.fsencode(self.opts.partial_dir or PARTIAL_DIR)
         rules = self._rules_for(dir_name)
-        # rsync protects backups made beside the files (as if by "P *SUFFIX").
+        for base, is_dir in self._doomed(fd, names, dir_name, rules)[0]:
+            self._delete(fd, base, join(dest_dir, base), is_dir, join(dir_name, base), rules)
+
+    def _doomed(self, fd: int, names: list[bytes], dir_name: bytes, rules: FilterRules,
+                inside: bool = False) -> tuple[list[tuple[bytes, bool]], bool]:
+        """Which of the names in directory fd (dir_name in the source's terms) deletion may
+        remove, in rsync's order: directories, then the rest, each in reverse name order
+        (it decides what --max-delete reaches). Not what the receiver's rules protect
+        (perishable ones aside inside a deleted directory), nor our temp files and partial
+        dir, nor (-b without --backup-dir) backups, which rsync protects as "P *SUFFIX".
+        Also: was any name kept?"""
+        partial_dir = os.fsencode(self.opts.partial_dir or PARTIAL_DIR)
         backups = os.fsencode(self.opts.backup_suffix) if self.opts.backup and not self.opts.backup_dir else None
+        doomed = []
+        kept = False
         for base in names:
-            if base in keep or base == partial_dir or base.endswith(commit.TEMP_SUFFIX):
+            if base == partial_dir or base.endswith(commit.TEMP_SUFFIX) or (backups and base.endswith(backups)):
+                kept = True
                 continue
-            if backups and base.endswith(backups):
-                continue
-            rel = join(dest_dir, base)
             try:
                 st = os.stat(base, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
             is_dir = stat.S_ISDIR(st.st_mode)
-            if rules.has_rules and rules.excluded(join(dir_name, base), is_dir, side="receiver"):
+            if rules.has_rules and rules.excluded(join(dir_name, base), is_dir, side="receiver",
+                                                  ignore_perishable=inside):
+                kept = True
                 continue
-            self._delete(fd, base, rel, is_dir)
+            doomed.append((base, is_dir))
+        doomed.sort(key=lambda item: (item[1], item[0]), reverse=True)
+        return doomed, kept
 
     def _rules_for(self, dir_name: bytes) -> FilterRules:
         """Receiver-side rules in force in dir_name: per-directory merge files are read from
@@ -750,25 +764,65 @@ class Generator:
             self._dir_rules[dir_name] = rules
         return rules
 
-    def _delete(self, fd: int, base: bytes, rel: bytes, is_dir: bool) -> None:
-        names: list[tuple[bytes, bool]] = []
+    def _delete(self, fd: int, base: bytes, rel: bytes, is_dir: bool, name: bytes, rules: FilterRules,
+                depth: int = 0) -> bool:
+        """Delete one extraneous name (rel in the destination, name in the source's terms, for
+        the rules); True if it is gone. As rsync's delete_item: a directory's contents go
+        first, deepest first, except what the receiver's rules protect (perishable rules
+        aside); a directory left non-empty stays, with rsync's note (for the name itself
+        and the directories right inside it); --max-delete is counted per name."""
         if is_dir:
-            _walk_names(fd, base, rel, names)
-        else:
-            names.append((rel, False))
+            if not self._delete_contents(fd, base, rel, name, rules, depth):
+                if depth <= 1:
+                    self.report.notice(f"cannot delete non-empty directory: {escape(rel)}")
+                return False
         limit = self.opts.max_delete
-        if limit is not None and self.deleted + len(names) > limit:
-            self.delete_skipped += len(names)
-            return
-        self.deleted += len(names)
-        self.report.stats.files_deleted += len(names)
-        for name, isdir in names:
-            self.report.event(Event("*deleting", escape(name + (b"/" if isdir else b""))))
-        if self.opts.dry_run:
-            return
-        self._backup_or_remove(fd, base, rel, os.stat(base, dir_fd=fd, follow_symlinks=False))
-        self.tree.forget(rel)
-        self.tree.mark_dirty(split(rel)[0])
+        if limit is not None and self.deleted >= limit:
+            self.delete_skipped += 1
+            return False
+        if not self.opts.dry_run:
+            try:
+                if is_dir:
+                    os.rmdir(base, dir_fd=fd)  # emptied above (its files backed up one by one)
+                    self.tree.forget(rel)
+                elif self.opts.backup:
+                    self.backup(fd, base, rel, move=True)
+                else:
+                    os.unlink(base, dir_fd=fd)
+            except OSError as exc:
+                if is_dir and exc.errno in (errno.ENOTEMPTY, errno.EEXIST):  # backups made beside its files
+                    self.report.notice(f"cannot delete non-empty directory: {escape(rel)}")
+                elif exc.errno == errno.ENOENT:
+                    return True  # gone meanwhile
+                else:
+                    what = "rmdir" if is_dir else "unlink"
+                    self._problem(rel, f"delete_file: {what}({escape(rel)}) failed: {exc.strerror} ({exc.errno})")
+                return False
+            if depth == 0:
+                self.tree.mark_dirty(split(rel)[0])
+        self.deleted += 1
+        self.report.stats.files_deleted += 1
+        self.report.event(Event("*deleting", escape(rel + (b"/" if is_dir else b""))))
+        return True
+
+    def _delete_contents(self, fd: int, base: bytes, rel: bytes, name: bytes, rules: FilterRules,
+                         depth: int) -> bool:
+        """Delete what directory base holds; True if nothing is left in it."""
+        try:
+            dfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            return True  # gone meanwhile, or unreadable: its rmdir says which
+        try:
+            if rules.has_dir_merge:
+                rules = rules.enter_dir(name, lambda merge: _read_beneath(dfd, merge))
+            doomed, kept = self._doomed(dfd, commit.listdir(dfd), name, rules, inside=True)
+            gone = not kept
+            for child, child_is_dir in doomed:
+                if not self._delete(dfd, child, join(rel, child), child_is_dir, join(name, child), rules, depth + 1):
+                    gone = False
+            return gone
+        finally:
+            os.close(dfd)
 
     def finish(self) -> None:
         """Deletions after the transfer, then directory modes and times, deepest first."""
@@ -793,23 +847,14 @@ class Generator:
         self.dir_fixes.clear()
 
 
-def _walk_names(fd: int, base: bytes, rel: bytes, out: list[tuple[bytes, bool]]) -> None:
-    """Names below a directory, deepest first, the directory itself last (rsync's order)."""
+def _read_beneath(dir_fd: int, name: bytes) -> bytes | None:
+    """A per-directory merge file in a destination directory, never through a symlink."""
     try:
-        dfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
-        out.append((rel, True))
-        return
-    try:
-        for child in sorted(commit.listdir(dfd), reverse=True):
-            st = os.stat(child, dir_fd=dfd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                _walk_names(dfd, child, rel + b"/" + child, out)
-            else:
-                out.append((rel + b"/" + child, False))
-    finally:
-        os.close(dfd)
-    out.append((rel, True))
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
 
 
 def _kind(entry: FileEntry) -> str:

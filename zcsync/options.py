@@ -33,6 +33,7 @@ class Options:
     acls: bool = False
     xattrs: bool = False
     sparse: bool = False
+    prune_empty_dirs: bool = False  # -m: leave empty directory chains out of the file list
     one_file_system: bool = False
     relative: bool = False
     dry_run: bool = False

@@ -36,7 +36,7 @@ from .protocol import (MAX_NAME, Committed, Connection, Data, DataZ, Done, Entry
                        Request, Requests, Stats, WholeFile, decode_signature, encode_signature, signature_fits)
 from .sender import Sender, SourceChanged
 from .sink import AUTO, make_sink
-from .stats import Event, Report
+from .stats import NOTICE, Event, Report
 from .transport.local import count_entries
 from .writer import Request as WriteRequest
 
@@ -62,6 +62,7 @@ def forward_report(conn: Connection, report: Report, items: bool = True) -> None
         conn.send(Item(event.itemize, event.name, event.extra, event.size))
     report.on_event = on_event if items else None
     report.forward = lambda problem: conn.send(Problem(problem.path, problem.message, problem.code))
+    report.on_notice = lambda text: conn.send(Item(NOTICE, text, "", 0))  # few: always forwarded
 
 
 def stats_message(report: Report) -> Stats:
@@ -78,6 +79,8 @@ def common(msg: object, report: Report, sending: bool = False) -> bool:
     """
     if isinstance(msg, Problem):
         report.problem(FileProblem(msg.path, msg.message, msg.code))
+    elif isinstance(msg, Item) and msg.itemize == NOTICE:
+        report.notice(msg.name)
     elif isinstance(msg, Item):
         itemize = "<" + msg.itemize[1:] if sending and msg.itemize.startswith(">") else msg.itemize
         report.event(Event(itemize, msg.name, msg.extra, msg.size))

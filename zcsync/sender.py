@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from . import fastio, fsscan
 from .errors import PARTIAL, VANISHED
 from .filters import FilterRules
-from .flist import DirBatch, FileEntry, Scanner, ScanState, SourceArg, quote
+from .flist import DirBatch, FileEntry, Scanner, ScanState, SourceArg, prune_empty_dirs, quote
 from .options import Options
 
 log = logging.getLogger(__name__)
@@ -28,9 +28,10 @@ class Sender:
     """Produces the file list and the bytes of requested files."""
 
     def __init__(self, sources: list[SourceArg], opts: Options, filters: FilterRules,
-                 read_xattrs=None, on_problem=None) -> None:
+                 read_xattrs=None, on_problem=None, on_notice=None) -> None:
         self.opts = opts
-        self.state = ScanState(on_problem=on_problem)
+        self.filters = filters
+        self.state = ScanState(on_problem=on_problem, on_notice=on_notice)
         self.scanner = Scanner(sources, opts, filters, self.state, read_xattrs=read_xattrs)
 
     @property
@@ -38,6 +39,12 @@ class Sender:
         return self.state.io_error
 
     def batches(self) -> Iterator[DirBatch]:
+        """The file list as it is sent: the scan, and with -m without its empty directories."""
+        if self.opts.prune_empty_dirs:
+            return prune_empty_dirs(self.scan(), self.filters)
+        return self.scan()
+
+    def scan(self) -> Iterator[DirBatch]:
         return self.scanner.batches()
 
     def path(self, entry: FileEntry) -> bytes:

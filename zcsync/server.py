@@ -124,9 +124,8 @@ def check_restricted(paths: Sequence[str], opts: Options, restrict: str) -> None
 
 # -- what every server end shares ----------------------------------------------------------
 
-def _plain_sender(sources: list, opts: Options, filters: FilterRules,
-                  on_problem: Callable[[FileProblem], None]) -> Sender:
-    return Sender(sources, opts, filters, on_problem=on_problem)
+def _plain_sender(sources: list, opts: Options, filters: FilterRules, report: Report) -> Sender:
+    return Sender(sources, opts, filters, on_problem=report.problem, on_notice=report.notice)
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,7 @@ class Job:
     filter_prefix: tuple[str, ...] = ()
     #: Problems found while choosing the paths, reported to the client first.
     problems: tuple[FileProblem, ...] = ()
-    make_sender: Callable[[list, Options, FilterRules, Callable[[FileProblem], None]], Sender] = field(
+    make_sender: Callable[[list, Options, FilterRules, Report], Sender] = field(
         default=_plain_sender)
     #: Checks each --files-from path a client sent (joined to its source directory) before
     #: anything reads it; raises a ZcsyncError for one that must not be read.
@@ -216,7 +215,7 @@ def serve_job(conn: Connection, plan: Callable[[Report], Job], *, logger: loggin
                         return report.exit_code
                 if names is not None:
                     check_files_from(names, job.paths, job.check_path)
-                sender = job.make_sender(source_args(list(job.paths), opts, names), opts, filters, report.problem)
+                sender = job.make_sender(source_args(list(job.paths), opts, names), opts, filters, report)
                 SendingSide(conn, sender, opts, report).run()
             else:
                 if len(job.paths) != 1:

@@ -79,6 +79,9 @@ class Stats:
         return asdict(self)
 
 
+NOTICE = "*notice"  # the itemize field of an Item that carries a Report.notice line
+
+
 @dataclass(frozen=True)
 class Event:
     """One line of -i / -v output: what happened to a name."""
@@ -128,6 +131,7 @@ class Hooks:
     on_event: Callable[[Event], None] | None = None
     on_problem: Callable[[FileProblem], None] | None = None
     progress: ProgressSink | None = None
+    on_notice: Callable[[str], None] | None = None  # Report.notice's lines
     report: Report | None = None
 
     def __call__(self, event: Event) -> None:
@@ -146,6 +150,7 @@ class Report:
     exit_code: int = 0
     on_problem: Callable[[FileProblem], None] | None = None  # an observer besides the log
     on_progress: ProgressSink | None = None  # None unless a progress display is on
+    on_notice: Callable[[str], None] | None = None  # see notice(); a server forwards them
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +160,8 @@ class Report:
             self.on_event = hooks.on_event
             if hooks.on_problem is not None:
                 self.on_problem = hooks.on_problem
+            if hooks.on_notice is not None:
+                self.on_notice = hooks.on_notice
             if hooks.progress is not None:
                 self.on_progress = hooks.progress
                 # Its total comes from the transfer events, so they must be made.
@@ -177,6 +184,14 @@ class Report:
     def note(self, text: str) -> None:
         """An informational line for the user (rsync prints these with -v or -i)."""
         self.event(Event("", text))
+
+    def notice(self, text: str) -> None:
+        """A line rsync prints even without -v (a skipped name, a directory that deletion left
+        in place): to on_notice (the command line's stdout, unless -q), else the log."""
+        if self.on_notice is not None:
+            self.on_notice(text)
+        else:
+            log.info("%s", text)
 
     def problem(self, problem: FileProblem) -> None:
         """Record (and log, or forward to the client) a per-file problem; the run goes on.

@@ -80,6 +80,67 @@ def test_stats_count_devices_apart_from_specials(tmp_path):
     assert want == [line for line in zc.stdout.splitlines() if line.startswith("Number of")]
 
 
+@pytest.mark.parametrize(("options", "mutate"), [
+    (["-am", "-i"], False),
+    (["-am", "-i", "--include=*/", "--include=*.txt", "--exclude=*"], False),
+    (["-am", "-i", "--delete", "--include=*/", "--include=*.txt", "--exclude=*"], True),
+    (["-am", "-i", "--filter=P empty/"], False),
+    (["-dm", "-i"], False),
+], ids=["alone", "only-txt", "only-txt-delete", "protected", "dirs"])
+def test_prune_empty_dirs_like_rsync(tmp_path, options, mutate):
+    """-m drops directories with no file at any depth from the list (with --delete they
+    are deleted in the destination too, but for what the excludes protect inside them);
+    a protected one stays, and with -d every directory is empty."""
+    # A directory left in place by --delete is not in the list: it keeps the time of the
+    # deletion, which differs between the two runs.
+    rs, zc = differential(tmp_path, options, seed=5, mutate=mutate, compare_kwargs={"dir_times": not mutate})
+    if not mutate:
+        _itemize_same(rs, zc)
+    else:  # rsync may print a "cannot delete non-empty directory" note twice
+        assert sorted(set(output_lines(rs.stdout))) == sorted(set(output_lines(zc.stdout)))
+
+
+def _extraneous_dir_with_excluded_files(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """dst/gone/ is not in the source; some of what it holds is excluded."""
+    for rel in ("gone/a.txt", "gone/b.log", "gone/sub/c.txt", "gone/sub/d.log", "gone/other/e.txt"):
+        path = dst / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rel)
+    _age(*(dst / "gone").rglob("*"), dst / "gone")
+
+
+@pytest.mark.parametrize("rules", [
+    ["--exclude=*.log"], ["--filter=P *.log"], ["--filter=-p *.log"], ["--exclude=*.log", "--delete-excluded"],
+    ["--exclude=*.log", "--max-delete=2"],
+], ids=["exclude", "protect", "perishable", "delete-excluded", "max-delete"])
+def test_delete_keeps_what_excludes_protect_inside_an_extraneous_dir(tmp_path, rules):
+    """rsync deletes an extraneous directory's names one by one, deepest first, and keeps
+    those the receiver's rules protect (perishable ones aside), and so the directories
+    holding them. (zcsync removed the whole directory until 2026-12.)"""
+    rs, zc = differential(tmp_path, ["-a", "--delete", "-i", *rules], seed=6, mutate=True,
+                          prepare=_extraneous_dir_with_excluded_files, compare_kwargs={"dir_times": False})
+    # rsync may print a "cannot delete non-empty directory" note twice
+    assert sorted(set(output_lines(rs.stdout))) == sorted(set(output_lines(zc.stdout)))
+
+
+@pytest.mark.parametrize(("options", "suffix"), [([], ""), (["-r"], "/"), (["-d"], "/"), (["-rlpt"], "/")],
+                         ids=["no-recursion", "no-links", "dirs", "no-devices"])
+def test_without_v_the_same_notices_as_rsync(tmp_path, options, suffix):
+    """rsync prints some lines at the default verbosity: "skipping directory src" (no -r),
+    "skipping non-regular file" (a symlink without -l, a device without -D); -q silences them."""
+    rs, zc = differential(tmp_path, options, seed=3, src_suffix=suffix)
+    assert rs.stdout and output_lines(rs.stdout) == output_lines(zc.stdout)
+    rs, zc = differential(tmp_path, ["-q", *options], seed=3, src_suffix=suffix)
+    assert rs.stdout == zc.stdout == ""
+
+
+def test_without_v_a_directory_left_by_delete_is_noted(tmp_path):
+    rs, zc = differential(tmp_path, ["-a", "--delete", "--exclude=*.log"], seed=6, mutate=True,
+                          prepare=_extraneous_dir_with_excluded_files, compare_kwargs={"dir_times": False})
+    assert "cannot delete non-empty directory: gone" in rs.stdout
+    assert sorted(set(output_lines(rs.stdout))) == sorted(set(output_lines(zc.stdout)))
+
+
 def test_no_trailing_slash(tmp_path):
     rs, zc = differential(tmp_path, ["-a", "-i"], seed=4, src_suffix="")
     _itemize_same(rs, zc)

@@ -104,6 +104,40 @@ def test_resync_ignore_times(tmp_path, sshd, direction):
     _same_items(rs, zc)
 
 
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_prune_empty_dirs(tmp_path, sshd, direction):
+    """-m over ssh: the sender prunes (on a pull, the server), with the same result as rsync."""
+    paths = ["src", f"{ALIAS}:{{run}}/dst"] if direction == "push" else [f"{ALIAS}:{{run}}/src", "dst"]
+    rs, zc = differential(tmp_path, ["-am", "-i", "--delete", "--include=*/", "--include=*.txt", "--exclude=*"],
+                          seed=6, mutate=True, env=sshd.env(), paths=paths, zcsync_extra=_extra(),
+                          compare_kwargs={"dir_times": False})
+    # rsync may print a "cannot delete non-empty directory" note twice
+    assert sorted(set(output_lines(rs.stdout))) == sorted(set(output_lines(zc.stdout)))
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_delete_keeps_what_excludes_protect_inside_an_extraneous_dir(tmp_path, sshd, direction):
+    from .test_local_differential import _extraneous_dir_with_excluded_files
+    paths = ["src/", f"{ALIAS}:{{run}}/dst"] if direction == "push" else [f"{ALIAS}:{{run}}/src/", "dst"]
+    rs, zc = differential(tmp_path, ["-a", "--delete", "-i", "--exclude=*.log", "--max-delete=3"], seed=6,
+                          mutate=True, prepare=_extraneous_dir_with_excluded_files, env=sshd.env(), paths=paths,
+                          zcsync_extra=_extra(), compare_kwargs={"dir_times": False})
+    # rsync may print a "cannot delete non-empty directory" note twice
+    assert sorted(set(output_lines(rs.stdout))) == sorted(set(output_lines(zc.stdout)))
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+@pytest.mark.parametrize("options", [[], ["-r"]], ids=["no-recursion", "no-links"])
+def test_without_v_the_same_notices_as_rsync(tmp_path, sshd, direction, options):
+    """The lines rsync prints without -v come from either end: a server's arrive as Items."""
+    paths = ["src", f"{ALIAS}:{{run}}/dst"] if direction == "push" else [f"{ALIAS}:{{run}}/src", "dst"]
+    if options:
+        paths = [p + "/" if p.endswith("src") else p for p in paths]
+    rs, zc = differential(tmp_path, options, seed=3, env=sshd.env(), paths=paths, zcsync_extra=_extra(),
+                          compare_kwargs={"root_times": False})
+    assert rs.stdout and output_lines(rs.stdout) == output_lines(zc.stdout)
+
+
 def test_push_no_trailing_slash_filters_checksum(tmp_path, sshd):
     differential(tmp_path, ["-a", "-c", "--exclude=*.bin", "--delete"], seed=5, mutate=True, env=sshd.env(),
                  paths=["src", f"{ALIAS}:{{run}}/dst"], compare_kwargs={"root_times": False},
