@@ -81,6 +81,7 @@ class SyncOptions(TypedDict, total=False):
     dirs: bool
     links: bool
     copy_links: bool
+    safe_links: bool
     perms: bool
     times: bool
     group: bool

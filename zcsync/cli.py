@@ -182,6 +182,7 @@ def _cmd_options(f: Any) -> Any:
         flag("-d", "--dirs/--no-dirs", help="transfer directories without recursing"),
         flag("-l", "--links/--no-links", help="copy symlinks as symlinks"),
         flag("-L", "--copy-links/--no-copy-links", help="transform symlink into referent file/dir"),
+        click.option("--safe-links", is_flag=True, default=False, help="ignore symlinks that point outside the tree"),
         flag("-p", "--perms/--no-perms", help="preserve permissions"),
         flag("-t", "--times/--no-times", help="preserve modification times"),
         flag("-g", "--group/--no-group", help="preserve group"),

@@ -20,7 +20,7 @@ from .errors import MAX_DELETE, PARTIAL, FileProblem
 from .filters import FilterRules
 from .flist import ROOT, DirBatch, FileEntry, Stat
 from .options import Options
-from .pathnames import escape, join, split
+from .pathnames import escape, join, split, unsafe_symlink
 from .stats import Event, Report
 from .writer import PARTIAL_DIR, FATAL_ERRNOS, Request, Writer
 
@@ -211,6 +211,9 @@ class Generator:
             if entry.is_reg:
                 return self._file(entry, name, st)
             if entry.is_link:
+                if self.opts.safe_links and unsafe_symlink(entry.link, entry.name):  # type: ignore[arg-type]
+                    log.info('ignoring unsafe symlink "%s" -> "%s"', escape(name), escape(entry.link))  # type: ignore[arg-type]
+                    return None
                 self._symlink(entry, name, st)
             else:
                 self._special(entry, name, st)

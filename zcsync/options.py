@@ -23,6 +23,7 @@ class Options:
     dirs: bool = False
     links: bool = False
     copy_links: bool = False
+    safe_links: bool = False  # the receiver ignores symlinks that point outside the transfer
     perms: bool = False
     times: bool = False
     group: bool = False

@@ -40,3 +40,39 @@ def split(name: bytes) -> tuple[bytes, bytes]:
     """Split a relative name into (parent, base); the parent of a top name is b'.'."""
     head, _, tail = name.rpartition(b"/")
     return (head or b".", tail)
+
+
+def unsafe_symlink(target: bytes, name: bytes) -> bool:
+    """Does symlink `name` (a path inside the transfer) with this target point outside the
+    transfer? rsync 3.4's unsafe_symlink: an absolute or empty target is unsafe, and so is
+    a '..' anywhere but in a leading run of them (a directory before it could later become
+    a symlink), or at the end after a slash; otherwise the leading '..' steps may not climb
+    above the link's own depth ('.' is ignored, and a '..' in the link's own path starts
+    its count over)."""
+    if not target or target.startswith(b"/"):
+        return True
+    rest = target
+    while rest.startswith(b"../"):
+        rest = rest[3:].lstrip(b"/")
+    if b"/../" in rest or (len(target) > 3 and target.endswith(b"/..")):
+        return True
+    depth = 0
+    *dirs, last = name.split(b"/")
+    for part in dirs:
+        if part == b"..":
+            depth = 0
+        elif part not in (b".", b""):
+            depth += 1
+    if last == b"..":
+        depth = 0
+    *steps, last = target.split(b"/")
+    for part in steps:
+        if part == b"..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in (b".", b""):
+            depth += 1
+    if last == b"..":
+        depth -= 1
+    return depth < 0

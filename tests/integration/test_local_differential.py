@@ -141,6 +141,26 @@ def test_without_v_a_directory_left_by_delete_is_noted(tmp_path):
     assert sorted(set(output_lines(rs.stdout))) == sorted(set(output_lines(zc.stdout)))
 
 
+def _links_in_and_out(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """Symlinks at three depths whose targets stay inside the tree or climb out of it."""
+    targets = ["x", "../x", "../../x", "./../x", "..", "../..", "../../", "x/..", "x/../..", "x/../y",
+               "d/../../x", "/abs", "..//x", "..//../x", ".", "./", "../.", "x/./y", "../../../x", "..x", "x/..y"]
+    for where in ("", "a/", "a/b/", "a/b/c/"):
+        (src / where).mkdir(parents=True, exist_ok=True)
+        for i, target in enumerate(targets):
+            os.symlink(target, src / f"{where}link{i}")
+            os.utime(src / f"{where}link{i}", ns=(1_600_000_000 * 10**9,) * 2, follow_symlinks=False)
+    for where in ("a/b/c", "a/b", "a", ""):
+        os.utime(src / where, ns=(1_600_000_000 * 10**9,) * 2)
+
+
+@pytest.mark.parametrize("suffix", ["/", ""], ids=["contents", "named"])
+def test_safe_links_ignores_what_rsync_ignores(tmp_path, suffix):
+    rs, zc = differential(tmp_path, ["-a", "--safe-links", "-i"], seed=2, src_suffix=suffix,
+                          prepare=_links_in_and_out)
+    _itemize_same(rs, zc)
+
+
 def test_no_trailing_slash(tmp_path):
     rs, zc = differential(tmp_path, ["-a", "-i"], seed=4, src_suffix="")
     _itemize_same(rs, zc)

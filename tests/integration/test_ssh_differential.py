@@ -138,6 +138,16 @@ def test_without_v_the_same_notices_as_rsync(tmp_path, sshd, direction, options)
     assert rs.stdout and output_lines(rs.stdout) == output_lines(zc.stdout)
 
 
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_safe_links(tmp_path, sshd, direction):
+    """--safe-links is the receiver's: on a push the server leaves out the same links."""
+    from .test_local_differential import _links_in_and_out
+    paths = ["src/", f"{ALIAS}:{{run}}/dst"] if direction == "push" else [f"{ALIAS}:{{run}}/src/", "dst"]
+    rs, zc = differential(tmp_path, ["-a", "--safe-links", "-i"], seed=2, prepare=_links_in_and_out,
+                          env=sshd.env(), paths=paths, zcsync_extra=_extra())
+    _same_items(rs, zc)
+
+
 def test_push_no_trailing_slash_filters_checksum(tmp_path, sshd):
     differential(tmp_path, ["-a", "-c", "--exclude=*.bin", "--delete"], seed=5, mutate=True, env=sshd.env(),
                  paths=["src", f"{ALIAS}:{{run}}/dst"], compare_kwargs={"root_times": False},

@@ -6,7 +6,7 @@ import pytest
 
 from zcsync import cli, errors
 from zcsync.options import Options, from_mapping
-from zcsync.pathnames import escape, is_safe_name
+from zcsync.pathnames import escape, is_safe_name, unsafe_symlink
 from zcsync.units import parse_size
 
 
@@ -138,6 +138,19 @@ def test_escape_names_like_rsync():
 ])
 def test_safe_names(name, ok):
     assert is_safe_name(name) is ok
+
+
+@pytest.mark.parametrize(("target", "name", "unsafe"), [
+    # as rsync 3.5 decides them (checked against its --safe-links by hand)
+    (b"x", b"link", False), (b"../x", b"link", True), (b"../x", b"a/link", False),
+    (b"../../x", b"a/b/link", False), (b"../../x", b"a/link", True), (b"./../x", b"a/b/link", True),
+    (b"..", b"a/link", False), (b"../..", b"a/b/link", True), (b"../../", b"a/b/link", False),
+    (b"x/..", b"a/link", True), (b"x/../y", b"a/b/link", True), (b"..//x", b"a/link", False),
+    (b"..//../x", b"a/b/link", False), (b"/abs", b"a/link", True), (b"", b"link", True),
+    (b".", b"link", False), (b"../.", b"a/link", False), (b"..x", b"link", False), (b"x/..y", b"link", False),
+])
+def test_unsafe_symlink_as_rsync(target, name, unsafe):
+    assert unsafe_symlink(target, name) is unsafe
 
 
 def test_click_command_has_every_issue_option():
