@@ -137,6 +137,7 @@ class SyncOptions(TypedDict, total=False):
     chown: str
     mkpath: bool
     omit_dir_times: bool
+    omit_link_times: bool
     delay_updates: bool
     remove_source_files: bool
     list_only: bool

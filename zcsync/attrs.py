@@ -80,7 +80,8 @@ class AttrPolicy:
             gid = self.chown_gid
         elif opts.group:
             gid = entry.gid
-        keep_time = opts.times and not (entry.is_dir and opts.omit_dir_times)
+        keep_time = opts.times and not ((entry.is_dir and opts.omit_dir_times)
+                                        or (entry.is_link and opts.omit_link_times))
         return Wanted(perms, uid, gid, entry.mtime_ns if keep_time else None)
 
     def same_time(self, a_ns: int, b_ns: int) -> bool:
@@ -94,8 +95,11 @@ class AttrPolicy:
         t = "."
         if want.mtime_ns is not None and not entry.is_link and not self.same_time(st.st_mtime_ns, want.mtime_ns):
             t = "t"
-        elif want.mtime_ns is not None and entry.is_link and st.st_mtime_ns != want.mtime_ns:
-            t = "t"
+        elif entry.is_link:
+            # rsync shows a link's time difference with -J too, though it does not set it.
+            shown = want.mtime_ns if want.mtime_ns is not None or not self.opts.times else entry.mtime_ns
+            if shown is not None and st.st_mtime_ns != shown:
+                t = "t"
         p = "p" if not entry.is_link and stat.S_IMODE(st.st_mode) != want.perms else "."
         o = "o" if want.uid is not None and st.st_uid != want.uid else "."
         g = "g" if want.gid is not None and st.st_gid != want.gid else "."

@@ -55,7 +55,7 @@ _SHORT_NEGATIONS = {
     "p": ["--no-perms"], "t": ["--no-times"], "g": ["--no-group"], "o": ["--no-owner"],
     "D": ["--no-devices", "--no-specials"], "H": ["--no-hard-links"], "A": ["--no-acls"],
     "X": ["--no-xattrs"], "S": ["--no-sparse"], "x": ["--no-one-file-system"],
-    "R": ["--no-relative"], "W": ["--no-whole-file"], "O": ["--no-omit-dir-times"],
+    "R": ["--no-relative"], "W": ["--no-whole-file"], "O": ["--no-omit-dir-times"], "J": ["--no-omit-link-times"],
 }
 
 
@@ -241,6 +241,7 @@ def _cmd_options(f: Any) -> Any:
         click.option("--chown", metavar="USER:GROUP", default=None, help="simple username/groupname mapping"),
         click.option("--mkpath", is_flag=True, default=False, help="create destination's missing path components"),
         flag("-O", "--omit-dir-times/--no-omit-dir-times", help="omit directories from --times"),
+        flag("-J", "--omit-link-times/--no-omit-link-times", help="omit symlinks from --times"),
         click.option("--delay-updates", is_flag=True, default=False, help="put all updated files into place at end"),
         click.option("--remove-source-files", is_flag=True, default=False, help="sender removes synchronized files (non-dir)"),
         click.option("--list-only", is_flag=True, default=False, help="list the files instead of copying them"),

@@ -79,6 +79,7 @@ class Options:
     chown: str | None = None
     mkpath: bool = False
     omit_dir_times: bool = False
+    omit_link_times: bool = False  # -J: no times on symlinks
     delay_updates: bool = False
     remove_source_files: bool = False
     list_only: bool = False

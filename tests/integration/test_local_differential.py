@@ -161,6 +161,12 @@ def test_safe_links_ignores_what_rsync_ignores(tmp_path, suffix):
     _itemize_same(rs, zc)
 
 
+@pytest.mark.parametrize("mutate", [False, True], ids=["fresh", "resync"])
+def test_omit_link_times(tmp_path, mutate):
+    rs, zc = differential(tmp_path, ["-a", "-J", "-i"], seed=7, mutate=mutate)
+    _itemize_same(rs, zc)
+
+
 def test_no_trailing_slash(tmp_path):
     rs, zc = differential(tmp_path, ["-a", "-i"], seed=4, src_suffix="")
     _itemize_same(rs, zc)
