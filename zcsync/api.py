@@ -108,6 +108,7 @@ class SyncOptions(TypedDict, total=False):
     delete_before: bool
     delete_during: bool
     delete_after: bool
+    delete_delay: bool
     delete_excluded: bool
     force: bool
     max_delete: int

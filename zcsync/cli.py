@@ -211,6 +211,7 @@ def _cmd_options(f: Any) -> Any:
         click.option("--delete-before", is_flag=True, default=False, help="receiver deletes before transfer"),
         click.option("--delete-during", is_flag=True, default=False, help="receiver deletes during the transfer"),
         click.option("--delete-after", is_flag=True, default=False, help="receiver deletes after transfer"),
+        click.option("--delete-delay", is_flag=True, default=False, help="find deletions during, delete after"),
         click.option("--delete-excluded", is_flag=True, default=False, help="also delete excluded files from dest dirs"),
         click.option("--force", is_flag=True, default=False, help="force deletion of dirs even if not empty"),
         click.option("--max-delete", type=int, default=None, metavar="NUM", help="don't delete more than NUM files"),
@@ -347,13 +348,13 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     if values.pop("devices_specials"):
         values["devices"] = values["devices"] if values["devices"] is not None else True
         values["specials"] = values["specials"] if values["specials"] is not None else True
-    before, during, after = (values.pop("delete_before"), values.pop("delete_during"),
-                             values.pop("delete_after"))
-    if sum((before, during, after)) > 1:
+    before, during, after, delay = (values.pop("delete_before"), values.pop("delete_during"),
+                                    values.pop("delete_after"), values.pop("delete_delay"))
+    if sum((before, during, after, delay)) > 1:
         raise click.UsageError("You may not combine multiple --delete-WHEN options.")
-    if before or during or after or values["delete_excluded"]:
+    if before or during or after or delay or values["delete_excluded"]:
         values["delete"] = True
-    values["delete_mode"] = "before" if before else "after" if after else "during"
+    values["delete_mode"] = "before" if before else "after" if after else "delay" if delay else "during"
     # rsync itemizes when stdout does: -i, or an --out-format with %i (the format wins for the lines).
     out_format = values["out_format"]
     values["itemize"] = bool(values["itemize"]) or bool(out_format and LineFormat(out_format).has_i)

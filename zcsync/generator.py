@@ -70,6 +70,7 @@ class Generator:
     _prefetch_dir: bytes | None = None
     _dest_digests: dict[int, bytes] = field(default_factory=dict)
     _after: list[tuple[bytes, frozenset[bytes]]] = field(default_factory=list)
+    _delayed: list[tuple[bytes, list[tuple[bytes, bool]]]] = field(default_factory=list)  # --delete-delay
 
     def __post_init__(self) -> None:
         o = self.opts
@@ -114,6 +115,8 @@ class Generator:
                 self.delete_extraneous(batch.dir_name, names)
             elif self.opts.delete_mode == "after":
                 self._after.append((batch.dir_name, names))
+            elif self.opts.delete_mode == "delay":  # found now, deleted once the transfer is done
+                self._delayed.append((batch.dir_name, self._extraneous(batch.dir_name, names)))
 
     def _entries(self, batch: DirBatch, rows: list | None) -> Iterator[Request]:
         expanded = batch.expanded
@@ -702,18 +705,40 @@ class Generator:
     # -- deletion -------------------------------------------------------------
     def delete_extraneous(self, dir_name: bytes, keep: frozenset[bytes]) -> None:
         """Delete names in dest dir_name that the source does not have (rsync --delete)."""
+        self._delete_found(dir_name, self._extraneous(dir_name, keep))
+
+    def _extraneous(self, dir_name: bytes, keep: frozenset[bytes]) -> list[tuple[bytes, bool]]:
+        """The names in dest dir_name that the source does not have and the rules let go,
+        in the order they are deleted; none after a read error on the sending side."""
         if self.io_error():
-            return
+            return []
         dest_dir = self.rename_root.get(dir_name, dir_name)
         if self._under_virtual(dest_dir) or dest_dir in self._virtual_dirs:
-            return
+            return []
         try:
             fd = self.tree.dir_fd(dest_dir)
             names = [n for n in commit.listdir(fd) if n not in keep]
         except OSError:
+            return []
+        return self._doomed(fd, names, dir_name, self._rules_for(dir_name))[0]
+
+    def _delete_found(self, dir_name: bytes, found: list[tuple[bytes, bool]], again: bool = False) -> None:
+        """Delete what _extraneous found in dir_name; again: some time later (--delete-delay),
+        so each name is looked at once more (gone meanwhile: skipped)."""
+        if not found or self.io_error():
+            return
+        dest_dir = self.rename_root.get(dir_name, dir_name)
+        try:
+            fd = self.tree.dir_fd(dest_dir)
+        except OSError:
             return
         rules = self._rules_for(dir_name)
-        for base, is_dir in self._doomed(fd, names, dir_name, rules)[0]:
+        for base, is_dir in found:
+            if again:
+                try:
+                    is_dir = stat.S_ISDIR(os.stat(base, dir_fd=fd, follow_symlinks=False).st_mode)
+                except FileNotFoundError:
+                    continue
             self._delete(fd, base, join(dest_dir, base), is_dir, join(dir_name, base), rules)
 
     def _doomed(self, fd: int, names: list[bytes], dir_name: bytes, rules: FilterRules,
@@ -835,6 +860,9 @@ class Generator:
         for dir_name, names in self._after:
             self.delete_extraneous(dir_name, names)
         self._after.clear()
+        for dir_name, found in self._delayed:
+            self._delete_found(dir_name, found, again=True)
+        self._delayed.clear()
         self.finish_hard_links()
         if self.delete_skipped:
             log.warning("Deletions stopped due to --max-delete limit (%d skipped)", self.delete_skipped)

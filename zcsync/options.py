@@ -49,7 +49,7 @@ class Options:
     ignore_times: bool = False  # -I: transfer even files whose size and time match
     modify_window: int = 0
     delete: bool = False
-    delete_mode: str = "during"  # before | during | after
+    delete_mode: str = "during"  # before | during | after | delay
     delete_excluded: bool = False
     force: bool = False
     max_delete: int | None = None
@@ -125,7 +125,7 @@ class Options:
                 + tuple(("link", d) for d in self.link_dest))
 
     def __post_init__(self) -> None:
-        if self.delete_mode not in ("before", "during", "after"):
+        if self.delete_mode not in ("before", "during", "after", "delay"):
             raise UsageError(f"Unknown delete mode {self.delete_mode!r}")
         if self.max_delete is not None and self.max_delete < 0:
             raise UsageError("--max-delete must not be negative")

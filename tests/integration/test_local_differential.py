@@ -44,7 +44,7 @@ def test_resync_hard_links(tmp_path, seed):
     differential(tmp_path, ["-aH", "--delete"], seed=seed, mutate=True)
 
 
-@pytest.mark.parametrize("mode", ["--delete-before", "--delete-after", "--delete-during"])
+@pytest.mark.parametrize("mode", ["--delete-before", "--delete-after", "--delete-during", "--delete-delay"])
 def test_delete_modes(tmp_path, mode):
     differential(tmp_path, ["-a", mode], seed=7, mutate=True)
 
@@ -165,6 +165,17 @@ def test_safe_links_ignores_what_rsync_ignores(tmp_path, suffix):
 def test_omit_link_times(tmp_path, mutate):
     rs, zc = differential(tmp_path, ["-a", "-J", "-i"], seed=7, mutate=mutate)
     _itemize_same(rs, zc)
+
+
+def test_delete_delay_deletes_after_the_transfer(tmp_path):
+    """--delete-delay finds the extraneous names during the transfer and deletes them once it
+    is done: every *deleting line comes after the last transfer line, as with rsync."""
+    rs, zc = differential(tmp_path, ["-a", "--delete-delay", "-i"], seed=7, mutate=True)
+    for out in (rs.stdout, zc.stdout):
+        lines = out.splitlines()
+        deleting = [i for i, line in enumerate(lines) if line.startswith("*deleting")]
+        sent = [i for i, line in enumerate(lines) if line.startswith(">f")]
+        assert deleting and sent and min(deleting) > max(sent), out
 
 
 def test_no_trailing_slash(tmp_path):

@@ -85,7 +85,7 @@ def test_pull_resync_delete(tmp_path, sshd, via):
 
 
 @pytest.mark.parametrize("direction", ["push", "pull"])
-@pytest.mark.parametrize("mode", ["--delete-before", "--delete-after", "--delete-during"])
+@pytest.mark.parametrize("mode", ["--delete-before", "--delete-after", "--delete-during", "--delete-delay"])
 def test_resync_delete_modes(tmp_path, sshd, direction, mode):
     """Each --delete-WHEN removes what rsync's removes. (--delete-before over ssh deleted
     nothing until 2026-12: only the local run read the whole list first.)"""
