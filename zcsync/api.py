@@ -138,6 +138,8 @@ class SyncOptions(TypedDict, total=False):
     chown: str
     mkpath: bool
     omit_dir_times: bool
+    human_readable: int  # a count of -h, as on the command line
+    no_human_readable: bool
     omit_link_times: bool
     delay_updates: bool
     remove_source_files: bool
@@ -377,7 +379,7 @@ def list_only(sources_text: list[str], opts: Options, out: TextIO,
     report = Report(on_event=on_event)
     scanner = Scanner(source_args(sources_text, opts), opts.replace(links=True, devices=True, specials=True),
                       filters, ScanState(on_problem=report.problem, on_notice=report.notice))
-    listing = Listing(out, show_links=opts.links)
+    listing = Listing(out, show_links=opts.links, human=opts.human_readable)
     batches = scanner.batches()
     if opts.prune_empty_dirs:
         batches = prune_empty_dirs(batches, filters)

@@ -23,6 +23,7 @@ from .stats import (
     Report,
     RunLog,
     Stats,
+    big_num,
     exit_text,
     stdout_format,
 )
@@ -55,7 +56,8 @@ _SHORT_NEGATIONS = {
     "p": ["--no-perms"], "t": ["--no-times"], "g": ["--no-group"], "o": ["--no-owner"],
     "D": ["--no-devices", "--no-specials"], "H": ["--no-hard-links"], "A": ["--no-acls"],
     "X": ["--no-xattrs"], "S": ["--no-sparse"], "x": ["--no-one-file-system"],
-    "R": ["--no-relative"], "W": ["--no-whole-file"], "O": ["--no-omit-dir-times"], "J": ["--no-omit-link-times"],
+    "R": ["--no-relative"], "W": ["--no-whole-file"], "O": ["--no-omit-dir-times"],
+    "J": ["--no-omit-link-times"], "h": ["--no-human-readable"],
 }
 
 
@@ -270,6 +272,9 @@ def _cmd_options(f: Any) -> Any:
         click.option("--timeout", type=click.IntRange(min=0), default=None, metavar="SECONDS", help="set I/O timeout in seconds"),
         click.option("--contimeout", type=click.IntRange(min=0), default=None, metavar="SECONDS", help="set connection timeout in seconds"),
         click.option("--version", is_flag=True, default=False, help="print the version and exit"),
+        click.option("-h", "--human-readable", "human_count", count=True,
+                     help="output numbers in a human-readable format (-h alone: this help)"),
+        click.option("--no-human-readable", "no_human", is_flag=True, default=False, help="output numbers as digits"),
     ]
     for option in reversed(opts):
         f = option(f)
@@ -301,7 +306,7 @@ def _build_command() -> click.Command:
                 exc.show()
                 sys.exit(errors.USAGE)
 
-    @click.command(cls=RsyncCommand, context_settings={"help_option_names": ["-h", "--help"]},
+    @click.command(cls=RsyncCommand, context_settings={"help_option_names": ["--help"]},
                    no_args_is_help=False)
     @_cmd_options
     @click.argument("paths", nargs=-1, type=click.UNPROCESSED)
@@ -311,9 +316,9 @@ def _build_command() -> click.Command:
         if kw.pop("version"):
             click.echo(f"zcsync version {__version__}  (rsync-compatible command line)")
             sys.exit(0)
-        if not paths:
+        if not paths:  # rsync: -h alone asks for the help; nothing at all is a usage error
             click.echo(ctx.get_help())
-            sys.exit(errors.USAGE)
+            sys.exit(0 if kw["human_count"] else errors.USAGE)
         opts = build_options(ctx, kw)
         sys.exit(run_cli(list(paths), opts))
 
@@ -343,6 +348,9 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
 
     values = dict(kw)
     values["filter_rules"] = filter_specs(ctx.meta.get("zcsync.filters", []), values["from0"])
+    # -h raises rsync's default level (1, commas) by one each time; --no-h is 0.
+    human_count, no_human = values.pop("human_count"), values.pop("no_human")
+    values["human_readable"] = 0 if no_human else 1 + human_count
     for key in ("exclude", "include", "exclude_from", "include_from", "filter_", "filter_F"):
         values.pop(key)
     if values.pop("devices_specials"):
@@ -568,13 +576,22 @@ def run_cli(paths: list[str], opts: Options) -> int:
     return code
 
 
-def _num(n: float) -> str:
-    return f"{n:,}" if isinstance(n, int) else f"{n:,.2f}"
+def _num(n: int) -> str:
+    """A count, as rsync's comma_num (commas at every -h level)."""
+    return f"{n:,}"
 
 
 def _summary(report: Report, opts: Options, elapsed: float) -> None:
     s = report.stats
     out = sys.stdout
+    level = opts.human_readable
+
+    def size(n: int) -> str:  # rsync's human_num
+        return big_num(n, level)
+
+    def rate(r: float) -> str:  # rsync's human_dnum(r, 2): units, else two decimals
+        text = big_num(int(r), level)
+        return text if text[-1:].isalpha() else (f"{r:,.2f}" if level else f"{r:.2f}")
     sent = s.bytes_sent or s.literal_bytes + s.flist_size
     received = s.bytes_received
     if opts.stats:
@@ -588,18 +605,18 @@ def _summary(report: Report, opts: Options, elapsed: float) -> None:
         out.write(f"Number of created files: {created}\n")
         out.write(f"Number of deleted files: {_num(s.files_deleted)}\n")
         out.write(f"Number of regular files transferred: {_num(s.files_transferred)}\n")
-        out.write(f"Total file size: {_num(s.total_size)} bytes\n")
-        out.write(f"Total transferred file size: {_num(s.transferred_size)} bytes\n")
-        out.write(f"Literal data: {_num(s.literal_bytes)} bytes\n")
-        out.write(f"Matched data: {_num(s.matched_bytes)} bytes\n")
-        out.write(f"File list size: {_num(s.flist_size)}\n")
-        out.write(f"Total bytes sent: {_num(sent)}\n")
-        out.write(f"Total bytes received: {_num(received)}\n")
+        out.write(f"Total file size: {size(s.total_size)} bytes\n")
+        out.write(f"Total transferred file size: {size(s.transferred_size)} bytes\n")
+        out.write(f"Literal data: {size(s.literal_bytes)} bytes\n")
+        out.write(f"Matched data: {size(s.matched_bytes)} bytes\n")
+        out.write(f"File list size: {size(s.flist_size)}\n")
+        out.write(f"Total bytes sent: {size(sent)}\n")
+        out.write(f"Total bytes received: {size(received)}\n")
     if opts.verbose or opts.stats:
-        rate = (sent + received) / elapsed if elapsed > 0 else 0.0
+        per_s = (sent + received) / elapsed if elapsed > 0 else 0.0
         speedup = s.total_size / (sent + received) if sent + received else 0.0
-        out.write(f"\nsent {_num(sent)} bytes  received {_num(received)} bytes  {_num(rate)} bytes/sec\n")
-        out.write(f"total size is {_num(s.total_size)}  speedup is {speedup:,.2f}"
+        out.write(f"\nsent {size(sent)} bytes  received {size(received)} bytes  {rate(per_s)} bytes/sec\n")
+        out.write(f"total size is {size(s.total_size)}  speedup is {speedup:,.2f}"
                   f"{' (DRY RUN)' if opts.dry_run else ''}\n")
 
 

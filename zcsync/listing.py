@@ -16,9 +16,10 @@ class Listing:
     target only when links are preserved (-l, -a), as rsync does.
     """
 
-    def __init__(self, out: TextIO, show_links: bool) -> None:
+    def __init__(self, out: TextIO, show_links: bool, human: int = 1) -> None:
         self.out = out
         self.show_links = show_links
+        self.human = human  # rsync's -h level for the sizes
         self._held: dict[bytes, FileEntry] = {}
 
     def batch(self, dir_name: bytes | None, entries: tuple[FileEntry, ...], expanded: frozenset[bytes]) -> None:
@@ -39,4 +40,4 @@ class Listing:
     def _show(self, e: FileEntry) -> None:
         link = escape(e.link) if e.link is not None and self.show_links else None
         self.out.write(meta.list_line(e.mode, e.size, e.mtime_ns // 1_000_000_000, escape(e.name),
-                                      link_target_escaped=link) + "\n")
+                                      link_target_escaped=link, human=self.human) + "\n")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .errors import UsageError
+from .stats import big_num
 
 log = logging.getLogger(__name__)
 
@@ -495,19 +496,8 @@ def mode_to_str(mode: int) -> str:
 
 
 def human_num(num: int, human: int = 1) -> str:
-    """Format a count as rsync's do_big_num(): 0 digits, 1 "1,234", 2 "1.23K" (1000s), 3+ 1024s."""
-    if human > 1:
-        mult = 1000 if human == 2 else 1024
-        if num >= mult or num <= -mult:
-            dnum = num / mult
-            unit = 1
-            while dnum >= mult or dnum <= -mult:
-                dnum /= mult
-                unit += 1
-            return "%.2f%s" % (dnum, " KMGTPEZY"[unit])
-    if human:
-        return f"{num:,}"
-    return str(num)
+    """Format a size as rsync's human_num: 0 digits, 1 "1,234", 2 "1.23K" (1000s), 3+ 1024s."""
+    return big_num(num, human)
 
 
 def _timestring(mtime_s: int) -> str:

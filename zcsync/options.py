@@ -79,6 +79,7 @@ class Options:
     chown: str | None = None
     mkpath: bool = False
     omit_dir_times: bool = False
+    human_readable: int = 1  # rsync's -h levels: 0 digits, 1 commas, 2 units of 1000, 3 of 1024
     omit_link_times: bool = False  # -J: no times on symlinks
     delay_updates: bool = False
     remove_source_files: bool = False

@@ -523,9 +523,9 @@ class ListingSide:
     """The receiving end of `zcsync host:path` (one operand): rsync's --list-only of a remote
     tree. Prints the file list the sender sends and asks for no data."""
 
-    def __init__(self, conn: Connection, out: TextIO, report: Report, show_links: bool) -> None:
+    def __init__(self, conn: Connection, out: TextIO, report: Report, show_links: bool, human: int = 1) -> None:
         self.conn = conn
-        self.listing = Listing(out, show_links)
+        self.listing = Listing(out, show_links, human)
         self.report = report
 
     def run(self) -> None:

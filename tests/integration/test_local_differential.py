@@ -178,6 +178,28 @@ def test_delete_delay_deletes_after_the_transfer(tmp_path):
         assert deleting and sent and min(deleting) > max(sent), out
 
 
+@pytest.mark.parametrize("level", ["-h", "-hh", "--no-h", "--no-human-readable"])
+def test_human_readable_numbers_like_rsync(tmp_path, level):
+    """-avh transfers (it is not a request for help) and prints sizes as rsync does."""
+    rs, zc = differential(tmp_path, ["-av", level, "--stats"], seed=4)
+    wanted = ("Number of files", "Total file size", "Total transferred file size", "Literal data", "Matched data")
+
+    def sizes(out: str) -> list[str]:
+        return [line for line in out.splitlines() if line.startswith(wanted)]
+    assert len(sizes(rs.stdout)) == len(wanted) and sizes(rs.stdout) == sizes(zc.stdout)
+    listing = [["--list-only", "-r", level, "src/"]]
+    from tests.oracle import run_rsync, run_zcsync
+    base = next(tmp_path.glob("differential-*")) / "rsync"
+    for args in listing:
+        assert run_rsync(args, cwd=base).stdout == run_zcsync(args, cwd=base).stdout
+
+
+def test_h_alone_shows_the_help():
+    from tests.oracle import run_zcsync
+    res = run_zcsync(["-h"])
+    assert res.returncode == 0 and "--human-readable" in res.stdout
+
+
 def test_no_trailing_slash(tmp_path):
     rs, zc = differential(tmp_path, ["-a", "-i"], seed=4, src_suffix="")
     _itemize_same(rs, zc)
