@@ -101,6 +101,10 @@ class SyncOptions(TypedDict, total=False):
     update: bool
     existing: bool
     ignore_existing: bool
+    ignore_missing_args: bool
+    ignore_errors: bool
+    cvs_exclude: bool
+    inc_recursive: bool
     size_only: bool
     ignore_times: bool
     modify_window: int
@@ -154,6 +158,7 @@ class SyncOptions(TypedDict, total=False):
     ssh_accept_new: bool
     compress: bool
     compress_choice: str
+    compress_level: int
     skip_compress: str
     bwlimit: str | int
     progress: bool

@@ -205,13 +205,16 @@ def _cmd_options(f: Any) -> Any:
         click.option("-u", "--update", is_flag=True, default=False, help="skip files that are newer on the receiver"),
         click.option("--existing", is_flag=True, default=False, help="skip creating new files on receiver"),
         click.option("--ignore-existing", is_flag=True, default=False, help="skip updating files that exist on receiver"),
+        click.option("--ignore-missing-args", is_flag=True, default=False, help="ignore missing source args without error"),
         click.option("--size-only", is_flag=True, default=False, help="skip files that match in size"),
         click.option("-I", "--ignore-times", is_flag=True, default=False,
                      help="don't skip files that match size and time"),
         click.option("--modify-window", type=int, default=0, metavar="NUM", help="set the accuracy for mod-time comparisons"),
         click.option("--delete", is_flag=True, default=False, help="delete extraneous files from dest dirs"),
         click.option("--delete-before", is_flag=True, default=False, help="receiver deletes before transfer"),
-        click.option("--delete-during", is_flag=True, default=False, help="receiver deletes during the transfer"),
+        click.option("--delete-during", "--del", "delete_during", is_flag=True, default=False,
+                     help="receiver deletes during the transfer"),
+        click.option("--ignore-errors", is_flag=True, default=False, help="delete even if there are I/O errors"),
         click.option("--delete-after", is_flag=True, default=False, help="receiver deletes after transfer"),
         click.option("--delete-delay", is_flag=True, default=False, help="find deletions during, delete after"),
         click.option("--delete-excluded", is_flag=True, default=False, help="also delete excluded files from dest dirs"),
@@ -257,6 +260,8 @@ def _cmd_options(f: Any) -> Any:
         click.option("--zcsync-path", metavar="PROGRAM", default=None, help="specify the zcsync to run on the remote machine"),
         click.option("--ssh-accept-new", is_flag=True, default=False, help="trust an unknown host key and remember it (zcsync's own known_hosts)"),
         click.option("-z", "--compress", is_flag=True, default=False, help="compress file data during the transfer"),
+        click.option("--compress-level", "--zl", "compress_level", type=int, default=None, metavar="NUM",
+                     help="explicitly set compression level"),
         click.option("--compress-choice", "--zc", "compress_choice", type=click.Choice(["zstd", "lz4", "none"]), default=None, help="choose the compression algorithm"),
         click.option("--skip-compress", metavar="LIST", default=None, help="skip compressing files with suffix in LIST"),
         click.option("--bwlimit", metavar="RATE", default=None, callback=_rate, help="limit socket I/O bandwidth (KiB/s; rsync's units)"),
@@ -272,6 +277,9 @@ def _cmd_options(f: Any) -> Any:
         click.option("--timeout", type=click.IntRange(min=0), default=None, metavar="SECONDS", help="set I/O timeout in seconds"),
         click.option("--contimeout", type=click.IntRange(min=0), default=None, metavar="SECONDS", help="set connection timeout in seconds"),
         click.option("--version", is_flag=True, default=False, help="print the version and exit"),
+        click.option("-C", "--cvs-exclude", is_flag=True, default=False, help="auto-ignore files in the same way CVS does"),
+        click.option("--inc-recursive/--no-inc-recursive", "--i-r/--no-i-r", "inc_recursive", default=None,
+                     help="(accepted for rsync's scripts: zcsync's file list is always incremental)"),
         click.option("-h", "--human-readable", "human_count", count=True,
                      help="output numbers in a human-readable format (-h alone: this help)"),
         click.option("--no-human-readable", "no_human", is_flag=True, default=False, help="output numbers as digits"),
@@ -350,6 +358,9 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     values["filter_rules"] = filter_specs(ctx.meta.get("zcsync.filters", []), values["from0"])
     # -h raises rsync's default level (1, commas) by one each time; --no-h is 0.
     human_count, no_human = values.pop("human_count"), values.pop("no_human")
+    if values.pop("cvs_exclude"):  # rsync appends these after every other rule, wherever -C was
+        values["filter_rules"] += ("-C", ":C")
+    values.pop("inc_recursive")
     values["human_readable"] = 0 if no_human else 1 + human_count
     for key in ("exclude", "include", "exclude_from", "include_from", "filter_", "filter_F"):
         values.pop(key)

@@ -137,7 +137,7 @@ class NoneCodec:
         return bytes(data)
 
 
-_CLASSES: dict[str, Callable[[], Codec]] = {"zstd": ZstdCodec, "lz4": Lz4Codec, "none": NoneCodec}
+_CLASSES: dict[str, Callable[..., Codec]] = {"zstd": ZstdCodec, "lz4": Lz4Codec, "none": NoneCodec}
 
 
 def available(name: str) -> bool:
@@ -157,13 +157,14 @@ def supported() -> list[str]:
     return [name for name in CODECS if available(name)]
 
 
-def get_codec(name: str) -> Codec:
-    """The codec called `name`, importing its package now; CodecUnavailable says what to install."""
+def get_codec(name: str, level: int | None = None) -> Codec:
+    """The codec called `name`, importing its package now; CodecUnavailable says what to install.
+    level (--compress-level): zstd's; lz4 has none, as in rsync."""
     cls = _CLASSES.get(name)
     if cls is None:
         raise CodecUnavailable(f"Unknown compression {name!r} (choose one of {', '.join(CODECS)})")
     try:
-        return cls()
+        return cls(level) if level is not None and cls is ZstdCodec else cls()
     except ImportError as exc:
         package = _MODULES[name][1]
         raise CodecUnavailable(f"--compress-choice={name} needs the Python package {package!r}, which is "

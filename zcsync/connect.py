@@ -242,6 +242,8 @@ def _session(endpoint: Endpoint, role: str, opts: Options, paths: list[str], rep
             if caps["compress"] != "none" and negotiated.compress == "none":
                 log.warning("%s supports none of the compressions offered (%s): sending uncompressed",
                             endpoint.host or "the server", caps["compress"])
+            elif opts.compress_level is not None and negotiated.compress != "none":
+                conn.set_codec(compress.get_codec(negotiated.compress, opts.compress_level))
             run(conn)
     finally:
         report.stats.bytes_sent = conn.bytes_sent

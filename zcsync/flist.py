@@ -170,6 +170,8 @@ class Scanner:
         except FileNotFoundError:
             if implied:
                 return None
+            if top and self.opts.ignore_missing_args and os.path.isdir(os.path.dirname(path) or b"."):
+                return None  # (a missing parent stays an error: rsync cannot chdir there)
             if top:
                 self.state.problem(path, f"link_stat {quote(os.path.abspath(path))} failed: "
                                    f"No such file or directory (2)")

@@ -242,10 +242,11 @@ class Generator:
         xchange = self._xattr_differs(entry, name)
         if changes == "...." and not xchange:
             if self.opts.itemize and self.opts.verbose > 1:
-                self._event(prefix + "." * 9, name, entry)
+                self._event(prefix + "." * 9, name, entry, " -> " + escape(entry.link) if entry.link is not None else "")
             return
         self._event(prefix + "." + ("." if not entry.is_reg else ".") + changes + ".." +
-                    ("x" if xchange else "."), name, entry)
+                    ("x" if xchange else "."), name, entry,
+                    " -> " + escape(entry.link) if entry.link is not None else "")
         if self.opts.dry_run:
             return
         parent, base = split(name)
@@ -703,6 +704,10 @@ class Generator:
                 os.close(bfd)
 
     # -- deletion -------------------------------------------------------------
+    def _deletions_off(self) -> bool:
+        """After a read error on the sending side nothing is deleted (unless --ignore-errors)."""
+        return self.io_error() and not self.opts.ignore_errors
+
     def delete_extraneous(self, dir_name: bytes, keep: frozenset[bytes]) -> None:
         """Delete names in dest dir_name that the source does not have (rsync --delete)."""
         self._delete_found(dir_name, self._extraneous(dir_name, keep))
@@ -710,7 +715,7 @@ class Generator:
     def _extraneous(self, dir_name: bytes, keep: frozenset[bytes]) -> list[tuple[bytes, bool]]:
         """The names in dest dir_name that the source does not have and the rules let go,
         in the order they are deleted; none after a read error on the sending side."""
-        if self.io_error():
+        if self._deletions_off():
             return []
         dest_dir = self.rename_root.get(dir_name, dir_name)
         if self._under_virtual(dest_dir) or dest_dir in self._virtual_dirs:
@@ -725,7 +730,7 @@ class Generator:
     def _delete_found(self, dir_name: bytes, found: list[tuple[bytes, bool]], again: bool = False) -> None:
         """Delete what _extraneous found in dir_name; again: some time later (--delete-delay),
         so each name is looked at once more (gone meanwhile: skipped)."""
-        if not found or self.io_error():
+        if not found or self._deletions_off():
             return
         dest_dir = self.rename_root.get(dir_name, dir_name)
         try:
@@ -867,7 +872,7 @@ class Generator:
         if self.delete_skipped:
             log.warning("Deletions stopped due to --max-delete limit (%d skipped)", self.delete_skipped)
             self.report.outcome(MAX_DELETE)
-        if self.io_error() and self.opts.delete:
+        if self._deletions_off() and self.opts.delete:
             log.warning("IO error encountered -- skipping file deletion")
         for fix in sorted(self.dir_fixes, key=lambda f: f.name.count(b"/"), reverse=True):
             try:

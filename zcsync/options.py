@@ -45,6 +45,8 @@ class Options:
     update: bool = False
     existing: bool = False
     ignore_existing: bool = False
+    ignore_missing_args: bool = False  # a missing source operand is skipped, not an error
+    ignore_errors: bool = False  # --delete deletes after a read error on the sending side too
     size_only: bool = False
     ignore_times: bool = False  # -I: transfer even files whose size and time match
     modify_window: int = 0
@@ -92,6 +94,7 @@ class Options:
     json: bool = False
     compress: bool = False
     compress_choice: str | None = None  # zstd | lz4 | none
+    compress_level: int | None = None  # --compress-level: zstd's level (None: 3, rsync's default)
     skip_compress: str | None = None  # rsync's --skip-compress list (suffixes, '/'-separated)
     bwlimit: int | None = None  # bytes per second (rsync's units parsed by the CLI)
     progress: str | None = None  # None | "file" (--progress) | "total" (--info=progress2)
@@ -151,6 +154,8 @@ class Options:
                              if self.block_size > 0 else f"--block-size={self.block_size} is invalid")
         if self.inplace and (self.delay_updates or self.partial_dir):
             raise UsageError("--inplace cannot be used with --delay-updates or --partial-dir")
+        if self.compress_level is not None and not -131072 <= self.compress_level <= 22:
+            raise UsageError(f"--compress-level={self.compress_level} is out of range (zstd: -131072 to 22)")
         if self.compress_choice not in (None, "zstd", "lz4", "none"):
             raise UsageError(f"--compress-choice must be zstd, lz4 or none, not {self.compress_choice!r}")
         if self.write_mode not in ("auto", "direct", "splice", "buffered"):

@@ -198,6 +198,8 @@ def serve_job(conn: Connection, plan: Callable[[Report], Job], *, logger: loggin
             opts = job.opts
             conn.decoder.accepts = ACCEPTS[job.role]  # from now on the peer may send only what our role takes
             conn.set_bwlimit(opts.bwlimit)  # in a pull we are the sender: --bwlimit is ours to keep
+            if opts.compress_level is not None and conn.codec is not None:  # so is the level
+                conn.set_codec(compress.get_codec(conn.codec.name, opts.compress_level))
             forward_report(conn, report, items=opts.want_items)
             for problem in job.problems:
                 report.problem(problem)

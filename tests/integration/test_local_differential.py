@@ -200,6 +200,35 @@ def test_h_alone_shows_the_help():
     assert res.returncode == 0 and "--human-readable" in res.stdout
 
 
+def _cvs_junk(src: pathlib.Path, dst: pathlib.Path) -> None:
+    for rel in ("x.o", "core", "CVS/Entries", "d/y.bak", "d/keep.txt", "d/.cvsignore", "d/skip.me", "e/skip.me"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(rel)
+    (src / "d/.cvsignore").write_text("*.me\n")
+    _age(*src.rglob("*"), src)
+
+
+@pytest.mark.parametrize("options", [
+    ["-aC", "-i"],
+    ["-a", "--cvs-exclude", "--include=core", "-i"],  # -C's rules come after the user's, as in rsync
+    ["-a", "--del", "-i"],
+    ["-aL", "--delete", "--ignore-errors", "-i"],  # a dangling link is a read error: deletion goes on
+    ["-a", "--no-i-r", "-i"],
+], ids=["cvs-exclude", "cvs-exclude-after-include", "del", "ignore-errors", "no-i-r"])
+def test_more_rsync_options_like_rsync(tmp_path, options):
+    rs, zc = differential(tmp_path, options, seed=8, mutate=True, prepare=_cvs_junk)
+    _itemize_same(rs, zc)
+
+
+def test_ignore_missing_args_like_rsync(tmp_path):
+    rs, zc = differential(tmp_path, ["-a", "--ignore-missing-args", "-i"], seed=8, paths=["missing", "src/", "dst"])
+    assert rs.returncode == zc.returncode == 0
+    _itemize_same(rs, zc)
+    # A missing parent is still an error: rsync cannot change into it.
+    rs, zc = differential(tmp_path, ["-a", "--ignore-missing-args"], seed=8, paths=["also/missing", "src/", "dst"])
+    assert rs.returncode == zc.returncode == 23
+
+
 def test_no_trailing_slash(tmp_path):
     rs, zc = differential(tmp_path, ["-a", "-i"], seed=4, src_suffix="")
     _itemize_same(rs, zc)

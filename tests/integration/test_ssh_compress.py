@@ -96,6 +96,20 @@ def test_compression_saves_bytes_on_text(tmp_path, sshd, direction):
 
 
 @pytest.mark.parametrize("direction", ["push", "pull"])
+def test_compress_level_reaches_the_sending_side(tmp_path, sshd, direction):
+    """--compress-level is zstd's level on whichever side compresses (the server in a pull)."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "access.log").write_bytes(text(4 << 20))
+    fast = _wire_bytes(tmp_path, sshd, direction, "-z", "--compress-level=-50")
+    default = _wire_bytes(tmp_path, sshd, direction, "-z")
+    best = _wire_bytes(tmp_path, sshd, direction, "-z", "--zl=19")
+    assert best < default < fast, (best, default, fast)
+    bad = run_zcsync([*EXTRA, "-z", "--compress-level=23", f"{tmp_path}/src/", f"{ALIAS}:{tmp_path}/bad"],
+                     env=sshd.env())
+    assert bad.returncode == 1 and "--compress-level=23 is out of range" in bad.stderr
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
 def test_compression_costs_nothing_on_random_data(tmp_path, sshd, direction):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "random.bin").write_bytes(os.urandom(3 << 20))
