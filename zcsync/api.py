@@ -81,6 +81,9 @@ class SyncOptions(TypedDict, total=False):
     dirs: bool
     links: bool
     copy_links: bool
+    copy_dirlinks: bool
+    copy_unsafe_links: bool
+    keep_dirlinks: bool
     safe_links: bool
     perms: bool
     times: bool

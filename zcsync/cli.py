@@ -185,6 +185,10 @@ def _cmd_options(f: Any) -> Any:
         flag("-l", "--links/--no-links", help="copy symlinks as symlinks"),
         flag("-L", "--copy-links/--no-copy-links", help="transform symlink into referent file/dir"),
         click.option("--safe-links", is_flag=True, default=False, help="ignore symlinks that point outside the tree"),
+        click.option("--copy-unsafe-links", is_flag=True, default=False, help='only "unsafe" symlinks are transformed'),
+        click.option("-k", "--copy-dirlinks", is_flag=True, default=False, help="transform symlink to dir into referent dir"),
+        click.option("-K", "--keep-dirlinks", is_flag=True, default=False,
+                     help="(refused: zcsync never follows a symlink in the destination)"),
         flag("-p", "--perms/--no-perms", help="preserve permissions"),
         flag("-t", "--times/--no-times", help="preserve modification times"),
         flag("-g", "--group/--no-group", help="preserve group"),
@@ -357,6 +361,9 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     values = dict(kw)
     values["filter_rules"] = filter_specs(ctx.meta.get("zcsync.filters", []), values["from0"])
     # -h raises rsync's default level (1, commas) by one each time; --no-h is 0.
+    if values.pop("keep_dirlinks"):
+        raise click.UsageError("-K/--keep-dirlinks is not supported: zcsync never follows a symlink in the "
+                               "destination (make it a real directory, or give its target as DEST)")
     human_count, no_human = values.pop("human_count"), values.pop("no_human")
     if values.pop("cvs_exclude"):  # rsync appends these after every other rule, wherever -C was
         values["filter_rules"] += ("-C", ":C")

@@ -14,7 +14,7 @@ from . import fsscan
 from .errors import PARTIAL, VANISHED, FileProblem
 from .filters import FilterRules
 from .options import Options
-from .pathnames import escape
+from .pathnames import escape, unsafe_symlink
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,8 @@ class ScanState:
     # derived from its directory's (kept per directory, not per file).
     dirs: dict[bytes, bytes] = field(default_factory=dict)  # directory name -> fs path
     tops: dict[int, bytes] = field(default_factory=dict)  # index of a top-level entry -> fs path
+    # Symlinks listed as what they point to (-k, --copy-unsafe-links): opened through the link.
+    followed: set[bytes] = field(default_factory=set)
 
     def path_of(self, entry: FileEntry) -> bytes:
         """The source path of an entry of the scan."""
@@ -193,6 +195,31 @@ class Scanner:
             self.state.io_error = True
             return None
 
+    def _referent(self, name: bytes, path: bytes) -> os.stat_result | bool | None:
+        """-k / --copy-unsafe-links, as rsync's readlink_stat: the stat of what symlink `path`
+        leads to when it is to be sent as that (any link out of the tree; a link to a
+        directory), None to send the link itself, False when an unsafe link leads nowhere
+        (reported: rsync's "symlink has no referent")."""
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return None  # the link itself is read (and any error reported) as usual
+        if self.opts.copy_unsafe_links and unsafe_symlink(target, name):
+            try:
+                return os.stat(path)
+            except OSError:
+                self.state.problem(path, f"symlink has no referent: {quote(path)}")
+                self.state.io_error = True
+                return False
+        if self.opts.copy_dirlinks:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            if stat.S_ISDIR(st.st_mode):
+                return st
+        return None
+
     def make_entry(self, name: bytes, path: bytes, st: os.stat_result | Stat) -> FileEntry | None:
         """Build the entry for one name, or None when the options skip its type."""
         mode = st.st_mode
@@ -203,6 +230,13 @@ class Scanner:
             self.state.next_index = index + 1
             return FileEntry(index, name, mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid)
         link = None
+        if stat.S_ISLNK(mode) and (opts.copy_dirlinks or opts.copy_unsafe_links):
+            referent = self._referent(name, path)
+            if referent is False:
+                return None
+            if referent is not None:
+                self.state.followed.add(name)
+                st, mode = referent, referent.st_mode
         if stat.S_ISLNK(mode):
             if not opts.links:
                 self.state.notice(f"skipping non-regular file {quote(name)}")
@@ -377,7 +411,7 @@ class Scanner:
         scan never follows one (unless -L).
         """
         rules = rules.enter_dir(dir_entry.name, _merge_reader(path)) if rules.has_rules else rules
-        entries = self._list_dir(dir_entry.name, path, rules, top)
+        entries = self._list_dir(dir_entry.name, path, rules, top or dir_entry.name in self.state.followed)
         if entries is None:
             return
         subdirs = [(e, path + b"/" + e.basename) for e in entries if e.is_dir] if self.opts.recursive else []

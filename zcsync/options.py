@@ -23,6 +23,8 @@ class Options:
     dirs: bool = False
     links: bool = False
     copy_links: bool = False
+    copy_dirlinks: bool = False  # -k: a symlink to a directory is sent as the directory
+    copy_unsafe_links: bool = False  # a symlink out of the tree is sent as what it points to
     safe_links: bool = False  # the receiver ignores symlinks that point outside the transfer
     perms: bool = False
     times: bool = False

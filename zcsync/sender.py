@@ -54,7 +54,7 @@ class Sender:
         """Open a regular source file for reading; it must still be the file the scan saw."""
         path = self.path(entry)
         # O_NONBLOCK: a FIFO swapped in since the scan must not wait for a writer.
-        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if self.opts.copy_links else os.O_NOFOLLOW)
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if self._follows(entry) else os.O_NOFOLLOW)
         try:
             fd = os.open(path, flags)
         except OSError as exc:
@@ -69,10 +69,14 @@ class Sender:
         """A small requested file's bytes and their xxh3-128, with open's checks, in one call
         that releases the GIL once (fsscan.read_file). Short if it shrank while read."""
         path = self.path(entry)
-        got = fsscan.read_file(path, entry.size, self.opts.copy_links)
+        got = fsscan.read_file(path, entry.size, self._follows(entry))
         if got is None or isinstance(got, int):
             raise self._unreadable(path, None if got is None else -got)
         return got
+
+    def _follows(self, entry: FileEntry) -> bool:
+        """Is entry opened through a symlink (-L; -k or --copy-unsafe-links for this one)?"""
+        return self.opts.copy_links or entry.name in self.state.followed
 
     def _unreadable(self, path: bytes, err: int | None) -> SourceChanged:
         """What a failed open means (errno err; None: no longer the regular file the scan saw)."""

@@ -229,6 +229,43 @@ def test_ignore_missing_args_like_rsync(tmp_path):
     assert rs.returncode == zc.returncode == 23
 
 
+def _links_to_dirs_and_out(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """Beside src, a directory `outside`; in src, links to it, to a directory inside, and
+    dangling ones, in and out of the tree."""
+    outside = src.parent / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "o.txt").write_text("outside")
+    (outside / "deep" / "d.txt").write_text("deep")
+    (src / "in").mkdir()
+    (src / "in" / "i.txt").write_text("inside")
+    # (No link to an ancestor: followed, it makes a tree that grows until the kernel's ELOOP,
+    # exponentially with several links, for rsync and zcsync alike.)
+    links = {"to-outside": "../outside", "to-outside-file": "../outside/o.txt", "to-in": "in",
+             "in/to-outside": "../../outside/deep", "dangling-out": "../nowhere", "dangling-in": "nowhere"}
+    for rel, target in links.items():
+        os.symlink(target, src / rel)
+    for path in [*outside.rglob("*"), outside, *src.rglob("*"), src]:
+        os.utime(path, ns=(1_600_000_000 * 10**9,) * 2, follow_symlinks=False)
+
+
+@pytest.mark.parametrize("options", [["-a", "--copy-unsafe-links"], ["-ak"], ["-ak", "--copy-unsafe-links"],
+                                     ["-a", "--copy-unsafe-links", "--safe-links"]],
+                         ids=["copy-unsafe-links", "copy-dirlinks", "both", "with-safe-links"])
+def test_links_sent_as_what_they_point_to_like_rsync(tmp_path, options):
+    """-k sends a link to a directory as the directory; --copy-unsafe-links a link out of
+    the tree as what it points to (an unsafe one that leads nowhere is an error, 23)."""
+    rs, zc = differential(tmp_path, [*options, "-i"], seed=2, prepare=_links_to_dirs_and_out)
+    _itemize_same(rs, zc)
+
+
+def test_keep_dirlinks_is_refused(tmp_path):
+    from tests.oracle import run_zcsync
+    (tmp_path / "src").mkdir()
+    res = run_zcsync(["-aK", f"{tmp_path}/src/", f"{tmp_path}/dst"])
+    assert res.returncode == 1 and "never follows a symlink in the destination" in res.stderr
+    assert not (tmp_path / "dst").exists()
+
+
 def test_no_trailing_slash(tmp_path):
     rs, zc = differential(tmp_path, ["-a", "-i"], seed=4, src_suffix="")
     _itemize_same(rs, zc)

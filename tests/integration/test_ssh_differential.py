@@ -148,6 +148,16 @@ def test_safe_links(tmp_path, sshd, direction):
     _same_items(rs, zc)
 
 
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_copy_unsafe_links_and_dirlinks(tmp_path, sshd, direction):
+    """The sender follows the links it is told to (on a pull, the server)."""
+    from .test_local_differential import _links_to_dirs_and_out
+    paths = ["src/", f"{ALIAS}:{{run}}/dst"] if direction == "push" else [f"{ALIAS}:{{run}}/src/", "dst"]
+    rs, zc = differential(tmp_path, ["-ak", "--copy-unsafe-links", "-i"], seed=2, prepare=_links_to_dirs_and_out,
+                          env=sshd.env(), paths=paths, zcsync_extra=_extra())
+    _same_items(rs, zc)
+
+
 def test_push_no_trailing_slash_filters_checksum(tmp_path, sshd):
     differential(tmp_path, ["-a", "-c", "--exclude=*.bin", "--delete"], seed=5, mutate=True, env=sshd.env(),
                  paths=["src", f"{ALIAS}:{{run}}/dst"], compare_kwargs={"root_times": False},
