@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from . import commit, fsscan
+from . import commit, fastio, fsscan
 from .attrs import AttrPolicy, Wanted, apply_fd, apply_name, type_letter
 from .commit import DestTree
 from .errors import MAX_DELETE, PARTIAL, FileProblem
@@ -669,8 +669,9 @@ class Generator:
             os.close(fd)
             raise
 
-    def backup(self, pfd: int, base: bytes, name: bytes, move: bool = False) -> None:
-        """Keep the old version of name as rsync's --backup does (link, so the name never vanishes)."""
+    def backup(self, pfd: int, base: bytes, name: bytes, move: bool = False, copy: bool = False) -> None:
+        """Keep the old version of name as rsync's --backup does (link, so the name never vanishes;
+        copy: a copy of the file, which is about to be rewritten where it lies, --inplace)."""
         opts = self.opts
         suffix = os.fsencode(opts.backup_suffix)
         if opts.backup_dir:
@@ -687,7 +688,9 @@ class Generator:
                     commit.remove_tree(target_fd, target)
             except FileNotFoundError:
                 pass
-            if move or stat.S_ISDIR(st.st_mode):
+            if copy and stat.S_ISREG(st.st_mode):
+                self._backup_copy(pfd, base, st, target_fd, target)
+            elif move or stat.S_ISDIR(st.st_mode):
                 os.rename(base, target, src_dir_fd=pfd, dst_dir_fd=target_fd)
             else:
                 tmp = commit.temp_name(target)
@@ -702,6 +705,23 @@ class Generator:
         finally:
             if bfd is not None:
                 os.close(bfd)
+
+    def _backup_copy(self, pfd: int, base: bytes, st: os.stat_result, target_fd: int, target: bytes) -> None:
+        """A copy of regular file base as target, with its mode, owner and times (via a temp file)."""
+        src = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        try:
+            fd, tmp = commit.create_temp(target_fd, target)
+            try:
+                fastio.copy_data(src, fd, st.st_size)
+                apply_fd(fd, Wanted(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns))
+            except BaseException:
+                os.close(fd)
+                commit.unlink_quietly(target_fd, tmp)
+                raise
+            os.close(fd)
+        finally:
+            os.close(src)
+        os.rename(tmp, target, src_dir_fd=target_fd, dst_dir_fd=target_fd)
 
     # -- deletion -------------------------------------------------------------
     def _deletions_off(self) -> bool:

@@ -71,7 +71,7 @@ class Writer:
         self.policy = policy
         self.report = report
         self.xattr_apply = xattr_apply
-        self.backup = backup  # callable(parent_fd, base, name) or None
+        self.backup = backup  # callable(parent_fd, base, name, copy=False) or None
         self.delayed: list[tuple[bytes, bytes, bytes]] = []  # (parent, temp, base)
         self.on_commit = None  # callable(entry, dest_name) -> None, set by the generator
         self._lock = threading.Lock()
@@ -232,6 +232,8 @@ class Writer:
         entry = req.entry
         inplace = opts.inplace and req.existing is not None and stat.S_ISREG(req.existing.st_mode)
         if inplace:
+            if self.backup is not None:  # the old version is about to be overwritten where it lies
+                self.backup(pfd, base, req.dest_name, copy=True)
             fd = os.open(base, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             tmp = None
         else:

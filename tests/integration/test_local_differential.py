@@ -308,6 +308,13 @@ def test_backup(tmp_path):
     differential(tmp_path, ["-a", "--delete", "--backup"], seed=11, mutate=True)
 
 
+def test_inplace_backup(tmp_path):
+    """--inplace rewrites the file where it lies: the backup is a copy made first (zcsync
+    made none until 2026-12). (rsync 3.5 fails with --inplace and a relative --backup-dir.)"""
+    differential(tmp_path, ["-a", "--inplace", "--backup"], seed=11, mutate=True)
+    assert list(tmp_path.glob("differential-*/zcsync/dst/**/*~"))
+
+
 def test_backup_dir(tmp_path):
     differential(tmp_path, ["-a", "--delete", "--backup", "--backup-dir=../bak"], seed=12, mutate=True,
                  paths=["src/", "dst/"], compare_kwargs={})
