@@ -95,6 +95,7 @@ class SyncOptions(TypedDict, total=False):
     acls: bool
     xattrs: bool
     sparse: bool
+    executability: bool
     prune_empty_dirs: bool
     one_file_system: bool
     relative: bool

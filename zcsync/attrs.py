@@ -39,7 +39,8 @@ class AttrPolicy:
         self.am_root = am_root
         self.umask = umask
         # What the quick no-change test must compare (None: it cannot decide, take the slow path).
-        simple = chmod is None and self.chown_uid is None and self.chown_gid is None
+        simple = (chmod is None and self.chown_uid is None and self.chown_gid is None
+                  and not (opts.executability and not opts.perms))
         self._fast = simple and opts.times and opts.modify_window == 0
         self._perm_mask = 0o7777 if opts.perms else 0
         self._check_uid = opts.owner and am_root
@@ -68,6 +69,11 @@ class AttrPolicy:
         if not opts.perms:
             if existing is not None and stat.S_IFMT(existing.st_mode) == stat.S_IFMT(entry.mode):
                 perms = stat.S_IMODE(existing.st_mode)
+                if opts.executability and entry.is_reg:  # -E: rsync's dest_mode
+                    if not entry.perms & 0o111:
+                        perms &= ~0o111
+                    elif not perms & 0o111:
+                        perms |= (perms & 0o444) >> 2  # execute for whoever may read
             else:
                 perms = perms & ~self.umask & 0o777
         uid = None

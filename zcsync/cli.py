@@ -58,6 +58,7 @@ _SHORT_NEGATIONS = {
     "X": ["--no-xattrs"], "S": ["--no-sparse"], "x": ["--no-one-file-system"],
     "R": ["--no-relative"], "W": ["--no-whole-file"], "O": ["--no-omit-dir-times"],
     "J": ["--no-omit-link-times"], "h": ["--no-human-readable"],
+    "E": ["--no-executability"],
 }
 
 
@@ -190,6 +191,7 @@ def _cmd_options(f: Any) -> Any:
         click.option("-K", "--keep-dirlinks", is_flag=True, default=False,
                      help="(refused: zcsync never follows a symlink in the destination)"),
         flag("-p", "--perms/--no-perms", help="preserve permissions"),
+        flag("-E", "--executability/--no-executability", help="preserve executability"),
         flag("-t", "--times/--no-times", help="preserve modification times"),
         flag("-g", "--group/--no-group", help="preserve group"),
         flag("-o", "--owner/--no-owner", help="preserve owner (super-user only)"),

@@ -36,6 +36,7 @@ class Options:
     acls: bool = False
     xattrs: bool = False
     sparse: bool = False
+    executability: bool = False  # -E: without -p, execute bits follow the source's
     prune_empty_dirs: bool = False  # -m: leave empty directory chains out of the file list
     one_file_system: bool = False
     relative: bool = False

@@ -266,6 +266,28 @@ def test_keep_dirlinks_is_refused(tmp_path):
     assert not (tmp_path / "dst").exists()
 
 
+def _modes_to_fix(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """Files whose execute bits differ between source and (older) destination."""
+    cases = {"x-to-plain": (0o755, 0o644), "plain-to-x": (0o644, 0o640), "x-both": (0o750, 0o700),
+             "neither": (0o600, 0o644), "setuid-dest": (0o755, 0o4644)}
+    for name, (smode, dmode) in cases.items():
+        for root, mode, text in ((src, smode, "new"), (dst, dmode, "old")):
+            root.mkdir(exist_ok=True)
+            (root / name).write_text(text)
+            os.chmod(root / name, mode)
+    _age(*dst.iterdir(), dst, src)
+
+
+@pytest.mark.parametrize("options", [["-rtE"], ["-rtE", "--chmod=g+w"], ["-rtpE"], ["-rt"]],
+                         ids=["E", "E-chmod", "E-with-p", "without-E"])
+def test_executability_like_rsync(tmp_path, options):
+    """-E without -p: an existing file keeps its permissions, but its execute bits follow
+    the source's (added for whoever may read it); new files as without -E."""
+    rs, zc = differential(tmp_path, [*options, "-i"], seed=9, mutate=True, prepare=_modes_to_fix,
+                          compare_kwargs={"perms": True})
+    _itemize_same(rs, zc)
+
+
 def test_no_trailing_slash(tmp_path):
     rs, zc = differential(tmp_path, ["-a", "-i"], seed=4, src_suffix="")
     _itemize_same(rs, zc)
