@@ -362,14 +362,14 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
 
     values = dict(kw)
     values["filter_rules"] = filter_specs(ctx.meta.get("zcsync.filters", []), values["from0"])
-    # -h raises rsync's default level (1, commas) by one each time; --no-h is 0.
     if values.pop("keep_dirlinks"):
         raise click.UsageError("-K/--keep-dirlinks is not supported: zcsync never follows a symlink in the "
                                "destination (make it a real directory, or give its target as DEST)")
-    human_count, no_human = values.pop("human_count"), values.pop("no_human")
     if values.pop("cvs_exclude"):  # rsync appends these after every other rule, wherever -C was
         values["filter_rules"] += ("-C", ":C")
     values.pop("inc_recursive")
+    # -h raises rsync's default level (1, commas) by one each time; --no-h is 0.
+    human_count, no_human = values.pop("human_count"), values.pop("no_human")
     values["human_readable"] = 0 if no_human else 1 + human_count
     for key in ("exclude", "include", "exclude_from", "include_from", "filter_", "filter_F"):
         values.pop(key)

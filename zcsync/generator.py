@@ -240,13 +240,13 @@ class Generator:
         want = self.policy.wanted(entry, st)
         changes = self.policy.changes(entry, st, want)
         xchange = self._xattr_differs(entry, name)
+        target = " -> " + escape(entry.link) if entry.link is not None else ""
         if changes == "...." and not xchange:
             if self.opts.itemize and self.opts.verbose > 1:
-                self._event(prefix + "." * 9, name, entry, " -> " + escape(entry.link) if entry.link is not None else "")
+                self._event(prefix + "." * 9, name, entry, target)
             return
         self._event(prefix + "." + ("." if not entry.is_reg else ".") + changes + ".." +
-                    ("x" if xchange else "."), name, entry,
-                    " -> " + escape(entry.link) if entry.link is not None else "")
+                    ("x" if xchange else "."), name, entry, target)
         if self.opts.dry_run:
             return
         parent, base = split(name)
@@ -807,12 +807,10 @@ class Generator:
 
             def read(name: bytes) -> bytes | None:
                 try:
-                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                 dir_fd=self.tree.dir_fd(dest_dir))
+                    fd = self.tree.dir_fd(dest_dir)
                 except OSError:
                     return None
-                with os.fdopen(fd, "rb") as f:
-                    return f.read()
+                return _read_beneath(fd, name)
             rules = parent.enter_dir(dir_name, read)
             self._dir_rules[dir_name] = rules
         return rules

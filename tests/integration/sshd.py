@@ -22,6 +22,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ALIAS = "zcs-test"
 
 
+def direction_paths(direction: str) -> list[str]:
+    """The operands of a differential push or pull of src's contents into dst, the remote
+    side under the run directory ("{run}")."""
+    return ["src/", f"{ALIAS}:{{run}}/dst"] if direction == "push" else [f"{ALIAS}:{{run}}/src/", "dst"]
+
+
 def remote_zcsync_path() -> str:
     """A --zcsync-path that runs this checkout's zcsync with this Python on the ssh side."""
     return f"env PYTHONPATH={shlex.quote(str(REPO_ROOT))} {shlex.quote(sys.executable)} -m zcsync"

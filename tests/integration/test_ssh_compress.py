@@ -15,7 +15,7 @@ import pytest
 
 from tests.oracle import differential, output_lines, run_zcsync
 
-from .sshd import ALIAS, remote_zcsync_path
+from .sshd import ALIAS, direction_paths, remote_zcsync_path
 
 EXTRA = ["--zcsync-path", remote_zcsync_path()]
 TEXT_LINE = b"%08d compressible log line: GET /index.html HTTP/1.1 200 OK bytes=%d\n"
@@ -32,10 +32,6 @@ def _same_items(rs, zc) -> None:
     assert want == got, f"only rsync: {sorted(set(want) - set(got))}\nonly zcsync: {sorted(set(got) - set(want))}"
 
 
-def _paths(direction: str) -> list[str]:
-    return ["src/", f"{ALIAS}:{{run}}/dst"] if direction == "push" else [f"{ALIAS}:{{run}}/src/", "dst"]
-
-
 # -- same trees as rsync -z -------------------------------------------------------
 
 @pytest.mark.parametrize("direction", ["push", "pull"])
@@ -47,13 +43,13 @@ def test_compressed_transfer_matches_rsync(tmp_path, sshd, codec, direction):
         (src / "packed.gz").write_bytes(text(200_000))  # on the skip list: sent as it is
         os.utime(src, ns=(1_600_000_000_000_000_000,) * 2)
     rs, zc = differential(tmp_path, ["-a", "-i", "-z", f"--compress-choice={codec}"], seed=11,
-                          prepare=prepare, env=sshd.env(), paths=_paths(direction), zcsync_extra=EXTRA)
+                          prepare=prepare, env=sshd.env(), paths=direction_paths(direction), zcsync_extra=EXTRA)
     _same_items(rs, zc)
 
 
 def test_compressed_resync_via_rsh(tmp_path, sshd):
     rs, zc = differential(tmp_path, ["-a", "-i", "-z", "--delete", "-e", sshd.rsh], seed=12, mutate=True,
-                          env=sshd.env(), paths=_paths("push"), zcsync_extra=EXTRA)
+                          env=sshd.env(), paths=direction_paths("push"), zcsync_extra=EXTRA)
     _same_items(rs, zc)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.oracle import differential, output_lines
 
-from .sshd import ALIAS, remote_zcsync_path
+from .sshd import ALIAS, direction_paths, remote_zcsync_path
 
 
 def _children(pid: int) -> list[int]:
@@ -48,11 +48,6 @@ def via(request, sshd):
 
 def _extra() -> list[str]:
     return ["--zcsync-path", remote_zcsync_path()]
-
-
-def _paths(direction: str) -> list[str]:
-    """The operands of a push or a pull of src's contents into dst (the remote side under {run})."""
-    return ["src/", f"{ALIAS}:{{run}}/dst"] if direction == "push" else [f"{ALIAS}:{{run}}/src/", "dst"]
 
 
 def _same_items(rs, zc) -> None:
@@ -94,7 +89,7 @@ def test_pull_resync_delete(tmp_path, sshd, via):
 def test_resync_delete_modes(tmp_path, sshd, direction, mode):
     """Each --delete-WHEN removes what rsync's removes. (--delete-before over ssh deleted
     nothing until 2026-12: only the local run read the whole list first.)"""
-    paths = _paths(direction)
+    paths = direction_paths(direction)
     rs, zc = differential(tmp_path, ["-a", mode, "-i"], seed=4, mutate=True, env=sshd.env(),
                           paths=paths, zcsync_extra=_extra())
     _same_items(rs, zc)
@@ -103,7 +98,7 @@ def test_resync_delete_modes(tmp_path, sshd, direction, mode):
 @pytest.mark.parametrize("direction", ["push", "pull"])
 def test_resync_ignore_times(tmp_path, sshd, direction):
     """-I over ssh: every file goes (as a delta against the old one), as with rsync."""
-    paths = _paths(direction)
+    paths = direction_paths(direction)
     rs, zc = differential(tmp_path, ["-a", "-I", "-i"], seed=4, mutate=True, env=sshd.env(),
                           paths=paths, zcsync_extra=_extra())
     _same_items(rs, zc)
@@ -123,7 +118,7 @@ def test_prune_empty_dirs(tmp_path, sshd, direction):
 @pytest.mark.parametrize("direction", ["push", "pull"])
 def test_delete_keeps_what_excludes_protect_inside_an_extraneous_dir(tmp_path, sshd, direction):
     from .test_local_differential import _extraneous_dir_with_excluded_files
-    paths = _paths(direction)
+    paths = direction_paths(direction)
     rs, zc = differential(tmp_path, ["-a", "--delete", "-i", "--exclude=*.log", "--max-delete=3"], seed=6,
                           mutate=True, prepare=_extraneous_dir_with_excluded_files, env=sshd.env(), paths=paths,
                           zcsync_extra=_extra(), compare_kwargs={"dir_times": False})
@@ -152,7 +147,7 @@ def test_link_options(tmp_path, sshd, direction, case):
     options, prepare = {"safe-links": (["-a", "--safe-links"], _links_in_and_out),
                         "copy-unsafe-links": (["-ak", "--copy-unsafe-links"], _links_to_dirs_and_out)}[case]
     rs, zc = differential(tmp_path, [*options, "-i"], seed=2, prepare=prepare, env=sshd.env(),
-                          paths=_paths(direction), zcsync_extra=_extra())
+                          paths=direction_paths(direction), zcsync_extra=_extra())
     _same_items(rs, zc)
 
 
@@ -306,7 +301,7 @@ def _files_from_list(src: pathlib.Path, dst: pathlib.Path) -> None:
 @pytest.mark.parametrize("direction", ["push", "pull"])
 def test_files_from_with_a_remote_side(tmp_path, sshd, via, direction):
     """--files-from read here: a push scans the names locally, a pull sends them to the server."""
-    paths = _paths(direction)
+    paths = direction_paths(direction)
     rs, zc = differential(tmp_path, ["-a", "-i", "--files-from=src/list", *via], seed=23,
                           prepare=_files_from_list, env=sshd.env(), paths=paths, zcsync_extra=_extra(),
                           compare_kwargs={"dir_times": False})
