@@ -407,6 +407,8 @@ class Generator:
                 return None  # rsync's --append: a file not shorter than the source is left alone
             want = self.policy.wanted(entry, st)
             changes = self.policy.changes(entry, st, want)
+            if not opts.times:  # rsync: "T", the file gets the transfer time
+                changes = "T" + changes[1:]
             size = "s" if st.st_size != entry.size else "."
             csum = "c" if opts.checksum else "."
             return self._request(entry, name, st, ">f" + csum + size + changes + "...")
@@ -575,7 +577,11 @@ class Generator:
                 self._attr_only(entry, name, st, ".L")
                 self._final(entry, name)
                 return
-            itemize = "cLc." + self.policy.changes(entry, st, self.policy.wanted(entry, st)) + "..."
+            want = self.policy.wanted(entry, st)
+            changes = self.policy.changes(entry, st, want)
+            if not self.opts.times:  # as for files: the link gets the time of its making
+                changes = "T" + changes[1:]
+            itemize = "cLc." + changes + "..."
         else:
             itemize = "cL" + NEW
             if st is None and self.basis_roots:

@@ -5,6 +5,7 @@ import os
 import pathlib
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -508,3 +509,11 @@ def test_xattrs_and_acls(tmp_path):
     if subprocess.run(["which", "setfacl"], capture_output=True).returncode:
         pytest.skip("setfacl (Debian package acl) not installed")
     differential(tmp_path, ["-aAX"], seed=33, prepare=prepare, compare_kwargs={"xattrs": True})
+
+
+@pytest.mark.parametrize("options", [["-rl", "-i"], ["-rlpgo", "-i"], ["-rltJ", "-i"]], ids=["rl", "rlpgo", "J"])
+def test_without_t_an_updated_file_or_link_itemizes_T(tmp_path, options):
+    """rsync's "T": without -t a transferred file (or changed link) gets the time of the transfer."""
+    rs, zc = differential(tmp_path, options, seed=31, mutate=True)
+    _itemize_same(rs, zc)
+    assert any(line[:5] in (">f..T", ">f.sT", "cLc.T") for line in output_lines(rs.stdout)) == ("-rltJ" not in options)
