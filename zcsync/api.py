@@ -144,6 +144,8 @@ class SyncOptions(TypedDict, total=False):
     numeric_ids: bool
     chmod: str | Sequence[str]
     chown: str
+    usermap: str
+    groupmap: str
     mkpath: bool
     omit_dir_times: bool
     human_readable: int  # a count of -h, as on the command line

@@ -31,16 +31,14 @@ class Wanted:
 class AttrPolicy:
     """Turns a source entry into the attributes the destination gets, per the options."""
 
-    def __init__(self, opts: Options, chmod: object | None, chown: tuple[int | None, int | None],
-                 am_root: bool, umask: int) -> None:
+    def __init__(self, opts: Options, chmod: object | None, am_root: bool, umask: int) -> None:
+        """Entries' owners are already the receiver's (idmap.OwnerMap: names, --usermap, --chown)."""
         self.opts = opts
         self.chmod = chmod
-        self.chown_uid, self.chown_gid = chown
         self.am_root = am_root
         self.umask = umask
         # What the quick no-change test must compare (None: it cannot decide, take the slow path).
-        simple = (chmod is None and self.chown_uid is None and self.chown_gid is None
-                  and not (opts.executability and not opts.perms))
+        simple = chmod is None and not (opts.executability and not opts.perms)
         self._fast = simple and opts.times and opts.modify_window == 0
         self._perm_mask = 0o7777 if opts.perms else 0
         self._check_uid = opts.owner and am_root
@@ -76,16 +74,8 @@ class AttrPolicy:
                         perms |= (perms & 0o444) >> 2  # execute for whoever may read
             else:
                 perms = perms & ~self.umask & 0o777
-        uid = None
-        if self.chown_uid is not None and self.am_root:
-            uid = self.chown_uid
-        elif opts.owner and self.am_root:
-            uid = entry.uid
-        gid = None
-        if self.chown_gid is not None:
-            gid = self.chown_gid
-        elif opts.group:
-            gid = entry.gid
+        uid = entry.uid if opts.owner and self.am_root else None
+        gid = entry.gid if opts.group else None
         keep_time = opts.times and not ((entry.is_dir and opts.omit_dir_times)
                                         or (entry.is_link and opts.omit_link_times))
         return Wanted(perms, uid, gid, entry.mtime_ns if keep_time else None)

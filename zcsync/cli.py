@@ -251,6 +251,8 @@ def _cmd_options(f: Any) -> Any:
         click.option("--numeric-ids", is_flag=True, default=False, help="don't map uid/gid values by user/group name"),
         click.option("--chmod", multiple=True, metavar="CHMOD", help="affect file and/or directory permissions"),
         click.option("--chown", metavar="USER:GROUP", default=None, help="simple username/groupname mapping"),
+        click.option("--usermap", metavar="STRING", default=None, help="custom username mapping"),
+        click.option("--groupmap", metavar="STRING", default=None, help="custom groupname mapping"),
         click.option("--mkpath", is_flag=True, default=False, help="create destination's missing path components"),
         flag("-O", "--omit-dir-times/--no-omit-dir-times", help="omit directories from --times"),
         flag("-J", "--omit-link-times/--no-omit-link-times", help="omit symlinks from --times"),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from . import fastio, meta
 from .attrs import AttrPolicy
+from .idmap import OwnerMap
 from .commit import DestTree, open_beneath
 from .errors import FileIOError, FileProblem, FileSelectError, UsageError
 from .filters import FilterRules
@@ -335,8 +336,7 @@ def make_receiver(dest: str, opts: Options, top: DirBatch, report: Report, filte
     tree, rename = open_destination(dest, top, opts)
     try:
         chmod = meta.ChmodRules.parse(opts.chmod) if opts.chmod else None
-        chown = meta.parse_chown(opts.chown) if opts.chown else (None, None)
-        policy = AttrPolicy(opts, chmod, chown, os.geteuid() == 0, meta.current_umask())
+        policy = AttrPolicy(opts, chmod, os.geteuid() == 0, meta.current_umask())
         xread, xapply = xattr_functions(opts)
         writer = Writer(opts, tree, policy, report, xattr_apply=xapply)
         basis_roots = _basis_roots(dest, opts)
@@ -365,9 +365,10 @@ def run_local(sources_text: list[str], dest: str, opts: Options,
     sources = source_args(sources_text, opts)
     filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded)
     report = Report(on_event=on_event)
+    owners = OwnerMap(opts, remote=False)
     sender = Sender(sources, opts, filters, read_xattrs=read_source_xattrs(opts), on_problem=report.problem,
                     on_notice=report.notice)
-    batches = sender.batches()
+    batches = owners.batches(sender.batches())
     top = next(batches)
     if not top.entries:  # nothing to transfer: rsync does not even create DST
         return RunResult(report.exit_code, report, report.problems)

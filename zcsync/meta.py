@@ -35,6 +35,7 @@ __all__ = [
     "list_line",
     "mode_to_str",
     "parse_chown",
+    "resolve_id",
     "read_xattrs",
     "uid_by_name",
     "uid_name",
@@ -273,7 +274,8 @@ def gid_by_name(name: str) -> int | None:
         return None
 
 
-def _resolve_id(part: str, by_name: Callable[[str], int | None], kind: str) -> int | None:
+def resolve_id(part: str, by_name: Callable[[str], int | None], kind: str) -> int | None:
+    """A name or an id number on this host (None for ""); raises UsageError if unknown."""
     if not part:
         return None
     if part.isascii() and part.isdigit():
@@ -294,7 +296,7 @@ def parse_chown(spec: str) -> tuple[int | None, int | None]:
     user only. Unlike rsync (which warns and carries on), an unknown name is an error.
     """
     user, _, group = spec.partition(":")
-    return _resolve_id(user, uid_by_name, "user"), _resolve_id(group, gid_by_name, "group")
+    return resolve_id(user, uid_by_name, "user"), resolve_id(group, gid_by_name, "group")
 
 
 # --------------------------------------------------------------------------- xattrs / ACLs

@@ -82,6 +82,8 @@ class Options:
     numeric_ids: bool = False
     chmod: tuple[str, ...] = ()
     chown: str | None = None
+    usermap: str | None = None  # rsync's FROM:TO,... (receiver side); implies owner
+    groupmap: str | None = None  # implies group
     mkpath: bool = False
     omit_dir_times: bool = False
     human_readable: int = 1  # rsync's -h levels: 0 digits, 1 commas, 2 units of 1000, 3 of 1024
@@ -237,6 +239,14 @@ def from_mapping(values: dict[str, object]) -> Options:
         for name in ("relative", "dirs"):  # rsync: --files-from implies -R and -d
             if values.get(name) is None:
                 values[name] = True
+    chown_user, _, chown_group = str(values.get("chown") or "").partition(":")
+    for kind, part, implied in (("user", chown_user, "owner"), ("group", chown_group, "group")):
+        if values.get(f"{kind}map"):
+            if part:
+                raise UsageError(f"--{kind}map conflicts with prior --chown.")
+            values[implied] = True  # rsync: a map preserves the owner (or group) it maps
+        elif part:
+            values[implied] = True
     if values.get("backup") and not values.get("backup_dir"):
         values["omit_dir_times"] = True  # rsync forces -O for backups beside the files
     names = {f.name for f in dataclasses.fields(Options)}

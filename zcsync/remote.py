@@ -25,6 +25,7 @@ import xxhash
 from . import delta, fastio, meta
 from .compress import SkipCompress
 from .engine import Receiver, make_receiver
+from .idmap import OwnerMap
 from .errors import PARTIAL, VANISHED, FileProblem, ProtocolError, UsageError
 from .filters import FilterRules
 from .flist import DirBatch, FileEntry
@@ -744,10 +745,8 @@ class ReceivingSide:
         self._partial_bases: set[bytes] = set()  # dest names whose signature is of their partial file
         self.seed = int.from_bytes(os.urandom(8), "big")  # per transfer, as rsync's checksum seed
         self._parts: list[FileEntry] = []
-        # The sender's ids -> ours, from the owner names it sends once per id; ids that
-        # came without a name stay as they are.
-        self._uids: dict[int, int] = {}
-        self._gids: dict[int, int] = {}
+        # The sender's ids -> ours: its owner names (sent once per id), --usermap, --chown.
+        self.owners = OwnerMap(opts, remote=True)
         self._lock = threading.Lock()
         self._listed = False
         self._empty = False
@@ -919,31 +918,16 @@ class ReceivingSide:
         self.conn.flush()
 
     def _local_batch(self, msg: FlistBatch) -> DirBatch:
-        """Wire entries to local ones: owner names mapped to local ids, -c digests kept."""
-        map_ids = not self.opts.numeric_ids
-        uids, gids = self._uids, self._gids  # only ids that differ here
+        """Wire entries to local ones: owners as OwnerMap maps them, -c digests kept."""
+        owners = self.owners
         for entry, extras in zip(msg.entries, msg.extras):  # extras: () when no entry has any
             if extras is None:
                 continue
             if extras.digest is not None:
                 self.digests[entry.index] = extras.digest
-            if map_ids and extras.uname:
-                uid = meta.uid_by_name(extras.uname.decode("utf-8", "replace"))
-                if uid is not None and uid != entry.uid:
-                    uids[entry.uid] = uid
-            if map_ids and extras.gname:
-                gid = meta.gid_by_name(extras.gname.decode("utf-8", "replace"))
-                if gid is not None and gid != entry.gid:
-                    gids[entry.gid] = gid
-        if not uids and not gids:
-            return DirBatch(msg.dir_name, msg.entries, msg.expanded)
-        entries = []
-        for entry in msg.entries:
-            uid, gid = uids.get(entry.uid, entry.uid), gids.get(entry.gid, entry.gid)
-            if uid != entry.uid or gid != entry.gid:
-                entry = entry._replace(uid=uid, gid=gid)
-            entries.append(entry)
-        return DirBatch(msg.dir_name, tuple(entries), msg.expanded)
+            if extras.uname or extras.gname:
+                owners.learn(entry.uid, extras.uname, entry.gid, extras.gname)
+        return owners.batch(DirBatch(msg.dir_name, msg.entries, msg.expanded))
 
     def _start(self, top: DirBatch) -> None:
         remove = None

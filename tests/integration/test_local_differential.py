@@ -511,6 +511,51 @@ def test_xattrs_and_acls(tmp_path):
     differential(tmp_path, ["-aAX"], seed=33, prepare=prepare, compare_kwargs={"xattrs": True})
 
 
+OWNER_MAPS = [
+    ["-a", "--usermap=1000:daemon,nobody:bin,1200-1300:sys,*:backup",
+     "--groupmap=nog*:daemon,4321:bin", "-i"],  # id, name, range, wildcard: the first match wins
+    ["-r", "--usermap=*:nobody", "--groupmap=[^r]*:bin", "-i"],  # a map implies -o / -g
+    ["-a", "--numeric-ids", "--usermap=nobody:bin,65534:sys", "-i"],  # no names: only ids match
+    ["-rt", "--chown=:nogroup", "-i"],  # the group alone: owners are not preserved
+    ["-a", "--no-o", "--chown=nobody", "-i"],  # --chown overrides --no-o, as in rsync
+]
+OWNER_MAP_IDS = ["mixed", "implies-o-g", "numeric-ids", "chown-group", "chown-no-o"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mapping owners needs root")
+@pytest.mark.parametrize("options", OWNER_MAPS, ids=OWNER_MAP_IDS)
+def test_owner_maps_like_rsync(tmp_path, options):
+    rs, zc = differential(tmp_path, options, seed=31, mutate=True)
+    _itemize_same(rs, zc)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--usermap=nobody"], "No colon found in --usermap: nobody"),
+    (["--groupmap=nogroup:"], "No name found after colon --groupmap: nogroup:"),
+    (["--usermap=1x:root"], "Invalid number in --usermap: 1x"),
+    (["--usermap=1-2-3:root"], "Invalid number in --usermap: 1-2-3"),
+    (["--chown=nobody", "--usermap=*:root"], "--usermap conflicts with prior --chown."),
+])
+def test_bad_owner_maps_are_usage_errors(tmp_path, options, message):
+    (tmp_path / "src").mkdir()
+    zc = subprocess.run([sys.executable, "-m", "zcsync", "-a", *options, "src/", "dst"], cwd=tmp_path,
+                        capture_output=True, text=True)
+    assert zc.returncode == 1
+    assert message in zc.stderr
+    assert not (tmp_path / "dst").exists()
+
+
+def test_an_unknown_map_target_is_an_error_not_a_silent_skip(tmp_path):
+    """rsync warns and carries on (files keep the sender's owner); zcsync stops before it writes."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/f").write_text("x")
+    zc = subprocess.run([sys.executable, "-m", "zcsync", "-a", "--usermap=*:no-such-user-zc", "src/", "dst"],
+                        cwd=tmp_path, capture_output=True, text=True)
+    assert zc.returncode == 1
+    assert "Unknown user name: no-such-user-zc" in zc.stderr
+    assert not (tmp_path / "dst/f").exists()
+
+
 @pytest.mark.parametrize("options", [["-rl", "-i"], ["-rlpgo", "-i"], ["-rltJ", "-i"]], ids=["rl", "rlpgo", "J"])
 def test_without_t_an_updated_file_or_link_itemizes_T(tmp_path, options):
     """rsync's "T": without -t a transferred file (or changed link) gets the time of the transfer."""

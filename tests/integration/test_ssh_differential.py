@@ -151,6 +151,21 @@ def test_link_options(tmp_path, sshd, direction, case):
     _same_items(rs, zc)
 
 
+@pytest.mark.parametrize("direction", ["push", "pull"])
+@pytest.mark.parametrize("options", [
+    ["-a", "--usermap=1000:daemon,nobody:bin,1200-1300:sys,*:backup", "--groupmap=nog*:daemon,4321:bin"],
+    ["-a", "--numeric-ids", "--usermap=nobody:bin,65534:sys"],
+    ["-r", "--chown=nobody:1234"],
+], ids=["maps", "numeric-ids", "chown"])
+def test_owner_maps(tmp_path, sshd, direction, options):
+    """The maps are the receiver's: on a push the server applies them to names the client sends."""
+    if os.geteuid() != 0:
+        pytest.skip("mapping owners needs root")
+    rs, zc = differential(tmp_path, [*options, "-i"], seed=31, mutate=True, env=sshd.env(),
+                          paths=direction_paths(direction), zcsync_extra=_extra())
+    _same_items(rs, zc)
+
+
 def test_push_no_trailing_slash_filters_checksum(tmp_path, sshd):
     differential(tmp_path, ["-a", "-c", "--exclude=*.bin", "--delete"], seed=5, mutate=True, env=sshd.env(),
                  paths=["src", f"{ALIAS}:{{run}}/dst"], compare_kwargs={"root_times": False},

@@ -33,7 +33,7 @@ def _writer(tmp_path, **opts):
     tree = DestTree.open(os.fsencode(tmp_path), fsync=False)
     options = Options(times=True, perms=True, **opts)
     report = Report()
-    writer = Writer(options, tree, AttrPolicy(options, None, (None, None), os.geteuid() == 0, 0o022), report)
+    writer = Writer(options, tree, AttrPolicy(options, None, os.geteuid() == 0, 0o022), report)
     writer.commit_in_background()
     return writer, report, tree
 
