@@ -121,7 +121,9 @@ class ScanState:
     # Where each listed directory and each top-level name is on disk: a file's path is
     # derived from its directory's (kept per directory, not per file).
     dirs: dict[bytes, bytes] = field(default_factory=dict)  # directory name -> fs path
-    tops: dict[int, bytes] = field(default_factory=dict)  # index of a top-level entry -> fs path
+    # index -> fs path of the entries that are not at their directory's path: the top-level
+    # names, and those a merged directory took from one of its later sources
+    tops: dict[int, bytes] = field(default_factory=dict)
     # Symlinks listed as what they point to (-k, --copy-unsafe-links): opened through the link.
     followed: set[bytes] = field(default_factory=set)
 
@@ -289,9 +291,113 @@ class Scanner:
     def _excluded(self, name: bytes, is_dir: bool, rules: FilterRules) -> bool:
         return rules.has_rules and rules.excluded(name, is_dir)
 
-    def _list_dir(self, name: bytes, path: bytes, rules: FilterRules,
-                  top: bool = False) -> list[FileEntry] | None:
-        """One directory's entries, sorted as rsync sends them, indexes in that order."""
+    def _list_dir(self, name: bytes, paths: list[bytes], rules: FilterRules,
+                  top: bool = False) -> tuple[list[FileEntry], dict[bytes, list[bytes]]] | None:
+        """One directory's entries, sorted as rsync sends them, indexes in that order; and, when
+        several sources merge, the source paths of each subdirectory (empty otherwise).
+
+        Several paths are one directory that several sources bring (``a/ b/ DST``): their
+        names are merged as rsync does, the first source's name winning unless a later one
+        is a directory and it is not; same-named subdirectories merge in turn.
+        """
+        listed, fds = [], {}
+        try:
+            for path in dict.fromkeys(paths):  # (`a/ a/ DST` lists a once)
+                opened = self._open_dir(path, top)
+                if opened is not None:
+                    fds[path] = opened[0]
+                    listed.append((path, opened[1]))
+            return self._merge_listed(name, listed, fds, rules) if listed else None
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def _merge_listed(self, name: bytes, listed: list[tuple[bytes, list[tuple]]], fds: dict[bytes, int],
+                      rules: FilterRules) -> tuple[list[FileEntry], dict[bytes, list[bytes]]]:
+        """_list_dir's result from the listings of the directory's source paths."""
+        prefix = b"" if name == ROOT else name + b"/"
+        primary = listed[0][0]
+        if len(listed) == 1:
+            files, dirs = self._kept_rows(prefix, primary, listed[0][1], rules)
+            source: dict[bytes, bytes] = {}
+        else:
+            files, dirs, source, subdirs = self._merged_rows(prefix, listed, rules)
+        files.sort(key=_by_name)  # rsync's order: files, then directories, each by name
+        dirs.sort(key=_by_name)
+        self.state.dirs[name] = primary
+        entries = []
+        state = self.state
+        plain = self._plain
+        for row in files + dirs:
+            if source:  # (tested per row only when merging: this loop is the scan's hot path)
+                path = source.get(row[0], primary)
+                if path is not primary:
+                    entry = self.make_entry(prefix + row[0], path + b"/" + row[0], Stat(*row[1:]))
+                    if entry is not None:
+                        state.tops[entry.index] = path + b"/" + row[0]
+                        entries.append(entry)
+                    continue
+            mode = row[1]
+            if plain and mode & 0o170000 == stat.S_IFREG and row[8] == 1:
+                index = state.next_index  # the common case, inline: a plain regular file
+                state.next_index = index + 1
+                entries.append(FileEntry(index, prefix + row[0], mode, row[2], row[3], row[4], row[5]))
+                continue
+            entry = self.make_entry(prefix + row[0], primary + b"/" + row[0], Stat(*row[1:]))
+            if entry is not None:
+                entries.append(entry)
+        if len(listed) == 1:
+            subdirs = {}
+        if self.opts.checksum:
+            entries = self._with_digests(entries, fds, primary)
+        return entries, subdirs
+
+    def _kept_rows(self, prefix: bytes, path: bytes, rows: list[tuple],
+                   rules: FilterRules) -> tuple[list[tuple], list[tuple]]:
+        """One listing's rows that stay (stat failures reported, filters applied): (files, dirs)."""
+        files, dirs = [], []
+        for row in rows:
+            mode = row[1]
+            if mode <= 0:
+                self._stat_failed(path + b"/" + row[0], -mode)
+                continue
+            is_dir = mode & 0o170000 == stat.S_IFDIR
+            if rules.has_rules and rules.excluded(prefix + row[0], is_dir):
+                continue
+            (dirs if is_dir else files).append(row)
+        return files, dirs
+
+    def _merged_rows(self, prefix: bytes, listed: list[tuple[bytes, list[tuple]]], rules: FilterRules
+                     ) -> tuple[list[tuple], list[tuple], dict[bytes, bytes], dict[bytes, list[bytes]]]:
+        """Several listings of one directory as one: (files, dirs, the source dir of each name
+        not from the first, every source path of each subdirectory)."""
+        primary = listed[0][0]
+        files: dict[bytes, tuple] = {}
+        dirs: dict[bytes, tuple] = {}
+        source: dict[bytes, bytes] = {}
+        subdirs: dict[bytes, list[bytes]] = {}
+        for path, rows in listed:
+            kept_files, kept_dirs = self._kept_rows(prefix, path, rows, rules)
+            for row in kept_dirs:
+                subdirs.setdefault(row[0], []).append(path + b"/" + row[0])
+                if row[0] in dirs:
+                    continue  # merged: the first one's attributes
+                files.pop(row[0], None)  # a directory wins over a file
+                dirs[row[0]] = row
+                if path is not primary:
+                    source[row[0]] = path
+                else:
+                    source.pop(row[0], None)
+            for row in kept_files:
+                if row[0] in dirs or row[0] in files:
+                    continue  # the first name wins
+                files[row[0]] = row
+                if path is not primary:
+                    source[row[0]] = path
+        return list(files.values()), list(dirs.values()), source, subdirs
+
+    def _open_dir(self, path: bytes, top: bool) -> tuple[int, list[tuple]] | None:
+        """An fd of one source directory and fsscan's rows of it (None after reporting why not)."""
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if top or self.opts.copy_links else os.O_NOFOLLOW)
         try:
             fd = os.open(path, flags)
@@ -299,52 +405,26 @@ class Scanner:
             self._open_failed(path, exc)
             return None
         try:
-            try:
-                rows = fsscan.list_dir(fd, follow_symlinks=self.opts.copy_links)
-            except OSError as exc:
-                self._open_failed(path, exc)
-                return None
-            prefix = b"" if name == ROOT else name + b"/"
-            files, dirs = [], []
-            for row in rows:
-                mode = row[1]
-                if mode <= 0:
-                    self._stat_failed(path + b"/" + row[0], -mode)
-                    continue
-                is_dir = mode & 0o170000 == stat.S_IFDIR
-                if rules.has_rules and rules.excluded(prefix + row[0], is_dir):
-                    continue
-                (dirs if is_dir else files).append(row)
-            files.sort(key=_by_name)  # rsync's order: files, then directories, each by name
-            dirs.sort(key=_by_name)
-            self.state.dirs[name] = path
-            entries = []
-            state = self.state
-            plain = self._plain
-            for row in files + dirs:
-                mode = row[1]
-                if plain and mode & 0o170000 == stat.S_IFREG and row[8] == 1:
-                    index = state.next_index  # the common case, inline: a plain regular file
-                    state.next_index = index + 1
-                    entries.append(FileEntry(index, prefix + row[0], mode, row[2], row[3], row[4], row[5]))
-                    continue
-                entry = self.make_entry(prefix + row[0], path + b"/" + row[0], Stat(*row[1:]))
-                if entry is not None:
-                    entries.append(entry)
-            if self.opts.checksum:
-                entries = self._with_digests(fd, entries)
-            return entries
-        finally:
+            return fd, fsscan.list_dir(fd, follow_symlinks=self.opts.copy_links)
+        except OSError as exc:
             os.close(fd)
+            self._open_failed(path, exc)
+            return None
 
-    def _with_digests(self, fd: int, entries: list[FileEntry]) -> list[FileEntry]:
-        """-c: the contents' digests of a directory's regular files, read in one C call."""
-        regular = [i for i, e in enumerate(entries) if e.is_reg]
-        digests = fsscan.digest_names(fd, [entries[i].basename for i in regular],
-                                      [entries[i].size for i in regular])
-        for i, digest in zip(regular, digests):
-            if isinstance(digest, bytes):
-                entries[i] = entries[i]._replace(digest=digest)
+    def _with_digests(self, entries: list[FileEntry], fds: dict[bytes, int], primary: bytes) -> list[FileEntry]:
+        """-c: the contents' digests of a directory's regular files, one C call per source
+        directory (through the fd it was listed with)."""
+        groups: dict[bytes, list[int]] = {}
+        for i, e in enumerate(entries):
+            if e.is_reg:
+                source = self.state.tops.get(e.index)
+                groups.setdefault(primary if source is None else source.rpartition(b"/")[0], []).append(i)
+        for path, regular in groups.items():
+            digests = fsscan.digest_names(fds[path], [entries[i].basename for i in regular],
+                                          [entries[i].size for i in regular])
+            for i, digest in zip(regular, digests):
+                if isinstance(digest, bytes):
+                    entries[i] = entries[i]._replace(digest=digest)
         return entries
 
     def _open_failed(self, path: bytes, exc: OSError) -> None:
@@ -394,32 +474,39 @@ class Scanner:
                 continue
             self.state.tops[entry.index] = src.path
             top.append((entry, src.path, entry.is_dir and (src.contents or opts.recursive)))
-        yield DirBatch(None, tuple(e for e, _, _ in top),
-                       frozenset(e.name for e, _, recurse in top if recurse))
-        for entry, path, recurse in top:
+        kept = _merge_tops(top)
+        yield DirBatch(None, tuple(e for e, _, _ in kept),
+                       frozenset(e.name for e, _, recurse in kept if recurse))
+        for entry, paths, recurse in kept:
             if recurse:
                 rules = self.filters
                 if rules.has_rules and entry.name != ROOT:
-                    rules = rules.enter_dir(ROOT, _merge_reader(os.path.dirname(path) or b"."))
-                yield from self._walk(entry, path, rules, top=True)
+                    rules = rules.enter_dir(ROOT, _merge_reader(os.path.dirname(paths[0]) or b"."))
+                yield from self._walk(entry, paths, rules, top=True)
 
-    def _walk(self, dir_entry: FileEntry, path: bytes, rules: FilterRules,
+    def _walk(self, dir_entry: FileEntry, paths: list[bytes], rules: FilterRules,
               top: bool = False) -> Iterator[DirBatch]:
         """Yield dir_entry's contents, then recurse (depth first) into its subdirectories.
 
-        Only a directory the user named may be reached through a symlink; below it the
-        scan never follows one (unless -L).
+        ``paths``: where the directory is on disk, more than one when several sources bring
+        it (its names merge; a dir-merge file is read from the first). Only a directory the
+        user named may be reached through a symlink; below it the scan never follows one
+        (unless -L).
         """
-        rules = rules.enter_dir(dir_entry.name, _merge_reader(path)) if rules.has_rules else rules
-        entries = self._list_dir(dir_entry.name, path, rules, top or dir_entry.name in self.state.followed)
-        if entries is None:
+        rules = rules.enter_dir(dir_entry.name, _merge_reader(paths[0])) if rules.has_rules else rules
+        listed = self._list_dir(dir_entry.name, paths, rules, top or dir_entry.name in self.state.followed)
+        if listed is None:
             return
-        subdirs = [(e, path + b"/" + e.basename) for e in entries if e.is_dir] if self.opts.recursive else []
+        entries, merged = listed
+        here, tops = self.state.dirs[dir_entry.name], self.state.tops
+        # A subdirectory's paths: where each source has it (merged), else beside its entry's.
+        subdirs = [(e, merged.get(e.basename) or [tops.get(e.index) or here + b"/" + e.basename])
+                   for e in entries if e.is_dir] if self.opts.recursive else []
         if self.opts.one_file_system:
-            subdirs = [(e, p) for e, p in subdirs if self._same_fs(p)]
+            subdirs = [(e, kept) for e, ps in subdirs if (kept := [p for p in ps if self._same_fs(p)])]
         yield DirBatch(dir_entry.name, tuple(entries), frozenset(e.name for e, _ in subdirs))
-        for entry, child_path in subdirs:
-            yield from self._walk(entry, child_path, rules)
+        for entry, child_paths in subdirs:
+            yield from self._walk(entry, child_paths, rules)
 
     def _same_fs(self, path: bytes) -> bool:
         """-x: is this directory on the file system the transfer started on?"""
@@ -430,6 +517,23 @@ class Scanner:
 
 
 _by_name = operator.itemgetter(0)
+
+
+def _merge_tops(top: list[tuple[FileEntry, bytes, bool]]) -> list[tuple[FileEntry, list[bytes], bool]]:
+    """The top-level names once each (``a/ b/ DST``, ``x/f y/f DST``), as rsync's clean_flist:
+    the first wins unless only a later one is a directory; directories of one name merge
+    (each recursed-into one adds its path). A dropped name's index stays unused."""
+    kept: dict[bytes, tuple[FileEntry, list[bytes], bool]] = {}
+    for entry, path, recurse in top:
+        held = kept.get(entry.name)
+        if held is None or (entry.is_dir and not held[0].is_dir):
+            if held is not None:
+                del kept[entry.name]  # re-inserted last: its index is the highest yet
+            kept[entry.name] = (entry, [path], recurse)
+        elif entry.is_dir and recurse:  # (same-named directories are recursed alike)
+            held[1].append(path)
+    return list(kept.values())
+
 
 
 def prune_empty_dirs(batches: Iterable[DirBatch], filters: FilterRules) -> Iterator[DirBatch]:

@@ -562,3 +562,42 @@ def test_without_t_an_updated_file_or_link_itemizes_T(tmp_path, options):
     rs, zc = differential(tmp_path, options, seed=31, mutate=True)
     _itemize_same(rs, zc)
     assert any(line[:5] in (">f..T", ">f.sT", "cLc.T") for line in output_lines(rs.stdout)) == ("-rltJ" not in options)
+
+
+def _overlapping_sources(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """src/one and src/two hold names in common: a file in both (different contents and
+    sizes), a directory in both (merged below), a file in one that is a directory in the other."""
+    layout = {
+        "one": {"same": "first\n", "only1": "1\n", "sub/p": "p\n", "sub/both": "1\n", "fd": "a file\n",
+                "df/inner": "in one\n", "deep/a/b/x": "x1\n"},
+        "two": {"same": "second, longer\n", "only2": "2\n", "sub/q": "q\n", "sub/both": "two\n",
+                "fd/inner": "in two\n", "df": "a file\n", "deep/a/b/y": "y2\n", "deep/a/b/x": "x2 longer\n"},
+    }
+    for top, files in layout.items():
+        for rel, text in files.items():
+            path = src / top / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    (src / "one").chmod(0o700)
+    _age(*src.rglob("*"))
+    os.utime(src / "two", ns=(1_500_000_000 * 10**9,) * 2)
+
+
+@pytest.mark.parametrize("options", [["-a", "-i"], ["-ac", "-i"], ["-a", "--delete", "-i"], ["-rlt", "-i"]],
+                         ids=["a", "checksum", "delete", "rlt"])
+@pytest.mark.parametrize("order", ["one-two", "two-one"])
+def test_sources_with_the_same_names_merge_like_rsync(tmp_path, options, order):
+    """``a/ b/ DST``: one file list, the first source's name winning unless only a later one is
+    a directory, same-named directories merged at every depth (each file read from its own source)."""
+    first, second = order.split("-")
+    rs, zc = differential(tmp_path, options, seed=40, prepare=_overlapping_sources, mutate="delete" in options[1],
+                          paths=[f"src/{first}/", f"src/{second}/", "dst"])
+    _itemize_same(rs, zc)
+    assert not zc.stderr
+
+
+def test_named_sources_with_the_same_name_like_rsync(tmp_path):
+    rs, zc = differential(tmp_path, ["-a", "-i"], seed=40, prepare=_overlapping_sources,
+                          paths=["src/one/fd", "src/two/fd", "src/one/same", "src/two/same", "src/one/sub",
+                                 "src/two/sub", "dst"])
+    _itemize_same(rs, zc)
