@@ -94,7 +94,7 @@ from .daemon_config import (
     with_overrides,
 )
 from .endpoints import DEFAULT_DAEMON_PORT
-from .engine import read_list_file
+from .engine import glob_sources, read_list_file
 from .errors import (
     FileProblem,
     FileSelectError,
@@ -557,6 +557,32 @@ class Session:
             return None, None
         return secret, entry.access
 
+    @staticmethod
+    def _globbed(root_fd: int, paths: tuple[bytes, ...], module: Module, module_filter: ModuleFilter) -> list[bytes]:
+        """A pull's paths with wildcards expanded inside the module (as rsync's daemon does).
+
+        A pattern is checked as any path first (no '..', nothing absolute, its existing
+        part inside the module); matches that lead out of the module or that it excludes
+        are dropped without a word, so a pattern reveals no name the module hides.
+        """
+        def inside(match: str) -> bool:
+            raw = os.fsencode(match)
+            try:
+                path = check_in_module(root_fd, raw, module.name)
+            except FileSelectError:
+                return False
+            rel = _module_relative(path)
+            return not (module_filter.excluded(rel, True) or module_filter.excluded(rel, False))
+
+        out = []
+        for raw in paths:
+            try:
+                check_in_module(root_fd, raw, module.name)
+            except FileSelectError as exc:
+                raise _Refuse(errors.FILE_SELECT, exc.message) from None
+            out.extend(os.fsencode(p) for p in glob_sources([os.fsdecode(raw)], keep=inside))
+        return out
+
     def _transfer(self, module: Module, request: DaemonRequest, read_only: bool, proof_reply: bytes) -> int:
         role = request.role
         assert role is not None
@@ -588,7 +614,8 @@ class Session:
             raise _Refuse(errors.STARTUP, f"chdir failed for module {module.name}") from None
         _drop_privileges(module)
         paths, problems = [], []
-        for raw in request.paths:
+        globbing = role == "sender" and not (opts.files_from or opts.files_from_peer or opts.files_from_remote)
+        for raw in self._globbed(root_fd, request.paths, module, module_filter) if globbing else request.paths:
             try:
                 path = check_in_module(root_fd, raw, module.name)
             except FileSelectError as exc:

@@ -9,7 +9,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import fastio, meta
@@ -36,6 +36,31 @@ class RunResult:
     exit_code: int
     report: Report
     problems: list[FileProblem] = field(default_factory=list)
+
+
+_WILD = ("*", "?", "[")
+
+
+def glob_sources(operands: Sequence[str], keep: Callable[[str], bool] | None = None) -> list[str]:
+    """A sending server's operands with wildcards expanded, as the remote shell does for rsync.
+
+    rsync leaves ``*?[`` unescaped when it passes paths to the remote shell (and its
+    server globs them itself with --secluded-args), so ``host:'logs/*.gz'`` sends every
+    match. Matches are sorted; a trailing slash stays; hidden names need a leading dot;
+    a pattern that matches nothing stays as given (and then fails as a missing file).
+    ``keep`` drops matches a caller refuses (a daemon: matches outside the module), without
+    a word about them.
+    """
+    import glob
+
+    out = []
+    for operand in operands:
+        if not any(c in operand for c in _WILD):
+            out.append(operand)
+            continue
+        found = sorted(m for m in glob.glob(operand) if keep is None or keep(m))
+        out.extend(found or [operand])
+    return out
 
 
 def source_args(operands: list[str], opts: Options, files_from: list[bytes] | None = None) -> list[SourceArg]:

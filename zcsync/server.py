@@ -23,10 +23,10 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import bootstrap, compress, errors
-from .engine import read_list_file, source_args
+from .engine import glob_sources, read_list_file, source_args
 from .errors import FileProblem, StreamError, UsageError, ZcsyncError
 from .filters import FilterRules
 from .options import Options, from_wire
@@ -284,6 +284,9 @@ def _linger(conn: Connection) -> None:
 # -- `zcsync --server` -------------------------------------------------------------------
 
 def _job(args: ServerArgs) -> Job:
+    opts = args.options
+    if args.role == "sender" and not (opts.files_from or opts.files_from_peer or opts.files_from_remote):
+        args = replace(args, paths=tuple(glob_sources(args.paths)))
     restrict = args.restrict_to
     if restrict is None and os.environ.get("ZCSYNC_RESTRICT_TO"):
         restrict = os.environ["ZCSYNC_RESTRICT_TO"]

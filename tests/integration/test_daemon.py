@@ -643,3 +643,37 @@ def test_files_from_pull_and_escapes(zd, tmp_path, caplog):
                                   files_from=str(names))
         assert code in (1, 3) and why in msg + caplog.text, (code, msg, caplog.text)
         assert not (tmp_path / "bad" / "secret").exists() and not (tmp_path / "bad" / "hello").exists()
+
+
+def test_wildcard_pull_matches_rsync_daemon_and_reveals_nothing_outside(tmp_path):
+    """A pull's wildcards are expanded in the module, as rsync's daemon does; a match that
+    leads out of the module or that the module excludes is dropped without a word."""
+    zd, rd, zmod, rmod = _pair(tmp_path, "    exclude = *.tmp\n")
+    try:
+        base = tmp_path / "base"
+        for rel in ("a.txt", "b.txt", "x.tmp", "sub/c.txt", "sub2/d", "sun"):
+            (base / rel).parent.mkdir(parents=True, exist_ok=True)
+            (base / rel).write_text(rel)
+        for rel in ("a.txt", "b.txt", "x.tmp", "sub/c.txt", "sub2/d", "sun", "sub", "sub2", "."):
+            os.utime(base / rel, ns=(1_600_000_000_123_456_789,) * 2)
+        copy_tree(base, zmod / "tree")
+        copy_tree(base, rmod / "tree")
+        for i, patterns in enumerate((["tree/*.txt"], ["tree/*/"], ["tree/s*", "tree/[ab].txt"], ["tree/*.t?p"])):
+            rs = run_rsync(["-a", *(rd.url("m", p) for p in patterns), str(tmp_path / f"r{i}")], check=False)
+            code, msg, _ = run_client([*(zd.url("m", p) for p in patterns), str(tmp_path / f"z{i}")], archive=True)
+            assert rs.returncode == code, (patterns, rs.stderr, msg)
+            if code == 0:
+                assert_same_tree(tmp_path / f"r{i}", tmp_path / f"z{i}", **{**compare_kwargs_for(["-a"]), "root_times": False})
+        assert code == 23  # *.t?p: only the excluded x.tmp matches, so nothing does
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (outside / "secret-name").write_text("secret\n")
+        os.symlink(str(outside), zmod / "tree" / "out-link")
+        code, msg, _ = run_client([zd.url("m", "tree/*/secret*"), str(tmp_path / "leak")], archive=True)
+        assert code == 23 and "secret-name" not in msg, msg
+        code, msg, _ = run_client([zd.url("m", "tree/out-link/*"), str(tmp_path / "leak")], archive=True)
+        assert code == 3 and "refused" in msg and "secret-name" not in msg, msg
+        assert not (tmp_path / "leak").exists() or not any((tmp_path / "leak").rglob("secret*"))
+    finally:
+        zd.stop()
+        rd.stop()

@@ -166,6 +166,23 @@ def test_owner_maps(tmp_path, sshd, direction, options):
     _same_items(rs, zc)
 
 
+@pytest.mark.parametrize("sources", [
+    ["src/one/", "src/two/"],  # two sources of one directory: merged (this hung before)
+    ["src/*/"],  # the remote expands wildcards, as rsync's remote shell does
+    ["src/one/s*", "src/two/[a-z]nly2"],
+    ["src/*.none"],  # no match: a missing file (exit 23), as with rsync
+    ["src/one/fd", "src/two/fd"],
+], ids=["merged", "glob-dirs", "glob-names", "glob-no-match", "named-merged"])
+def test_pull_several_and_wildcard_sources(tmp_path, sshd, via, sources):
+    from .test_local_differential import _overlapping_sources
+    paths = [f"{ALIAS}:{{run}}/{s}" for s in sources] + ["dst"]
+    rs, zc = differential(tmp_path, [*via, "-a", "-i"], seed=40, prepare=_overlapping_sources, env=sshd.env(),
+                          paths=paths, zcsync_extra=_extra(), check_returncode="none" not in sources[0])
+    _same_items(rs, zc)
+    if "none" in sources[0]:
+        assert rs.returncode == zc.returncode == 23
+
+
 def test_push_no_trailing_slash_filters_checksum(tmp_path, sshd):
     differential(tmp_path, ["-a", "-c", "--exclude=*.bin", "--delete"], seed=5, mutate=True, env=sshd.env(),
                  paths=["src", f"{ALIAS}:{{run}}/dst"], compare_kwargs={"root_times": False},
