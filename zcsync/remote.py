@@ -1007,6 +1007,9 @@ class ReceivingSide:
         elif isinstance(msg, FlistEnd):
             self.io_error = self.io_error or msg.io_error
             self.batches.put(None)
+            if self.receiver is None:  # a sender that failed before its first batch: nothing to
+                with self._lock:       # generate, so answer Done at once (it waits for that)
+                    self._listed = True
         else:
             return common(msg, self.report)
         return True

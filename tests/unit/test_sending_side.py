@@ -166,3 +166,26 @@ def test_read_file(tmp_path: Path, read_file) -> None:
     empty = tmp_path / "e"
     empty.write_bytes(b"")
     assert read_file(bytes(empty), 0, False) == (b"", xxhash.xxh3_128(b"").digest())
+
+
+def test_a_list_that_ends_before_its_first_batch_gets_done_not_a_hang(tmp_path):
+    """A sender whose scan fails at once sends only FlistEnd(io_error); the receiver must
+    answer Done (so the sender can report its error), not wait for a batch forever."""
+    from zcsync.remote import ReceivingSide
+
+    a, b = socket.socketpair()
+    a.settimeout(20)
+    b.settimeout(20)
+    side = ReceivingSide(p.Connection(SockStream(a), side="receiver", peer="sender"), str(tmp_path / "dst"),
+                         Options(recursive=True), Report(), FilterRules.parse([]))
+    join = in_thread(side.run)
+    conn = p.Connection(SockStream(b), side="sender", peer="receiver")
+    conn.send(p.FlistEnd(True))
+    conn.flush()
+    assert isinstance(conn.recv(), p.Done)
+    conn.send(p.Goodbye(23))
+    conn.flush()
+    while not isinstance(conn.recv(), p.Goodbye):
+        pass
+    join()
+    assert not (tmp_path / "dst").exists()
