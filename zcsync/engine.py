@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import glob  # at import: a daemon session globs after dropping privileges (stdlib may be unreadable then)
 import itertools
 import logging
 import os
@@ -51,8 +52,6 @@ def glob_sources(operands: Sequence[str], keep: Callable[[str], bool] | None = N
     ``keep`` drops matches a caller refuses (a daemon: matches outside the module), without
     a word about them.
     """
-    import glob
-
     out = []
     for operand in operands:
         if not any(c in operand for c in _WILD):

@@ -677,3 +677,28 @@ def test_wildcard_pull_matches_rsync_daemon_and_reveals_nothing_outside(tmp_path
     finally:
         zd.stop()
         rd.stop()
+
+
+def test_address_binds_the_client_socket(zd, tmp_path):
+    """--address: the daemon sees the connection come from that address (hosts deny = 127.0.0.1)."""
+    code, msg, _ = run_client([zd.url("denied", "hello"), str(tmp_path / "a")])
+    assert code == 5 and "denied" in msg.lower(), msg
+    code, msg, _ = run_client([zd.url("denied", "hello"), str(tmp_path / "b")], address="127.0.0.2")
+    assert code == 0, msg
+    assert (tmp_path / "b").read_text() == "hello\n"
+
+
+def test_ip_version_picks_the_address_family(zd, tmp_path):
+    """-6 to an IPv4 address fails in getaddrinfo (exit 10, as rsync); -4 connects."""
+    code, msg, _ = run_client([zd.url("rw", "hello"), str(tmp_path / "six")], ip_version=6)
+    assert code == 10 and "getaddrinfo" in msg, msg
+    code, msg, _ = run_client([zd.url("rw", "hello"), str(tmp_path / "four")], ip_version=4)
+    assert code == 0, msg
+
+
+def test_wildcard_pull_from_a_module_run_as_nobody(zd, tmp_path):
+    """The session globs after it dropped privileges (no uid: it runs as nobody, who may not
+    be able to read the Python installation: glob must be imported before)."""
+    code, msg, _ = run_client([zd.url("denied", "hel*"), str(tmp_path / "got")], address="127.0.0.2")
+    assert code == 0, msg
+    assert (tmp_path / "got").read_text() == "hello\n"
