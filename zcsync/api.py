@@ -161,6 +161,7 @@ class SyncOptions(TypedDict, total=False):
     write_mode: Literal["auto", "direct", "splice", "buffered"]
     rsh: str
     zcsync_path: str
+    rsync_path: str
     ssh_accept_new: bool
     compress: bool
     compress_choice: str
@@ -177,6 +178,10 @@ class SyncOptions(TypedDict, total=False):
     transport: str
     timeout: int
     contimeout: int
+    address: str
+    ipv4: bool
+    ipv6: bool
+    no_motd: bool
 
 
 @dataclass(frozen=True)
@@ -194,7 +199,7 @@ def keywords() -> Mapping[str, _Keyword]:
     from .cli import command
     table: dict[str, _Keyword] = {}
     for param in command.params:
-        if not isinstance(param, click.Option) or param.name == "version":
+        if not isinstance(param, click.Option) or param.name in ("version", "outbuf"):
             continue
         longs = [o for o in param.opts if o.startswith("--")]
         if not longs:

@@ -266,6 +266,8 @@ def _cmd_options(f: Any) -> Any:
         click.option("--write-mode", type=click.Choice(["auto", "direct", "splice", "buffered"]), default="auto", help="how a receiver on a raw TCP connection writes files: O_DIRECT, splice or buffered (auto: buffered)"),
         click.option("-e", "--rsh", metavar="COMMAND", default=None, help="specify the remote shell to use (e.g. 'ssh -p 2222')"),
         click.option("--zcsync-path", metavar="PROGRAM", default=None, help="specify the zcsync to run on the remote machine"),
+        click.option("--rsync-path", metavar="PROGRAM", default=None,
+                     help="rsync's name for --zcsync-path (a word rsync in it becomes zcsync)"),
         click.option("--ssh-accept-new", is_flag=True, default=False, help="trust an unknown host key and remember it (zcsync's own known_hosts)"),
         click.option("-z", "--compress", is_flag=True, default=False, help="compress file data during the transfer"),
         click.option("--compress-level", "--zl", "compress_level", type=int, default=None, metavar="NUM",
@@ -284,6 +286,12 @@ def _cmd_options(f: Any) -> Any:
         click.option("--transport", type=click.Choice(["tcp"]), default=None, help="tcp: ssh starts a one-shot listener, data then goes over raw TCP (NOT encrypted)"),
         click.option("--timeout", type=click.IntRange(min=0), default=None, metavar="SECONDS", help="set I/O timeout in seconds"),
         click.option("--contimeout", type=click.IntRange(min=0), default=None, metavar="SECONDS", help="set connection timeout in seconds"),
+        click.option("--address", metavar="ADDRESS", default=None, help="bind address for outgoing socket to daemon"),
+        click.option("-4", "--ipv4", "ip_version", flag_value=4, default=None, help="prefer IPv4"),
+        click.option("-6", "--ipv6", "ip_version", flag_value=6, default=None, help="prefer IPv6"),
+        click.option("--no-motd", is_flag=True, default=False,
+                     help="suppress daemon-mode MOTD (accepted: a zcsync daemon sends none)"),
+        click.option("--outbuf", metavar="N|L|B", default=None, help="set out buffering to None, Line, or Block"),
         click.option("--version", is_flag=True, default=False, help="print the version and exit"),
         click.option("-C", "--cvs-exclude", is_flag=True, default=False, help="auto-ignore files in the same way CVS does"),
         click.option("--inc-recursive/--no-inc-recursive", "--i-r/--no-i-r", "inc_recursive", default=None,
@@ -335,6 +343,7 @@ def _build_command() -> click.Command:
         if not paths:  # rsync: -h alone asks for the help; nothing at all is a usage error
             click.echo(ctx.get_help())
             sys.exit(0 if kw["human_count"] else errors.USAGE)
+        _set_outbuf(kw["outbuf"])
         opts = build_options(ctx, kw)
         sys.exit(run_cli(list(paths), opts))
 
@@ -358,6 +367,32 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _set_outbuf(mode: str | None) -> None:
+    """--outbuf: stdout unbuffered (N), flushed per line (L) or in blocks (B), as rsync's setvbuf."""
+    import click
+
+    if mode is None:
+        return
+    kind = mode[:1].upper()
+    if kind not in ("N", "L", "B"):
+        raise click.UsageError("Invalid --outbuf setting -- specify N, L, or B.")
+    sys.stdout.reconfigure(line_buffering=kind == "L", write_through=kind == "N")  # type: ignore[union-attr]
+
+
+def rsync_path_as_zcsync(program: str) -> str:
+    """--rsync-path from an rsync script: each word that is rsync (or a path to an rsync)
+    becomes zcsync, so that ``--rsync-path='sudo rsync'`` runs ``sudo zcsync`` there."""
+    import shlex
+
+    import click
+
+    try:
+        words = shlex.split(program)
+    except ValueError as exc:
+        raise click.UsageError(f"Cannot parse --rsync-path {program!r}: {exc}") from None
+    return shlex.join("zcsync" if os.path.basename(w) == "rsync" else w for w in words)
+
+
 def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     """Map click's values onto Options (rsync's implications and conflicts)."""
     import click
@@ -370,6 +405,11 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     if values.pop("cvs_exclude"):  # rsync appends these after every other rule, wherever -C was
         values["filter_rules"] += ("-C", ":C")
     values.pop("inc_recursive")
+    values.pop("no_motd")
+    values.pop("outbuf", None)  # the command line's alone (_set_outbuf)
+    rsync_path = values.pop("rsync_path")
+    if rsync_path is not None and values["zcsync_path"] is None:
+        values["zcsync_path"] = rsync_path_as_zcsync(rsync_path)
     # -h raises rsync's default level (1, commas) by one each time; --no-h is 0.
     human_count, no_human = values.pop("human_count"), values.pop("no_human")
     values["human_readable"] = 0 if no_human else 1 + human_count

@@ -147,11 +147,12 @@ def open_stream(endpoint: Endpoint, argv: list[str], opts: Options) -> Stream:
     if rsh:
         from .transport.rsh import open_rsh
         return open_rsh(rsh, endpoint, argv, program=opts.zcsync_path,
-                        timeout=float(opts.timeout) if opts.timeout else None)
+                        timeout=float(opts.timeout) if opts.timeout else None, ip_version=opts.ip_version)
     from .transport.ssh import SshOptions, open_ssh
     ssh_opts = SshOptions(accept_new=opts.ssh_accept_new,
                           connect_timeout=float(opts.contimeout) if opts.contimeout else None,
-                          timeout=float(opts.timeout) if opts.timeout else None)
+                          timeout=float(opts.timeout) if opts.timeout else None,
+                          family=tcp.family_of(opts.ip_version))
     return open_ssh(endpoint, argv, options=ssh_opts, program=opts.zcsync_path)
 
 
@@ -472,7 +473,8 @@ def _connect(endpoint: Endpoint, opts: Options) -> tuple[tcp.SocketStream, str]:
     port = _port(endpoint, opts)
     stream = tcp.connect(endpoint.host, port,
                          connect_timeout=float(opts.contimeout) if opts.contimeout else None,
-                         timeout=float(opts.timeout) if opts.timeout else PREAMBLE_TIMEOUT)
+                         timeout=float(opts.timeout) if opts.timeout else PREAMBLE_TIMEOUT,
+                         family=tcp.family_of(opts.ip_version), bind=opts.address)
     return stream, f"{endpoint.host}:{port}"
 
 

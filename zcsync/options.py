@@ -115,6 +115,8 @@ class Options:
     ssh_accept_new: bool = False
     timeout: int | None = None
     contimeout: int | None = None
+    ip_version: int | None = None  # -4 / -6: the address family of the sockets we open (and ssh's)
+    address: str | None = None  # --address: the local address a daemon connection binds to
 
     def replace(self, **changes: object) -> Options:
         """Return a copy with some fields changed (and validated)."""
@@ -174,7 +176,7 @@ class Options:
 # What only the client acts on: never sent to the server, never accepted from a client.
 CLIENT_ONLY = frozenset({"rsh", "zcsync_path", "ssh_accept_new", "contimeout", "log_file", "json",
                          "stats", "list_only", "files_from", "quiet", "progress", "progress_always",
-                         "out_format", "port", "password_file", "transport"})
+                         "out_format", "port", "password_file", "transport", "ip_version", "address"})
 MAX_WIRE_OPTIONS = 64 * 1024
 
 

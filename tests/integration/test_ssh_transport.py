@@ -444,6 +444,25 @@ def test_rsh_argv_follows_rsync() -> None:
     assert rsh_argv("ssh", parse_endpoint("[::1]:x"), "cmd") == ["ssh", "::1", "cmd"]
 
 
+def test_rsh_argv_passes_ip_version_only_to_ssh() -> None:
+    ep = parse_endpoint("box:dir")
+    assert rsh_argv("/usr/bin/ssh -p 2", ep, "c", ip_version=6) == ["/usr/bin/ssh", "-6", "-p", "2", "box", "c"]
+    assert rsh_argv("ssh", ep, "c", ip_version=4) == ["ssh", "-4", "box", "c"]
+    assert rsh_argv("rsh", ep, "c", ip_version=4) == ["rsh", "box", "c"]
+
+
+def test_paramiko_with_ipv6_only_cannot_reach_an_ipv4_sshd(tmp_path, sshd: Sshd) -> None:
+    """-6: the built-in client resolves the host for IPv6 only (the test sshd listens on 127.0.0.1)."""
+    env = {**os.environ, **sshd.env()}
+    proc = subprocess.run([sys.executable, "-m", "zcsync", "-6", "-r", "--zcsync-path", remote_zcsync_path(),
+                           "zcs-test:/etc/hostname", str(tmp_path / "h")], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and not (tmp_path / "h").exists()
+    proc = subprocess.run([sys.executable, "-m", "zcsync", "-4", "-r", "--rsync-path", remote_zcsync_path(),
+                           "zcs-test:/etc/hostname", str(tmp_path / "h")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "h").read_bytes() == Path("/etc/hostname").read_bytes()
+
+
 def test_rsh_stream(sshd: Sshd) -> None:
     stream = open_rsh(sshd.rsh, EP, ["sh", "-c", "cat; echo done; exit 4"])
     with stream:

@@ -167,3 +167,30 @@ def test_click_command_has_every_issue_option():
                 "--stats", "--log-file", "--version", "--help", "--no-perms", "--no-fsync"):
         assert opt in names or opt == "--help", opt
     assert isinstance(cli.command, click.Command)
+
+
+@pytest.mark.parametrize(("given", "runs"), [
+    ("sudo rsync", "sudo zcsync"), ("/usr/bin/rsync", "zcsync"), ("nice -n 5 /opt/bin/rsync --x", "nice -n 5 zcsync --x"),
+    ("rsync-3.2", "rsync-3.2"), ("/opt/zcsync/bin/zcsync", "/opt/zcsync/bin/zcsync"),
+])
+def test_rsync_path_runs_zcsync_where_it_named_rsync(given, runs):
+    assert cli.rsync_path_as_zcsync(given) == runs
+
+
+def test_zcsync_path_wins_over_rsync_path():
+    assert parse("--rsync-path=sudo rsync", "--zcsync-path=/z").zcsync_path == "/z"
+    assert parse("--rsync-path=sudo rsync").zcsync_path == "sudo zcsync"
+
+
+@pytest.mark.parametrize("mode", ["N", "line", "b"])
+def test_outbuf_modes_are_accepted(tmp_path, mode):
+    import subprocess
+    import sys
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/f").write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "zcsync", "-av", f"--outbuf={mode}", "--no-motd", "src/", "dst"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0 and "f\n" in proc.stdout, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "zcsync", "-a", "--outbuf=X", "src/", "dst"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1 and "Invalid --outbuf setting -- specify N, L, or B." in proc.stderr

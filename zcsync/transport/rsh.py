@@ -21,8 +21,9 @@ from .base import BaseStream, Buffer, grow_pipe, looks_like_not_found, map_strea
 _READ_CHUNK = 256 * 1024
 
 
-def rsh_argv(command: str, endpoint: Endpoint, remote_cmdline: str) -> list[str]:
-    """The argv rsync would run for -e command: ``CMD [-l user] host remote-command``."""
+def rsh_argv(command: str, endpoint: Endpoint, remote_cmdline: str, ip_version: int | None = None) -> list[str]:
+    """The argv rsync would run for -e command: ``CMD [-4|-6] [-l user] host remote-command``
+    (-4 / -6 go to the command only when it is ssh, as rsync does)."""
     try:
         argv = shlex.split(command)
     except ValueError as exc:
@@ -31,6 +32,8 @@ def rsh_argv(command: str, endpoint: Endpoint, remote_cmdline: str) -> list[str]
         raise UsageError("Empty remote shell command")
     if endpoint.host is None:
         raise ValueError("rsh needs a remote endpoint")
+    if ip_version and os.path.basename(argv[0]) == "ssh":
+        argv.insert(1, f"-{ip_version}")
     if endpoint.user:
         argv += ["-l", endpoint.user]
     return argv + [endpoint.host, remote_cmdline]
@@ -166,6 +169,7 @@ def open_rsh(
     program: str | None = None,
     timeout: float | None = None,
     close_wait: float = 5.0,
+    ip_version: int | None = None,
 ) -> PipeStream:
     """Spawn the remote shell command for endpoint and return a stream over its pipes.
 
@@ -173,7 +177,7 @@ def open_rsh(
     The exit status (255 when ssh itself failed) is ``stream.exit_status`` after
     close(); a missing remote zcsync is RemoteNotFound from the first read.
     """
-    argv = rsh_argv(command, endpoint, remote_command(remote_argv, program))
+    argv = rsh_argv(command, endpoint, remote_command(remote_argv, program), ip_version)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, close_fds=True)
     except OSError as exc:

@@ -143,6 +143,8 @@ class SshOptions:
     #: ssh_config file; None: $ZCSYNC_SSH_CONFIG, else ~/.ssh/config and /etc/ssh/ssh_config.
     ssh_config: str | None = None
     connect_timeout: float | None = None
+    #: -4 / -6: connect over this address family only (AF_UNSPEC: any).
+    family: int = socket.AF_UNSPEC
     #: Idle I/O timeout of the returned stream (rsync's --timeout).
     timeout: float | None = None
     #: Where --ssh-accept-new stores keys; None: $ZCSYNC_KNOWN_HOSTS, else
@@ -648,7 +650,7 @@ class _Connector:
         return self._tcp(hop, timeout)
 
     def _tcp(self, hop: _Hop, timeout: float | None) -> socket.socket:
-        infos = socket.getaddrinfo(hop.hostname, hop.port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(hop.hostname, hop.port, self.options.family, type=socket.SOCK_STREAM)
         last: OSError | None = None
         for family, socktype, proto, _, addr in infos:
             sock = socket.socket(family, socktype, proto)

@@ -129,11 +129,18 @@ class SocketStream(BaseStream):
             pass
 
 
+def family_of(ip_version: int | None) -> socket.AddressFamily:
+    """The address family -4 / -6 ask for (none: whichever getaddrinfo offers)."""
+    return {4: socket.AF_INET, 6: socket.AF_INET6}.get(ip_version or 0, socket.AF_UNSPEC)
+
+
 def connect(host: str, port: int, *, connect_timeout: float | None = None,
-            timeout: float | None = None) -> SocketStream:
-    """Open a TCP connection to host:port (any address family getaddrinfo offers)."""
+            timeout: float | None = None, family: socket.AddressFamily = socket.AF_UNSPEC,
+            bind: str | None = None) -> SocketStream:
+    """Open a TCP connection to host:port (of one address family, or any getaddrinfo offers),
+    from the local address ``bind`` if given (rsync's --address)."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, family, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise SocketIOError(f"getaddrinfo: {host} {port}: {exc.strerror}") from exc
     last: OSError | None = None
@@ -141,6 +148,12 @@ def connect(host: str, port: int, *, connect_timeout: float | None = None,
         sock = socket.socket(family, kind, proto)
         try:
             sock.settimeout(connect_timeout)
+            if bind is not None:
+                try:
+                    local = socket.getaddrinfo(bind, 0, family, kind, proto, socket.AI_PASSIVE)[0][4]
+                except socket.gaierror as exc:
+                    raise SocketIOError(f"getaddrinfo: bind address {bind}: {exc.strerror}") from exc
+                sock.bind(local)
             sock.connect(addr)
         except TimeoutError as exc:
             sock.close()
