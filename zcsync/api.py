@@ -131,6 +131,7 @@ class SyncOptions(TypedDict, total=False):
     max_size: str | int
     partial: bool
     partial_dir: PathArg
+    temp_dir: PathArg
     inplace: bool
     append: bool
     append_verify: bool

@@ -111,7 +111,7 @@ from .pathnames import escape
 from .protocol import Connection, FlistBatch
 from .remote import MAX_FILES_FROM
 from .sender import Sender
-from .server import Job, serve_job
+from .server import PATH_OPTIONS, Job, serve_job
 from .stats import Report
 from .transport import tcp
 from .transport.base import Stream
@@ -647,7 +647,7 @@ def _is_clear_rule(rule: str) -> bool:
 
 def _check_path_options(root_fd: int, opts: Options, dest: bytes, module_name: str) -> None:
     """--backup-dir, --partial-dir and the *-dest dirs must stay inside the module as well."""
-    for name in ("backup_dir", "partial_dir", "link_dest", "compare_dest", "copy_dest"):
+    for name in PATH_OPTIONS:
         value = getattr(opts, name)
         for item in (value if isinstance(value, tuple) else (value,)):
             if not item:

@@ -349,6 +349,7 @@ class Receiver:
         try:
             for _, fd in self.basis_roots:
                 os.close(fd)
+            self.writer.close()
         finally:
             self.tree.close()
 

@@ -47,7 +47,7 @@ from .transport.tcp import SocketStream
 
 log = logging.getLogger("zcsync")
 
-PATH_OPTIONS = ("backup_dir", "partial_dir", "link_dest", "compare_dest", "copy_dest")
+PATH_OPTIONS = ("backup_dir", "partial_dir", "temp_dir", "link_dest", "compare_dest", "copy_dest")
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from typing import Protocol
 
 import xxhash
 
-from . import commit
+from . import commit, fastio
 from .attrs import AttrPolicy, apply_fd
 from .commit import DestTree
-from .errors import FileIOError, FileProblem
+from .errors import FileIOError, FileProblem, UsageError
 from .flist import FileEntry
 from .options import Options
 from .pathnames import escape, join, split
@@ -61,6 +61,17 @@ class Request:
     partial: os.stat_result | None = None
 
 
+def open_temp_dir(tree: DestTree, temp_dir: str) -> int:
+    """The fd of -T's directory (a relative one is relative to the destination); UsageError
+    with rsync's message if it is not there."""
+    try:
+        return os.open(temp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=tree.root_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise UsageError(f"The temp-dir does not exist: {temp_dir}") from None
+        raise UsageError(f"Cannot open the temp-dir {temp_dir}: {exc.strerror}") from None
+
+
 class Writer:
     """Writes requested files into temp files and commits them; thread-safe per file."""
 
@@ -78,6 +89,10 @@ class Writer:
         self.temps: set[tuple[bytes, bytes, bytes]] = set()  # (parent, temp, base) still uncommitted
         self._committer = None  # see commit_in_background()
         self._queued = 0  # files submitted to it since its results were last collected
+        # -T/--temp-dir: temp files are made there (relative to the destination, as rsync);
+        # _in_temp_dir names those that still are (the rest are in their file's directory).
+        self.temp_fd = open_temp_dir(tree, opts.temp_dir) if opts.temp_dir else None
+        self._in_temp_dir: set[bytes] = set()
 
     @property
     def partial_dir(self) -> bytes:
@@ -166,6 +181,7 @@ class Writer:
         nothing but the commit protocol: no backup, in-place, delayed, sparse or xattr step?"""
         opts = self.opts
         return (_commit is not None and self.report.on_progress is None  # progress watches write_into
+                and self.temp_fd is None  # the C commit makes its temp file beside the file
                 and getattr(source, "data", None) is not None
                 and not (opts.inplace or opts.delay_updates or opts.sparse) and req.partial is None
                 and (req.existing is None or self.backup is None)
@@ -237,7 +253,7 @@ class Writer:
             fd = os.open(base, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             tmp = None
         else:
-            fd, tmp = commit.create_temp(pfd, base)
+            fd, tmp = self._create_temp(pfd, base)
             with self._lock:
                 self.temps.add((parent, tmp, base))
         ok = False
@@ -256,6 +272,8 @@ class Writer:
                 return False
             if inplace:
                 os.ftruncate(fd, source.size)
+            elif tmp in self._in_temp_dir and os.fstat(fd).st_dev != os.fstat(pfd).st_dev:
+                fd, tmp = self._bring_over(fd, tmp, pfd, parent, base, source.size)
             if opts.fsync:
                 os.fsync(fd)
             want = self.policy.wanted(entry, req.existing)
@@ -277,40 +295,101 @@ class Writer:
             with self._lock:
                 self.delayed.append((parent, tmp, base))
             return True
-        os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
+        self._rename(tmp, pfd, base)
         with self._lock:
             self.temps.discard((parent, tmp, base))
         self.tree.mark_dirty(parent)
         return True
 
-    def _discard(self, pfd: int, parent: bytes, tmp: bytes, base: bytes) -> None:
-        """Drop a temp file, or keep it in the partial dir when --partial asks for that."""
+    def _create_temp(self, pfd: int, base: bytes) -> tuple[int, bytes]:
+        """A new temp file for base: in the --temp-dir if there is one, else beside base."""
+        if self.temp_fd is None:
+            return commit.create_temp(pfd, base)
+        fd, tmp = commit.create_temp(self.temp_fd, base)
+        with self._lock:
+            self._in_temp_dir.add(tmp)
+        return fd, tmp
+
+    def _dir_of(self, tmp: bytes, pfd: int) -> int:
+        return self.temp_fd if tmp in self._in_temp_dir and self.temp_fd is not None else pfd
+
+    def _bring_over(self, fd: int, tmp: bytes, pfd: int, parent: bytes, base: bytes, size: int) -> tuple[int, bytes]:
+        """A verified temp file on another filesystem than its directory: copy it to a temp
+        file beside base (rename cannot cross), drop the first; return the new (fd, name).
+        rsync copies onto the final name itself; this keeps that name whole until the rename."""
+        assert self.temp_fd is not None
+        new_fd, new_tmp = commit.create_temp(pfd, base)
+        try:
+            fastio.copy_data(fd, new_fd, size)
+        except BaseException:
+            os.close(new_fd)
+            commit.unlink_quietly(pfd, new_tmp)
+            raise
+        with self._lock:
+            self.temps.add((parent, new_tmp, base))
+        os.close(fd)
+        self._forget_temp(parent, tmp, base)
+        commit.unlink_quietly(self.temp_fd, tmp)
+        return new_fd, new_tmp
+
+    def _forget_temp(self, parent: bytes, tmp: bytes, base: bytes) -> None:
         with self._lock:
             self.temps.discard((parent, tmp, base))
+            self._in_temp_dir.discard(tmp)
+
+    def _rename(self, tmp: bytes, pfd: int, base: bytes) -> None:
+        os.rename(tmp, base, src_dir_fd=self._dir_of(tmp, pfd), dst_dir_fd=pfd)
+        with self._lock:
+            self._in_temp_dir.discard(tmp)
+
+    def _discard(self, pfd: int, parent: bytes, tmp: bytes, base: bytes) -> None:
+        """Drop a temp file, or keep it in the partial dir when --partial asks for that."""
+        tdir = self._dir_of(tmp, pfd)
+        self._forget_temp(parent, tmp, base)
         if self.opts.partial or self.opts.partial_dir:
             try:
-                self._keep_partial(pfd, tmp, base)
+                self._keep_partial(tdir, pfd, tmp, base)
                 return
             except OSError as exc:
                 log.warning("Cannot keep partial file for %r: %s", escape(join(parent, base)), exc.strerror)
-        commit.unlink_quietly(pfd, tmp)
+        commit.unlink_quietly(tdir, tmp)
 
-    def _keep_partial(self, pfd: int, tmp: bytes, base: bytes) -> None:
-        """Move a partial temp file into the partial dir, never under its final name."""
+    def _keep_partial(self, tdir: int, pfd: int, tmp: bytes, base: bytes) -> None:
+        """Move a partial temp file (in directory tdir) into the partial dir, never under its
+        final name; across filesystems (--temp-dir) by a copy."""
         pdir = os.fsencode(self.opts.partial_dir or PARTIAL_DIR)
         if pdir.startswith(b"/"):
             raise OSError(errno.EINVAL, "absolute --partial-dir is not supported")
         fd = commit.makedirs_beneath(pfd, pdir, 0o700)
         try:
-            os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=fd)
+            try:
+                os.rename(tmp, base, src_dir_fd=tdir, dst_dir_fd=fd)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                self._copy_partial(tdir, tmp, fd, base)
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _copy_partial(tdir: int, tmp: bytes, dfd: int, base: bytes) -> None:
+        src = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tdir)
+        try:
+            dst, part = commit.create_temp(dfd, base)
+            try:
+                fastio.copy_data(src, dst, os.fstat(src).st_size)
+            finally:
+                os.close(dst)
+            os.rename(part, base, src_dir_fd=dfd, dst_dir_fd=dfd)
+        finally:
+            os.close(src)
+        commit.unlink_quietly(tdir, tmp)
 
     def finish_delayed(self) -> None:
         """--delay-updates: put every delayed file in place at the end."""
         for parent, tmp, base in self.delayed:
             pfd = self.tree.dir_fd(parent)
-            os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
+            self._rename(tmp, pfd, base)
             with self._lock:
                 self.temps.discard((parent, tmp, base))
             self.tree.mark_dirty(parent)
@@ -331,6 +410,12 @@ class Writer:
             except OSError:
                 continue
             self._discard(pfd, parent, tmp, base)
+
+    def close(self) -> None:
+        """Release what the writer holds open (the --temp-dir)."""
+        if self.temp_fd is not None:
+            os.close(self.temp_fd)
+            self.temp_fd = None
 
     def event(self, itemize: str, name: bytes, size: int = 0, extra: str = "") -> None:
         self.report.event(Event(itemize, escape(name), extra, size))

@@ -702,3 +702,14 @@ def test_wildcard_pull_from_a_module_run_as_nobody(zd, tmp_path):
     code, msg, _ = run_client([zd.url("denied", "hel*"), str(tmp_path / "got")], address="127.0.0.2")
     assert code == 0, msg
     assert (tmp_path / "got").read_text() == "hello\n"
+
+
+def test_temp_dir_must_stay_in_the_module(zd, tmp_path):
+    src = _src(tmp_path)
+    for temp in ("/tmp", "../x"):
+        code, msg, _ = run_client([f"{src}/", zd.url("rw", "tin/")], archive=True, temp_dir=temp)
+        assert code == 3 and "--temp-dir" in msg, (temp, msg)
+    os.makedirs(zd.dir / "data" / "tin" / "t", exist_ok=True)
+    code, msg, _ = run_client([f"{src}/", zd.url("rw", "tin/")], archive=True, temp_dir="t")
+    assert code == 0, msg
+    assert list((zd.dir / "data" / "tin" / "t").iterdir()) == []

@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 import pathlib
 import stat
+import shutil
 import subprocess
+import tempfile
 import sys
 
 import pytest
@@ -601,3 +603,54 @@ def test_named_sources_with_the_same_name_like_rsync(tmp_path):
                           paths=["src/one/fd", "src/two/fd", "src/one/same", "src/two/same", "src/one/sub",
                                  "src/two/sub", "dst"])
     _itemize_same(rs, zc)
+
+
+def _temp_dir_in_dst(src: pathlib.Path, dst: pathlib.Path) -> None:
+    (dst / "tmpx").mkdir()
+    _age(dst / "tmpx", dst)
+
+
+@pytest.mark.parametrize("options", [["-a", "-T", "tmpx", "-i"], ["-a", "--temp-dir=tmpx", "--delay-updates", "-i"],
+                                     ["-a", "-T", "tmpx", "--backup", "-i"]], ids=["T", "delay-updates", "backup"])
+def test_temp_dir_like_rsync(tmp_path, options):
+    """-T DIR (relative: to the destination): the same result as rsync's, and nothing left in DIR."""
+    # (the temp dir's own time is when the last temp file left it, for either tool)
+    rs, zc = differential(tmp_path, options, seed=41, mutate=True, prepare=_temp_dir_in_dst,
+                          compare_kwargs={"exclude": lambda rel: rel == b"tmpx"})
+    _itemize_same(rs, zc)
+    assert not any((tmp_path.glob("*/zcsync/dst/tmpx/*")))
+
+
+def test_temp_dir_missing_is_rsyncs_usage_error(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/f").write_text("x")
+    (tmp_path / "dst").mkdir()
+    rs = subprocess.run(["rsync", "-a", "-T", "nope", "src/", "dst/"], cwd=tmp_path, capture_output=True, text=True)
+    zc = subprocess.run([sys.executable, "-m", "zcsync", "-a", "-T", "nope", "src/", "dst/"], cwd=tmp_path,
+                        capture_output=True, text=True)
+    assert rs.returncode == zc.returncode == 1
+    assert "The temp-dir does not exist: nope" in rs.stderr and "The temp-dir does not exist: nope" in zc.stderr
+    assert not (tmp_path / "dst/f").exists()
+
+
+def test_temp_dir_on_another_filesystem(tmp_path):
+    """A temp dir on tmpfs for a destination on disk: rename cannot cross, the verified file is
+    copied beside its name and renamed there (rsync copies onto the final name itself)."""
+    shm = pathlib.Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the test's tmp_path")
+    temp = pathlib.Path(tempfile.mkdtemp(dir=shm))
+    try:
+        (tmp_path / "src/sub").mkdir(parents=True)
+        data = os.urandom(3 << 20)
+        (tmp_path / "src/big").write_bytes(data)
+        (tmp_path / "src/sub/small").write_text("small\n")
+        zc = subprocess.run([sys.executable, "-m", "zcsync", "-a", f"--temp-dir={temp}", "src/", "dst/"],
+                            cwd=tmp_path, capture_output=True, text=True)
+        assert zc.returncode == 0, zc.stderr
+        assert (tmp_path / "dst/big").read_bytes() == data
+        assert (tmp_path / "dst/sub/small").read_text() == "small\n"
+        assert list(temp.iterdir()) == []
+        assert not [p for p in (tmp_path / "dst").rglob("*.zcs")]
+    finally:
+        shutil.rmtree(temp)

@@ -354,3 +354,25 @@ def test_one_remote_operand_lists_like_rsync(tmp_path, sshd, via, args):
     assert zc.stdout.splitlines() == rs.stdout.splitlines()
     assert len(rs.stdout.splitlines()) > 1
     assert not (tmp_path / f"{ALIAS}:{tmp_path}").exists()  # nothing local was taken for the operand
+
+
+def test_push_temp_dir_holds_the_file_in_flight(tmp_path, sshd):
+    """-T on a push: while the data arrives, the temp file is in DIR, never beside its name."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/big").write_bytes(os.urandom(2 << 20))
+    (tmp_path / "dst/tmpx").mkdir(parents=True)
+    env = {**os.environ, **sshd.env()}
+    proc = subprocess.Popen([sys.executable, "-m", "zcsync", "-a", "-T", "tmpx", "--bwlimit=512", *_extra(),
+                             "src/", f"{ALIAS}:{tmp_path}/dst/"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen_in_temp, seen_beside = set(), set()
+    while proc.poll() is None:
+        seen_in_temp.update(p.name for p in (tmp_path / "dst/tmpx").iterdir())
+        seen_beside.update(p.name for p in (tmp_path / "dst").iterdir() if p.name.endswith(".zcs"))
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert any(n.startswith(".big.") and n.endswith(".zcs") for n in seen_in_temp), seen_in_temp
+    assert not seen_beside
+    assert (tmp_path / "dst/big").read_bytes() == (tmp_path / "src/big").read_bytes()
+    assert list((tmp_path / "dst/tmpx").iterdir()) == []
