@@ -160,9 +160,8 @@ class Scanner:
         self.state = state or ScanState()
         self.read_xattrs = read_xattrs
         self._root_dev: int | None = None
-        # No size limits, no xattrs: a regular file with one link needs no further checks.
-        self._plain = (options.max_size is None and options.min_size is None
-                       and read_xattrs is None)
+        # No xattrs: a regular file with one link needs no further checks.
+        self._plain = read_xattrs is None
 
     # -- entry construction -------------------------------------------------
     def _lstat(self, path: bytes, top: bool = False, implied: bool = False) -> os.stat_result | None:
@@ -261,11 +260,6 @@ class Scanner:
             pass
         elif not stat.S_ISREG(mode):
             return None
-        if stat.S_ISREG(mode):
-            if opts.max_size is not None and st.st_size > opts.max_size:
-                return None
-            if opts.min_size is not None and st.st_size < opts.min_size:
-                return None
         index = self.state.next_index
         hlink = None
         if opts.hard_links and not stat.S_ISDIR(mode) and st.st_nlink > 1:

@@ -81,6 +81,11 @@ class Generator:
         # May an up-to-date file be recognised from its stat alone?
         self._quick = not (o.checksum or o.size_only or o.ignore_times or o.ignore_existing or o.xattrs or o.acls
                            or (o.itemize and o.verbose > 1))
+        # --link-dest / --compare-dest dirs, which rsync consults for existing files too, up to
+        # date or not (_alt_exact): then no file is known to be done from its own stat.
+        self._exact_roots = [(kind, fd) for kind, fd in self.basis_roots if kind != "copy"]
+        if self._exact_roots:
+            self._quick = False
 
     # -- per batch ------------------------------------------------------------
     def process(self, batch: DirBatch) -> Iterator[Request]:
@@ -209,6 +214,8 @@ class Generator:
             if entry.is_dir:
                 self._dir(entry, name, st)
                 return None
+            if entry.is_reg and self._size_skipped(entry):
+                return None  # listed (so --delete keeps it) but not transferred, as in rsync
             if entry.hlink is not None:
                 return self._hard_link(entry, name, st)
             if entry.is_reg:
@@ -393,6 +400,8 @@ class Generator:
 
     def _file(self, entry: FileEntry, name: bytes, st: os.stat_result | None) -> Request | None:
         opts = self.opts
+        if st is not None and self._exact_roots and stat.S_ISREG(st.st_mode) and self._alt_exact(entry, name, st):
+            return None
         if st is not None and self._quick and stat.S_ISREG(st.st_mode) and self.policy.unchanged(entry, st):
             self._final(entry, name)
             return None
@@ -419,6 +428,8 @@ class Generator:
             if not self.make_way(entry, name, st):
                 return None
             st = None
+            if self.basis_roots and self._alt_basis(entry, name):
+                return None  # the directory made way: now as if the name had been missing
         # Any other type is replaced by the final rename (after its backup). A name that a
         # --*-dest dir holds unchanged but was not taken from there (-I) shows no change.
         return self._request(entry, name, st, (self._new_itemize(entry, name, ">f") or ">f" + "." * 9)
@@ -492,6 +503,50 @@ class Generator:
                 return True
             finally:
                 os.close(pfd)
+        return False
+
+    def _size_skipped(self, entry: FileEntry) -> bool:
+        """--max-size / --min-size: the receiver leaves this file alone."""
+        o = self.opts
+        return (o.max_size is not None and entry.size > o.max_size) or \
+            (o.min_size is not None and entry.size < o.min_size)
+
+    def _alt_exact(self, entry: FileEntry, name: bytes, st: os.stat_result) -> bool:
+        """An existing file that a --link-dest / --compare-dest dir holds exactly (content and
+        attributes): as rsync, it is replaced by a hard link to that file, or (compare) removed,
+        even when it is up to date itself. True if so; False leaves it to the usual checks."""
+        parent, base = split(name)
+        for kind, root_fd in self._exact_roots:
+            try:
+                afd = commit.open_beneath(root_fd, parent)
+            except OSError:
+                continue
+            try:
+                try:
+                    ast = os.stat(base, dir_fd=afd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if not self._same_in(entry, afd, base, ast) or \
+                        self.policy.changes(entry, ast, self.policy.wanted(entry, None)) != "....":
+                    continue
+                if kind == "link" and (ast.st_dev, ast.st_ino) == (st.st_dev, st.st_ino):
+                    return False  # already that file
+                if not self.opts.dry_run:
+                    pfd = self.tree.dir_fd(parent)
+                    if kind == "link":  # linked under a temp name, renamed over: never a moment without
+                        tmp = commit.temp_name(base)
+                        os.link(base, tmp, src_dir_fd=afd, dst_dir_fd=pfd, follow_symlinks=False)
+                        os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
+                    else:
+                        os.unlink(base, dir_fd=pfd)
+                    self.tree.mark_dirty(parent)
+                if kind == "link":
+                    if self.opts.verbose > 1 and self.opts.itemize:
+                        self._event("hf" + "." * 9, name, entry)
+                    self._final(entry, name)
+                return True
+            finally:
+                os.close(afd)
         return False
 
     def _same_in(self, entry: FileEntry, pfd: int, base: bytes, st: os.stat_result) -> bool:

@@ -654,3 +654,22 @@ def test_temp_dir_on_another_filesystem(tmp_path):
         assert not [p for p in (tmp_path / "dst").rglob("*.zcs")]
     finally:
         shutil.rmtree(temp)
+
+
+@pytest.mark.parametrize("options", [["-ai", "--link-dest=../src"], ["-ai", "--compare-dest=../src"],
+                                     ["-ai", "--copy-dest=../src"], ["-ai", "--link-dest=../src", "-c"]],
+                         ids=["link", "compare", "copy", "link-checksum"])
+def test_alt_dest_over_an_existing_destination_like_rsync(tmp_path, options):
+    """rsync consults --link-dest/--compare-dest for files the destination already has, up to
+    date or not: an exact match there becomes a hard link (link) or a removal (compare)."""
+    rs, zc = differential(tmp_path, options, seed=17, mutate=True)
+    assert sorted(set(output_lines(rs.stdout))) == sorted(set(output_lines(zc.stdout)))
+
+
+@pytest.mark.parametrize("options", [["-ai", "--max-size=2k", "--delete"], ["-ai", "--min-size=2k", "--delete"],
+                                     ["-aiH", "--max-size=2k", "--delete"]], ids=["max", "min", "max-H"])
+def test_size_limits_never_delete_what_the_source_has(tmp_path, options):
+    """A file outside --max-size/--min-size is still listed (rsync's receiver skips it), so
+    --delete keeps the destination's copy; zcsync used to delete it."""
+    rs, zc = differential(tmp_path, options, seed=17, mutate=True)
+    _itemize_same(rs, zc)

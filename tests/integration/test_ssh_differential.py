@@ -183,6 +183,16 @@ def test_pull_several_and_wildcard_sources(tmp_path, sshd, via, sources):
         assert rs.returncode == zc.returncode == 23
 
 
+@pytest.mark.parametrize("direction", ["push", "pull"])
+@pytest.mark.parametrize("options", [["-ai", "--max-size=2k", "--delete"], ["-ai", "--link-dest=../src"],
+                                     ["-ai", "--compare-dest=../src"]], ids=["max-size", "link-dest", "compare-dest"])
+def test_receiver_side_choices_over_an_existing_destination(tmp_path, sshd, direction, options):
+    """Size limits and alternate basis dirs are the receiver's: on a push the server decides."""
+    rs, zc = differential(tmp_path, options, seed=17, mutate=True, env=sshd.env(),
+                          paths=direction_paths(direction), zcsync_extra=_extra())
+    assert sorted(set(output_lines(rs.stdout))) == sorted(set(output_lines(zc.stdout)))
+
+
 def test_push_no_trailing_slash_filters_checksum(tmp_path, sshd):
     differential(tmp_path, ["-a", "-c", "--exclude=*.bin", "--delete"], seed=5, mutate=True, env=sshd.env(),
                  paths=["src", f"{ALIAS}:{{run}}/dst"], compare_kwargs={"root_times": False},
