@@ -201,8 +201,9 @@ class SendingSide:
         ended = False
         try:
             for batch in self.sender.batches():
+                removing = self.opts.remove_source_files  # every non-directory may be removed
                 for entry in batch.entries:
-                    if entry.is_reg:
+                    if entry.is_reg or (removing and not entry.is_dir):
                         self.entries[entry.index] = entry
                 extras = tuple(self._extras(e) for e in batch.entries)
                 self.conn.send(FlistBatch.from_dir_batch(batch, extras, io_error=self.sender.io_error))
@@ -225,7 +226,7 @@ class SendingSide:
     def _requested(self, index: int) -> FileEntry:
         """The regular file a Request names (ProtocolError for anything else)."""
         entry = self.entries.get(index)
-        if entry is None:
+        if entry is None or not entry.is_reg:
             raise ProtocolError(f"peer requested index {index}, which is not a regular file we sent")
         return entry
 

@@ -193,6 +193,14 @@ def test_receiver_side_choices_over_an_existing_destination(tmp_path, sshd, dire
     assert sorted(set(output_lines(rs.stdout))) == sorted(set(output_lines(zc.stdout)))
 
 
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_remove_source_files_removes_links_and_specials_too(tmp_path, sshd, direction):
+    """rsync's sender removes every non-directory it sent: symlinks and fifos as well as files."""
+    rs, zc = differential(tmp_path, ["-ai", "--remove-source-files"], seed=17, env=sshd.env(),
+                          paths=direction_paths(direction), zcsync_extra=_extra())
+    _same_items(rs, zc)
+
+
 def test_push_no_trailing_slash_filters_checksum(tmp_path, sshd):
     differential(tmp_path, ["-a", "-c", "--exclude=*.bin", "--delete"], seed=5, mutate=True, env=sshd.env(),
                  paths=["src", f"{ALIAS}:{{run}}/dst"], compare_kwargs={"root_times": False},
