@@ -250,6 +250,8 @@ def from_mapping(values: dict[str, object]) -> Options:
             values[implied] = True  # rsync: a map preserves the owner (or group) it maps
         elif part:
             values[implied] = True
+    if values.get("backup_dir"):
+        values["backup"] = True  # rsync: --backup-dir implies --backup
     if values.get("backup") and not values.get("backup_dir"):
         values["omit_dir_times"] = True  # rsync forces -O for backups beside the files
     names = {f.name for f in dataclasses.fields(Options)}

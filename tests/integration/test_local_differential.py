@@ -340,8 +340,10 @@ def test_inplace_backup(tmp_path):
     assert list(tmp_path.glob("differential-*/zcsync/dst/**/*~"))
 
 
-def test_backup_dir(tmp_path):
-    differential(tmp_path, ["-a", "--delete", "--backup", "--backup-dir=../bak"], seed=12, mutate=True,
+@pytest.mark.parametrize("backup", [["--backup"], []], ids=["with-b", "implied"])
+def test_backup_dir(tmp_path, backup):
+    """--backup-dir implies --backup, as in rsync (without -b zcsync used to make no backups)."""
+    differential(tmp_path, ["-a", "--delete", *backup, "--backup-dir=../bak"], seed=12, mutate=True,
                  paths=["src/", "dst/"], compare_kwargs={})
 
 
