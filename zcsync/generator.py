@@ -464,10 +464,13 @@ class Generator:
             self.remove_source(entry)
 
     # -- alternate basis dirs -------------------------------------------------
-    def _alt_basis(self, entry: FileEntry, name: bytes) -> bool:
-        """--compare-dest / --copy-dest / --link-dest: True if entry was settled from there."""
+    def _basis_matches(self, entry: FileEntry, name: bytes,
+                       roots: list[tuple[str, int]]) -> Iterator[tuple[str, int, os.stat_result, bool]]:
+        """The basis dirs' copies of name that match entry (rsync's quick check), in order:
+        (kind, the copy's directory fd, its stat, whether its attributes match too). Each fd
+        is valid until the next item."""
         parent, base = split(name)
-        for kind, root_fd in self.basis_roots:
+        for kind, root_fd in roots:
             try:
                 pfd = commit.open_beneath(root_fd, parent)
             except OSError:
@@ -477,32 +480,35 @@ class Generator:
                     st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
                 except OSError:
                     continue
-                if not self._same_in(entry, pfd, base, st):
-                    continue
-                same_attrs = self.policy.changes(entry, st, self.policy.wanted(entry, None)) == "...."
-                if kind == "compare":
-                    return True
-                if kind == "link" and same_attrs:
-                    if not self.opts.dry_run:
-                        os.link(base, split(name)[1], src_dir_fd=pfd,
-                                dst_dir_fd=self.tree.dir_fd(parent), follow_symlinks=False)
-                        self.tree.mark_dirty(parent)
-                    if self.opts.verbose > 1 and self.opts.itemize:
-                        self._event("hf" + "." * 9, name, entry)
-                    self._final(entry, name)
-                    return True
-                if not entry.is_reg:
-                    return False  # made afresh, like any new symlink or device
-                if not same_attrs:
-                    self._event(">f.." + self.policy.changes(entry, st, self.policy.wanted(entry, None))
-                                + "...", name, entry)
-                self.report.stats.created(entry.mode)
-                if not self.opts.dry_run:
-                    self._copy_local(entry, name, pfd, base, st)
-                self._final(entry, name)
-                return True
+                if self._same_in(entry, pfd, base, st):
+                    yield kind, pfd, st, self.policy.changes(entry, st, self.policy.wanted(entry, None)) == "...."
             finally:
                 os.close(pfd)
+
+    def _alt_basis(self, entry: FileEntry, name: bytes) -> bool:
+        """--compare-dest / --copy-dest / --link-dest: True if entry was settled from there."""
+        parent, base = split(name)
+        for kind, pfd, st, same_attrs in self._basis_matches(entry, name, self.basis_roots):
+            if kind == "compare":
+                return True
+            if kind == "link" and same_attrs:
+                if not self.opts.dry_run:
+                    os.link(base, base, src_dir_fd=pfd, dst_dir_fd=self.tree.dir_fd(parent), follow_symlinks=False)
+                    self.tree.mark_dirty(parent)
+                if self.opts.verbose > 1 and self.opts.itemize:
+                    self._event("hf" + "." * 9, name, entry)
+                self._final(entry, name)
+                return True
+            if not entry.is_reg:
+                return False  # made afresh, like any new symlink or device
+            if not same_attrs:
+                self._event(">f.." + self.policy.changes(entry, st, self.policy.wanted(entry, None))
+                            + "...", name, entry)
+            self.report.stats.created(entry.mode)
+            if not self.opts.dry_run:
+                self._copy_local(entry, name, pfd, base, st)
+            self._final(entry, name)
+            return True
         return False
 
     def _size_skipped(self, entry: FileEntry) -> bool:
@@ -516,37 +522,25 @@ class Generator:
         attributes): as rsync, it is replaced by a hard link to that file, or (compare) removed,
         even when it is up to date itself. True if so; False leaves it to the usual checks."""
         parent, base = split(name)
-        for kind, root_fd in self._exact_roots:
-            try:
-                afd = commit.open_beneath(root_fd, parent)
-            except OSError:
+        for kind, afd, ast, same_attrs in self._basis_matches(entry, name, self._exact_roots):
+            if not same_attrs:
                 continue
-            try:
-                try:
-                    ast = os.stat(base, dir_fd=afd, follow_symlinks=False)
-                except OSError:
-                    continue
-                if not self._same_in(entry, afd, base, ast) or \
-                        self.policy.changes(entry, ast, self.policy.wanted(entry, None)) != "....":
-                    continue
-                if kind == "link" and (ast.st_dev, ast.st_ino) == (st.st_dev, st.st_ino):
-                    return False  # already that file
-                if not self.opts.dry_run:
-                    pfd = self.tree.dir_fd(parent)
-                    if kind == "link":  # linked under a temp name, renamed over: never a moment without
-                        tmp = commit.temp_name(base)
-                        os.link(base, tmp, src_dir_fd=afd, dst_dir_fd=pfd, follow_symlinks=False)
-                        os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
-                    else:
-                        os.unlink(base, dir_fd=pfd)
-                    self.tree.mark_dirty(parent)
-                if kind == "link":
-                    if self.opts.verbose > 1 and self.opts.itemize:
-                        self._event("hf" + "." * 9, name, entry)
-                    self._final(entry, name)
-                return True
-            finally:
-                os.close(afd)
+            if kind == "link" and (ast.st_dev, ast.st_ino) == (st.st_dev, st.st_ino):
+                return False  # already that file
+            if not self.opts.dry_run:
+                pfd = self.tree.dir_fd(parent)
+                if kind == "link":  # linked under a temp name, renamed over: never a moment without
+                    tmp = commit.temp_name(base)
+                    os.link(base, tmp, src_dir_fd=afd, dst_dir_fd=pfd, follow_symlinks=False)
+                    os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
+                else:
+                    os.unlink(base, dir_fd=pfd)
+                self.tree.mark_dirty(parent)
+            if kind == "link":
+                if self.opts.verbose > 1 and self.opts.itemize:
+                    self._event("hf" + "." * 9, name, entry)
+                self._final(entry, name)
+            return True
         return False
 
     def _same_in(self, entry: FileEntry, pfd: int, base: bytes, st: os.stat_result) -> bool:
