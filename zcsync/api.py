@@ -183,6 +183,7 @@ class SyncOptions(TypedDict, total=False):
     ipv4: bool
     ipv6: bool
     no_motd: bool
+    checksum_choice: str
 
 
 @dataclass(frozen=True)

@@ -294,6 +294,8 @@ def _cmd_options(f: Any) -> Any:
                      help="suppress daemon-mode MOTD (accepted: a zcsync daemon sends none)"),
         click.option("--outbuf", metavar="N|L|B", default=None, help="set out buffering to None, Line, or Block"),
         click.option("--version", is_flag=True, default=False, help="print the version and exit"),
+        click.option("--checksum-choice", "--cc", "checksum_choice", metavar="STR", default=None,
+                     help="choose the checksum algorithm (zcsync: always xxh3-128; auto or xxh128)"),
         click.option("-C", "--cvs-exclude", is_flag=True, default=False, help="auto-ignore files in the same way CVS does"),
         click.option("--inc-recursive/--no-inc-recursive", "--i-r/--no-i-r", "inc_recursive", default=None,
                      help="(accepted for rsync's scripts: zcsync's file list is always incremental)"),
@@ -407,6 +409,10 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
         values["filter_rules"] += ("-C", ":C")
     values.pop("inc_recursive")
     values.pop("no_motd")
+    for word in (values.pop("checksum_choice") or "auto").split(","):
+        if word.lower() not in ("auto", "xxh128"):  # one name for both the transfer and -c checksums
+            raise click.UsageError(f"--checksum-choice={word}: zcsync always uses xxh3-128 for the "
+                                   "transfer and for -c (give auto or xxh128)")
     values.pop("outbuf", None)  # the command line's alone (_set_outbuf)
     rsync_path = values.pop("rsync_path")
     if rsync_path is not None and values["zcsync_path"] is None:

@@ -194,3 +194,15 @@ def test_outbuf_modes_are_accepted(tmp_path, mode):
     proc = subprocess.run([sys.executable, "-m", "zcsync", "-a", "--outbuf=X", "src/", "dst"],
                           cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 1 and "Invalid --outbuf setting -- specify N, L, or B." in proc.stderr
+
+
+@pytest.mark.parametrize("choice", ["auto", "xxh128", "XXH128", "xxh128,auto"])
+def test_checksum_choice_names_what_zcsync_uses(choice):
+    parse(f"--checksum-choice={choice}")
+    parse("--cc", choice)
+
+
+@pytest.mark.parametrize("choice", ["md5", "xxh3", "none", "xxh128,md5"])
+def test_checksum_choice_refuses_what_zcsync_does_not_do(choice):
+    with pytest.raises(click.UsageError, match="always uses xxh3-128"):
+        parse(f"--checksum-choice={choice}")
