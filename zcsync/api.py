@@ -132,6 +132,7 @@ class SyncOptions(TypedDict, total=False):
     partial: bool
     partial_dir: PathArg
     temp_dir: PathArg
+    preallocate: bool
     inplace: bool
     append: bool
     append_verify: bool

@@ -69,6 +69,7 @@ class Options:
     max_size: int | None = None
     partial: bool = False
     partial_dir: str | None = None
+    preallocate: bool = False  # reserve each received file's size before writing it
     temp_dir: str | None = None  # -T: the receiver's temp files go there (relative: to the destination)
     inplace: bool = False
     append: bool = False  # --append (implies --inplace); --append-verify sets append_verify too

@@ -61,6 +61,17 @@ class Request:
     partial: os.stat_result | None = None
 
 
+def _preallocate(fd: int, size: int) -> None:
+    """--preallocate: reserve the file's blocks before its data arrives (a full disk shows
+    before the transfer, the file is contiguous where the filesystem can); a filesystem
+    that cannot is written as usual, as in rsync."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+
+
 def open_temp_dir(tree: DestTree, temp_dir: str) -> int:
     """The fd of -T's directory (a relative one is relative to the destination); UsageError
     with rsync's message if it is not there."""
@@ -182,6 +193,7 @@ class Writer:
         opts = self.opts
         return (_commit is not None and self.report.on_progress is None  # progress watches write_into
                 and self.temp_fd is None  # the C commit makes its temp file beside the file
+                and not opts.preallocate  # (nor preallocates it)
                 and getattr(source, "data", None) is not None
                 and not (opts.inplace or opts.delay_updates or opts.sparse) and req.partial is None
                 and (req.existing is None or self.backup is None)
@@ -258,6 +270,8 @@ class Writer:
                 self.temps.add((parent, tmp, base))
         ok = False
         try:
+            if opts.preallocate and not opts.sparse and entry.size > 0:
+                _preallocate(fd, entry.size)
             for attempt in (1, 2):
                 got = source.write_into(fd, opts.sparse and not inplace)
                 if got == source.digest():

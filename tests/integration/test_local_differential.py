@@ -675,3 +675,30 @@ def test_size_limits_never_delete_what_the_source_has(tmp_path, options):
     --delete keeps the destination's copy; zcsync used to delete it."""
     rs, zc = differential(tmp_path, options, seed=17, mutate=True)
     _itemize_same(rs, zc)
+
+
+def test_preallocate_like_rsync(tmp_path):
+    rs, zc = differential(tmp_path, ["-ai", "--preallocate"], seed=42, mutate=True)
+    _itemize_same(rs, zc)
+
+
+def test_preallocate_reserves_each_file_before_its_data(tmp_path, monkeypatch):
+    """A spy on posix_fallocate (the kernel call itself runs): every non-empty file, at its
+    full size, on an fd that holds no data yet."""
+    import zcsync
+    src = tmp_path / "src"
+    src.mkdir()
+    sizes = {"a": 10, "b": 3 << 20, "empty": 0}
+    for name, size in sizes.items():
+        (src / name).write_bytes(os.urandom(size))
+    calls = []
+    real = os.posix_fallocate
+
+    def spy(fd, offset, length):
+        calls.append((os.fstat(fd).st_size, offset, length))
+        real(fd, offset, length)
+    monkeypatch.setattr(os, "posix_fallocate", spy)
+    assert zcsync.sync(f"{src}/", str(tmp_path / "dst"), archive=True, preallocate=True).exit_code == 0
+    assert sorted(calls) == sorted((0, 0, size) for size in sizes.values() if size)
+    for name in sizes:
+        assert (tmp_path / "dst" / name).read_bytes() == (src / name).read_bytes()
