@@ -285,11 +285,11 @@ def _linger(conn: Connection) -> None:
 
 def _job(args: ServerArgs) -> Job:
     opts = args.options
-    if args.role == "sender" and not (opts.files_from or opts.files_from_peer or opts.files_from_remote):
-        args = replace(args, paths=tuple(glob_sources(args.paths)))
     restrict = args.restrict_to
     if restrict is None and os.environ.get("ZCSYNC_RESTRICT_TO"):
         restrict = os.environ["ZCSYNC_RESTRICT_TO"]
+    if args.role == "sender" and not (opts.files_from or opts.files_from_peer or opts.files_from_remote):
+        args = replace(args, paths=tuple(_globbed(args.paths, opts, restrict)))
     if restrict is None:
         # As rsync: the user's own file, relative to the directory ssh started us in (home).
         return Job(args.role, args.options, args.paths,
@@ -306,6 +306,22 @@ def _job(args: ServerArgs) -> Job:
         check_restricted([real], args.options, restrict)
         return read_list_file(real, from0, MAX_FILES_FROM, nofollow=True)
     return Job(args.role, args.options, args.paths, check_path=check_path, read_list=read_list)
+
+
+def _globbed(patterns: Sequence[str], opts: Options, restrict: str | None) -> list[str]:
+    """A pull's wildcards expanded; with --restrict-to each pattern must lie inside DIR and
+    matches outside it are dropped without a word (no name from outside reaches the client)."""
+    if restrict is None:
+        return glob_sources(patterns)
+    check_restricted(patterns, opts, restrict)
+
+    def inside(match: str) -> bool:
+        try:
+            check_restricted([match], opts, restrict)
+        except UsageError:
+            return False
+        return True
+    return glob_sources(patterns, keep=inside)
 
 
 def serve(argv: list[str], rfd: int = 0, wfd: int = 1) -> int:

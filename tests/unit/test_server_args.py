@@ -50,3 +50,33 @@ def test_restrict_to(tmp_path):
         check_restricted([str(tmp_path / "ok")], Options(backup_dir="/tmp/x"), str(tmp_path))
     with pytest.raises(UsageError):
         check_restricted([str(tmp_path / "ok")], Options(link_dest=("../../etc",)), str(tmp_path))
+
+
+def test_restricted_wildcards_reveal_nothing_outside(tmp_path):
+    """With --restrict-to a pull's wildcards expand inside DIR only: a pattern that leads out
+    is refused by its own text, and a match that leads out is dropped without its name."""
+    import os
+
+    import pytest
+
+    from zcsync.errors import UsageError
+    from zcsync.server import ServerArgs, _job
+
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    inside.mkdir()
+    outside.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (inside / name).write_text(name)
+    (outside / "secret.txt").write_text("secret")
+    os.symlink("../outside", inside / "out")
+
+    def job(*patterns):
+        return _job(ServerArgs("sender", Options(), str(inside), tuple(patterns)))
+
+    assert job(f"{inside}/*.txt").paths == (f"{inside}/a.txt", f"{inside}/b.txt")
+    assert job(f"{inside}/*/*.txt").paths == (f"{inside}/*/*.txt",)  # out/secret.txt dropped
+    with pytest.raises(UsageError) as err:
+        job(f"{inside}/out/*")
+    assert "secret" not in str(err.value)
+    unrestricted = _job(ServerArgs("sender", Options(), None, (f"{inside}/*/*.txt",)))
+    assert unrestricted.paths == (f"{inside}/out/secret.txt",)  # no --restrict-to: the user's own files
