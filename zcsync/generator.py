@@ -84,6 +84,7 @@ class Generator:
         # --link-dest / --compare-dest dirs, which rsync consults for existing files too, up to
         # date or not (_alt_exact): then no file is known to be done from its own stat.
         self._exact_roots = [(kind, fd) for kind, fd in self.basis_roots if kind != "copy"]
+        self._size_limits = o.max_size is not None or o.min_size is not None
         if self._exact_roots:
             self._quick = False
 
@@ -214,7 +215,7 @@ class Generator:
             if entry.is_dir:
                 self._dir(entry, name, st)
                 return None
-            if entry.is_reg and self._size_skipped(entry):
+            if self._size_limits and entry.is_reg and self._size_skipped(entry):
                 return None  # listed (so --delete keeps it) but not transferred, as in rsync
             if entry.hlink is not None:
                 return self._hard_link(entry, name, st)

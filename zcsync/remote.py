@@ -199,9 +199,9 @@ class SendingSide:
 
     def _send_flist(self) -> None:
         ended = False
+        removing = self.opts.remove_source_files  # then every non-directory may be removed
         try:
             for batch in self.sender.batches():
-                removing = self.opts.remove_source_files  # every non-directory may be removed
                 for entry in batch.entries:
                     if entry.is_reg or (removing and not entry.is_dir):
                         self.entries[entry.index] = entry

@@ -72,6 +72,19 @@ def _preallocate(fd: int, size: int) -> None:
             raise
 
 
+def _copy_to_temp(src_fd: int, dfd: int, base: bytes, size: int) -> tuple[int, bytes]:
+    """A new temp file for base in directory dfd holding src_fd's first size bytes; its fd
+    (open) and name. Nothing is left behind if the copy fails."""
+    fd, tmp = commit.create_temp(dfd, base)
+    try:
+        fastio.copy_data(src_fd, fd, size)
+    except BaseException:
+        os.close(fd)
+        commit.unlink_quietly(dfd, tmp)
+        raise
+    return fd, tmp
+
+
 def open_temp_dir(tree: DestTree, temp_dir: str) -> int:
     """The fd of -T's directory (a relative one is relative to the destination); UsageError
     with rsync's message if it is not there."""
@@ -325,20 +338,15 @@ class Writer:
         return fd, tmp
 
     def _dir_of(self, tmp: bytes, pfd: int) -> int:
-        return self.temp_fd if tmp in self._in_temp_dir and self.temp_fd is not None else pfd
+        """The directory fd a temp file is in (only names made in the --temp-dir are listed)."""
+        return self.temp_fd if tmp in self._in_temp_dir else pfd  # type: ignore[return-value]
 
     def _bring_over(self, fd: int, tmp: bytes, pfd: int, parent: bytes, base: bytes, size: int) -> tuple[int, bytes]:
         """A verified temp file on another filesystem than its directory: copy it to a temp
         file beside base (rename cannot cross), drop the first; return the new (fd, name).
         rsync copies onto the final name itself; this keeps that name whole until the rename."""
         assert self.temp_fd is not None
-        new_fd, new_tmp = commit.create_temp(pfd, base)
-        try:
-            fastio.copy_data(fd, new_fd, size)
-        except BaseException:
-            os.close(new_fd)
-            commit.unlink_quietly(pfd, new_tmp)
-            raise
+        new_fd, new_tmp = _copy_to_temp(fd, pfd, base, size)
         with self._lock:
             self.temps.add((parent, new_tmp, base))
         os.close(fd)
@@ -389,11 +397,8 @@ class Writer:
     def _copy_partial(tdir: int, tmp: bytes, dfd: int, base: bytes) -> None:
         src = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tdir)
         try:
-            dst, part = commit.create_temp(dfd, base)
-            try:
-                fastio.copy_data(src, dst, os.fstat(src).st_size)
-            finally:
-                os.close(dst)
+            dst, part = _copy_to_temp(src, dfd, base, os.fstat(src).st_size)
+            os.close(dst)
             os.rename(part, base, src_dir_fd=dfd, dst_dir_fd=dfd)
         finally:
             os.close(src)
