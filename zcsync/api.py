@@ -184,6 +184,7 @@ class SyncOptions(TypedDict, total=False):
     ipv4: bool
     ipv6: bool
     no_motd: bool
+    secluded_args: bool
     checksum_choice: str
 
 

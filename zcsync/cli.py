@@ -293,6 +293,8 @@ def _cmd_options(f: Any) -> Any:
         click.option("-6", "--ipv6", "ip_version", flag_value=6, default=None, help="prefer IPv6"),
         click.option("--no-motd", is_flag=True, default=False,
                      help="suppress daemon-mode MOTD (accepted: a zcsync daemon sends none)"),
+        click.option("-s", "--secluded-args", "--protect-args", "secluded_args", is_flag=True, default=False,
+                     help="use the protocol to safely send the arguments (zcsync always does)"),
         click.option("--outbuf", metavar="N|L|B", default=None, help="set out buffering to None, Line, or Block"),
         click.option("--version", is_flag=True, default=False, help="print the version and exit"),
         click.option("--checksum-choice", "--cc", "checksum_choice", metavar="STR", default=None,
@@ -410,6 +412,7 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
         values["filter_rules"] += ("-C", ":C")
     values.pop("inc_recursive")
     values.pop("no_motd")
+    values.pop("secluded_args")  # zcsync always quotes every argument it gives the remote shell
     for word in (values.pop("checksum_choice") or "auto").split(","):
         if word.lower() not in ("auto", "xxh128"):  # one name for both the transfer and -c checksums
             raise click.UsageError(f"--checksum-choice={word}: zcsync always uses xxh3-128 for the "

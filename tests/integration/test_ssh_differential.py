@@ -394,3 +394,32 @@ def test_push_temp_dir_holds_the_file_in_flight(tmp_path, sshd):
     assert not seen_beside
     assert (tmp_path / "dst/big").read_bytes() == (tmp_path / "src/big").read_bytes()
     assert list((tmp_path / "dst/tmpx").iterdir()) == []
+
+
+def _awkward_names(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """Names a remote shell would split or expand: spaces, quotes, $, ;, a star."""
+    from .test_local_differential import _age
+    for rel in ["with space/a b", "with space/it's", "with space/$HOME;x", "with space/*", "with space/x y z"]:
+        path = src / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rel + "\n")
+    _age(*src.rglob("*"))
+
+
+@pytest.mark.parametrize("sources", [["src/with space/"], ["src/with space/a b", "src/with space/$HOME;x"],
+                                     ["src/with space/*"]], ids=["dir", "names", "wildcard"])
+def test_secluded_args_pull(tmp_path, sshd, via, sources):
+    """-s: rsync sends the arguments through its protocol; zcsync quotes every argument of the
+    remote command: the same names arrive, and a wildcard is expanded by the remote program."""
+    paths = [f"{ALIAS}:{{run}}/{s}" for s in sources] + ["dst"]
+    rs, zc = differential(tmp_path, [*via, "-s", "-a", "-i"], seed=41, prepare=_awkward_names, env=sshd.env(),
+                          paths=paths, zcsync_extra=_extra())
+    _same_items(rs, zc)
+    assert output_lines(zc.stdout), "nothing was copied"
+
+
+def test_secluded_args_push(tmp_path, sshd, via):
+    rs, zc = differential(tmp_path, [*via, "--protect-args", "-a", "-i"], seed=41, prepare=_awkward_names,
+                          env=sshd.env(), paths=["src/", f"{ALIAS}:{{run}}/dst/with space/"],
+                          zcsync_extra=_extra())
+    _same_items(rs, zc)
