@@ -388,19 +388,35 @@ done:
 /* ---- digest_names ------------------------------------------------------- */
 
 PyDoc_STRVAR(digest_names_doc,
-"digest_names(dir_fd, names, sizes) -> list[bytes | int]\n\n"
+"digest_names(dir_fd, names, sizes, noatime=False) -> list[bytes | int]\n\n"
 "xxh3-128 (canonical, as xxhash.xxh3_128().digest()) of each regular file\n"
 "names[i] below dir_fd, opened with O_NOFOLLOW. Returns the 16-byte digest, or\n"
 "-errno when it cannot be read, or -1 when it is not a regular file of exactly\n"
-"sizes[i] bytes (it changed). The GIL is released for the whole batch.");
+"sizes[i] bytes (it changed). The GIL is released for the whole batch. noatime:\n"
+"O_NOATIME as well, where the kernel allows it (--open-noatime).");
 
 #define DIGEST_BUF (256 * 1024)
 
+/* openat for reading; with noatime (--open-noatime) with O_NOATIME as well, unless the
+   kernel refuses that (EPERM: we neither own the file nor have CAP_FOWNER). */
+static int
+open_read(int dir_fd, const char *path, int flags, int noatime)
+{
+#ifdef O_NOATIME
+    if (noatime) {
+        int fd = openat(dir_fd, path, flags | O_NOATIME);
+        if (fd >= 0 || errno != EPERM)
+            return fd;
+    }
+#endif
+    return openat(dir_fd, path, flags);
+}
+
 static int
 digest_one(int dir_fd, const char *name, long long size, unsigned char *buf,
-           XXH3_state_t *state, XXH128_canonical_t *out)
+           XXH3_state_t *state, XXH128_canonical_t *out, int noatime)
 {
-    int fd = openat(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY);
+    int fd = open_read(dir_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, noatime);
     if (fd < 0)
         return -errno;
     struct stat st;
@@ -442,8 +458,9 @@ py_digest_names(PyObject *self, PyObject *args)
 {
     int dir_fd;
     PyObject *seq, *sizes_seq;
+    int noatime = 0;
 
-    if (!PyArg_ParseTuple(args, "iOO:digest_names", &dir_fd, &seq, &sizes_seq))
+    if (!PyArg_ParseTuple(args, "iOO|p:digest_names", &dir_fd, &seq, &sizes_seq, &noatime))
         return NULL;
     PyObject *names = PySequence_Tuple(seq);
     if (names == NULL)
@@ -486,7 +503,7 @@ py_digest_names(PyObject *self, PyObject *args)
     }
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++)
-        rcs[i] = digest_one(dir_fd, ptrs[i], want[i], buf, state, &digests[i]);
+        rcs[i] = digest_one(dir_fd, ptrs[i], want[i], buf, state, &digests[i], noatime);
     Py_END_ALLOW_THREADS
     if ((list = PyList_New(n)) == NULL)
         goto done;
@@ -514,20 +531,20 @@ done:
 }
 
 PyDoc_STRVAR(read_file_doc,
-"read_file(path, size, follow) -> (data, digest) | int | None\n\n"
+"read_file(path, size, follow, noatime=False) -> (data, digest) | int | None\n\n"
 "The contents of the regular file at path and their xxh3-128 (canonical), in one\n"
 "call with the GIL released: open (O_NOFOLLOW unless follow), fstat, pread, close.\n"
 "Returns -errno when it cannot be opened or read, None when it is not a regular\n"
 "file of exactly size bytes (it changed). A file that shrinks between the fstat and the\n"
-"read comes back short, with the digest of what was read.");
+"read comes back short, with the digest of what was read. noatime as in digest_names.");
 
 static PyObject *
 py_read_file(PyObject *self, PyObject *args)
 {
     const char *path;
     Py_ssize_t path_len, size;
-    int follow;
-    if (!PyArg_ParseTuple(args, "y#np:read_file", &path, &path_len, &size, &follow))
+    int follow, noatime = 0;
+    if (!PyArg_ParseTuple(args, "y#np|p:read_file", &path, &path_len, &size, &follow, &noatime))
         return NULL;
     if ((size_t)path_len != strlen(path)) {
         PyErr_SetString(PyExc_ValueError, "embedded null character in path");
@@ -546,7 +563,8 @@ py_read_file(PyObject *self, PyObject *args)
     int rc = 0;
     Py_BEGIN_ALLOW_THREADS
     /* O_NONBLOCK: a FIFO swapped in since the scan must not wait for a writer. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (follow ? 0 : O_NOFOLLOW));
+    int fd = open_read(AT_FDCWD, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (follow ? 0 : O_NOFOLLOW),
+                       noatime);
     struct stat st;
     if (fd < 0)
         rc = -errno;

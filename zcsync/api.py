@@ -133,6 +133,7 @@ class SyncOptions(TypedDict, total=False):
     partial_dir: PathArg
     temp_dir: PathArg
     preallocate: bool
+    open_noatime: bool
     inplace: bool
     append: bool
     append_verify: bool

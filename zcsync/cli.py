@@ -239,6 +239,7 @@ def _cmd_options(f: Any) -> Any:
         click.option("--partial", is_flag=True, default=False, help="keep partially transferred files (in .zcsync-partial/)"),
         click.option("--partial-dir", metavar="DIR", default=None, help="put a partially transferred file into DIR"),
         click.option("--preallocate", is_flag=True, default=False, help="allocate dest files before writing them"),
+        click.option("--open-noatime", is_flag=True, default=False, help="avoid changing the atime on opened files"),
         click.option("-T", "--temp-dir", metavar="DIR", default=None, help="create temporary files in directory DIR"),
         click.option("--inplace", is_flag=True, default=False, help="update destination files in-place"),
         click.option("--append", is_flag=True, default=False, help="append data onto shorter files"),

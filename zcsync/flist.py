@@ -415,7 +415,7 @@ class Scanner:
                 groups.setdefault(primary if source is None else source.rpartition(b"/")[0], []).append(i)
         for path, regular in groups.items():
             digests = fsscan.digest_names(fds[path], [entries[i].basename for i in regular],
-                                          [entries[i].size for i in regular])
+                                          [entries[i].size for i in regular], self.opts.open_noatime)
             for i, digest in zip(regular, digests):
                 if isinstance(digest, bytes):
                     entries[i] = entries[i]._replace(digest=digest)

@@ -129,14 +129,30 @@ def py_stat_names(dir_fd: int, names: Iterable[bytes]) -> list[Stat | None]:
     return out
 
 
-def py_digest_names(dir_fd: int, names: Iterable[bytes], sizes: Iterable[int]) -> list[bytes | int]:
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def open_read(path: bytes, flags: int, noatime: bool, dir_fd: int | None = None) -> int:
+    """os.open for reading; with noatime (--open-noatime) with O_NOATIME as well, unless the
+    kernel refuses that (EPERM: we neither own the file nor have CAP_FOWNER), as in C."""
+    if noatime and _O_NOATIME:
+        try:
+            return os.open(path, flags | _O_NOATIME, dir_fd=dir_fd)
+        except PermissionError as exc:
+            if exc.errno != errno.EPERM:
+                raise
+    return os.open(path, flags, dir_fd=dir_fd)
+
+
+def py_digest_names(dir_fd: int, names: Iterable[bytes], sizes: Iterable[int],
+                    noatime: bool = False) -> list[bytes | int]:
     """digest_names in pure Python: xxh3-128 of each regular file of exactly its size, else
     -errno (unreadable) or -1 (not a regular file of that size: it changed)."""
     import xxhash
     out: list[bytes | int] = []
     for name, size in zip(names, sizes, strict=True):
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            fd = open_read(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, noatime, dir_fd=dir_fd)
         except OSError as exc:
             out.append(-(exc.errno or 1))
             continue
@@ -161,12 +177,13 @@ def py_digest_names(dir_fd: int, names: Iterable[bytes], sizes: Iterable[int]) -
     return out
 
 
-def py_read_file(path: bytes, size: int, follow: bool) -> tuple[bytes, bytes] | int | None:
+def py_read_file(path: bytes, size: int, follow: bool, noatime: bool = False) -> tuple[bytes, bytes] | int | None:
     """read_file in pure Python: (contents, xxh3-128) of the regular file at path, or -errno
     (cannot be opened or read) or None (not a regular file of exactly `size` bytes: it changed)."""
     import xxhash
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW))
+        fd = open_read(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW),
+                       noatime)
     except OSError as exc:
         return -(exc.errno or 1)
     try:

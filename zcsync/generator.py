@@ -164,7 +164,8 @@ class Generator:
             # -c: read the destination files that may be equal (same size) in one C call.
             same = [e for e, row in zip(batch.entries, rows)
                     if e.is_reg and row is not None and stat.S_ISREG(row[0]) and row[1] == e.size]
-            found = fsscan.digest_names(fd, [e.basename for e in same], [e.size for e in same])
+            found = fsscan.digest_names(fd, [e.basename for e in same], [e.size for e in same],
+                                        self.opts.open_noatime)
             digests = {e.index: d for e, d in zip(same, found) if isinstance(d, bytes)}
         return dest_dir, rows, digests
 
@@ -557,7 +558,7 @@ class Generator:
         if self.opts.size_only:
             return True
         if self.opts.checksum:
-            fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            fd = fsscan.open_read(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, self.opts.open_noatime, dir_fd=pfd)
             try:
                 return self.dest_digest(fd, st.st_size) == self.source_digest(entry)
             finally:
@@ -568,7 +569,7 @@ class Generator:
 
     def _copy_local(self, entry: FileEntry, name: bytes, pfd: int, base: bytes, st: os.stat_result) -> None:
         from .transport.local import LocalFile  # the same data path the local transport uses
-        fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        fd = fsscan.open_read(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, self.opts.open_noatime, dir_fd=pfd)
         try:
             self.writer.write(Request(entry, name, None, "cf" + NEW), LocalFile(fd, st.st_size))
         finally:

@@ -70,6 +70,7 @@ class Options:
     partial: bool = False
     partial_dir: str | None = None
     preallocate: bool = False  # reserve each received file's size before writing it
+    open_noatime: bool = False  # read files with O_NOATIME where the kernel allows it
     temp_dir: str | None = None  # -T: the receiver's temp files go there (relative: to the destination)
     inplace: bool = False
     append: bool = False  # --append (implies --inplace); --append-verify sets append_verify too

@@ -22,7 +22,7 @@ from typing import TextIO
 
 import xxhash
 
-from . import delta, fastio, meta
+from . import delta, fastio, fsscan, meta
 from .compress import SkipCompress
 from .engine import Receiver, make_receiver
 from .idmap import OwnerMap
@@ -841,7 +841,8 @@ class ReceivingSide:
             return self.receiver.writer.open_partial(name)
         parent, base = split(name)
         pfd = self.receiver.writer.tree.dir_fd(parent)
-        fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=pfd)
+        fd = fsscan.open_read(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                              self.opts.open_noatime, dir_fd=pfd)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise OSError(21, "basis is not a regular file")

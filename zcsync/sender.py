@@ -56,7 +56,7 @@ class Sender:
         # O_NONBLOCK: a FIFO swapped in since the scan must not wait for a writer.
         flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if self._follows(entry) else os.O_NOFOLLOW)
         try:
-            fd = os.open(path, flags)
+            fd = fsscan.open_read(path, flags, self.opts.open_noatime)
         except OSError as exc:
             raise self._unreadable(path, exc.errno or 0) from None
         st = os.fstat(fd)
@@ -69,7 +69,7 @@ class Sender:
         """A small requested file's bytes and their xxh3-128, with open's checks, in one call
         that releases the GIL once (fsscan.read_file). Short if it shrank while read."""
         path = self.path(entry)
-        got = fsscan.read_file(path, entry.size, self._follows(entry))
+        got = fsscan.read_file(path, entry.size, self._follows(entry), self.opts.open_noatime)
         if got is None or isinstance(got, int):
             raise self._unreadable(path, None if got is None else -got)
         return got

@@ -702,3 +702,46 @@ def test_preallocate_reserves_each_file_before_its_data(tmp_path, monkeypatch):
     assert sorted(calls) == sorted((0, 0, size) for size in sizes.values() if size)
     for name in sizes:
         assert (tmp_path / "dst" / name).read_bytes() == (src / name).read_bytes()
+
+
+_OLD_ATIME = 1_600_000_000_000_000_000  # 2020: older than a day, so relatime would update it on a read
+
+
+def _aged_atimes(root: pathlib.Path) -> dict[str, int]:
+    """Give every regular file under root an old atime (mtime kept); its atimes by name."""
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.utime(path, ns=(_OLD_ATIME, path.lstat().st_mtime_ns), follow_symlinks=False)
+    return _atimes(root)
+
+
+def _atimes(root: pathlib.Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.lstat().st_atime_ns for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.is_symlink()}
+
+
+def _atime_tree(root: pathlib.Path) -> None:
+    from tests.treegen import make_tree
+    make_tree(root, 43, files=30, fifo=False)
+    (root / "big").write_bytes(os.urandom(3 << 20))  # read through open(), not read_file()
+
+
+@pytest.mark.parametrize("extra", [[], ["-c"]], ids=["fresh", "checksum-resync"])
+@pytest.mark.parametrize("noatime", [True, False], ids=["open-noatime", "plain"])
+def test_open_noatime_keeps_atimes_as_rsync(tmp_path, extra, noatime):
+    """--open-noatime: the sender's reads of source files (and, with -c, the receiver's reads of
+    destination files) leave their atimes alone, as rsync's; without it both tools update them."""
+    from tests.oracle import run_rsync, run_zcsync
+    results = {}
+    for tool in ("rsync", "zcsync"):
+        src, dst = tmp_path / tool / "src", tmp_path / tool / "dst"
+        _atime_tree(src)
+        if extra:  # a resync over an identical copy: -c reads every file on both sides
+            run_rsync(["-a", f"{src}/", f"{dst}/"])
+        before_src, before_dst = _aged_atimes(src), _aged_atimes(dst) if extra else {}
+        args = ["-a", *extra, *(["--open-noatime"] if noatime else []), f"{src}/", f"{dst}/"]
+        proc = run_rsync(args) if tool == "rsync" else run_zcsync(args)
+        assert proc.returncode == 0, proc.stderr
+        results[tool] = (before_src == _atimes(src), before_dst == _atimes(dst) if extra else None)
+    kept = (noatime, noatime if extra else None)
+    assert results["rsync"] == results["zcsync"] == kept

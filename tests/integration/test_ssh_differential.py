@@ -423,3 +423,26 @@ def test_secluded_args_push(tmp_path, sshd, via):
                           env=sshd.env(), paths=["src/", f"{ALIAS}:{{run}}/dst/with space/"],
                           zcsync_extra=_extra())
     _same_items(rs, zc)
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_open_noatime_over_ssh(tmp_path, sshd, direction):
+    """--open-noatime reaches the remote end: a pull's sender there (and a push's -c reads of the
+    remote destination) leave atimes alone, as rsync's do."""
+    from tests.oracle import run_rsync, run_zcsync
+
+    from .test_local_differential import _aged_atimes, _atime_tree, _atimes
+    kept = {}
+    for tool in ("rsync", "zcsync"):
+        src, dst = tmp_path / tool / "src", tmp_path / tool / "dst"
+        _atime_tree(src)
+        run_rsync(["-a", f"{src}/", f"{dst}/"])
+        before = (_aged_atimes(src), _aged_atimes(dst))
+        args = ["-a", "-c", "--open-noatime", *(["src/", f"{ALIAS}:{dst}/"] if direction == "push"
+                                                 else [f"{ALIAS}:{src}/", "dst/"])]
+        run = run_rsync if tool == "rsync" else run_zcsync
+        proc = run([*args, *(_extra() if tool == "zcsync" else [])], cwd=tmp_path / tool, env=sshd.env(),
+                   **({"check": False} if tool == "rsync" else {}))
+        assert proc.returncode == 0, proc.stderr
+        kept[tool] = before == (_atimes(src), _atimes(dst))
+    assert kept == {"rsync": True, "zcsync": True}

@@ -485,3 +485,33 @@ def test_stat_names_list_mutated_by_another_thread(tmp_path: Path) -> None:
         stop.set()
         t.join()
         os.close(dfd)
+
+
+def test_noatime_reads_fall_back_where_the_kernel_refuses_o_noatime(tmp_path):
+    """O_NOATIME is EPERM for a file we do not own (without CAP_FOWNER): --open-noatime then
+    reads it as usual, in C and in Python, instead of failing as unreadable."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to read as another user")
+    top = Path(tempfile.mkdtemp(dir="/dev/shm"))  # a directory every user can search (tmp_path's parents are root's)
+    top.chmod(0o755)
+    path = top / "f"
+    path.write_bytes(b"not ours\n")
+    path.chmod(0o644)
+    impls = [(fsscan.py_read_file, fsscan.py_digest_names)]
+    if fsscan.NATIVE:
+        impls.append((fsscan.read_file, fsscan.digest_names))
+    dfd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    os.seteuid(65534)  # the file is root's: O_NOATIME is refused
+    try:
+        with pytest.raises(PermissionError) as refused:
+            os.open(path, os.O_RDONLY | os.O_NOATIME)
+        assert refused.value.errno == errno.EPERM
+        for read_file, digest_names in impls:
+            data, digest = read_file(os.fsencode(path), 9, False, True)
+            assert data == b"not ours\n"
+            assert digest_names(dfd, [b"f"], [9], True) == [digest]
+        os.close(fsscan.open_read(os.fsencode(path), os.O_RDONLY, True))
+    finally:
+        os.seteuid(0)
+        os.close(dfd)
+        shutil.rmtree(top)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import xxhash
 
-from .. import delta, fastio
+from .. import delta, fastio, fsscan
 from ..errors import VANISHED, FileProblem
 from ..generator import Generator
 from ..pathnames import escape, split
@@ -273,8 +273,8 @@ def local_source(writer: Writer, request: Request, fd: int) -> LocalFile | Local
 def _open_dest(writer: Writer, name: bytes) -> int:
     """The destination file `name` for reading, beneath the destination root, no symlinks."""
     parent, base = split(name)
-    fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                 dir_fd=writer.tree.dir_fd(parent))
+    fd = fsscan.open_read(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, writer.opts.open_noatime,
+                          dir_fd=writer.tree.dir_fd(parent))
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(21, "basis is not a regular file")
