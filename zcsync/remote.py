@@ -971,8 +971,9 @@ class ReceivingSide:
             ok = self.receiver.writer.write(request, source)
         except _Redo:
             ok = None
-        finally:
-            source.drain()
+        # Past what the writer left unread. Not when an exception ends the session (a signal or
+        # --stop-after in the middle of a frame): the stream is then mid-frame, and over.
+        source.drain()
         if ok is None:
             if second_try:
                 self.report.problem(FileProblem(escape(request.dest_name), f"File {escape(request.dest_name)!r} "
