@@ -8,19 +8,21 @@ the "zcsync" logger (silent unless the program configured logging) and into the 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
+import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, TextIO, TypedDict, Unpack
 
 from .endpoints import parse_endpoint
 from .engine import RunResult, run_local, source_args
-from .errors import FileProblem, UsageError, ZcsyncError
+from .errors import FileProblem, Timeout, UsageError, ZcsyncError
 from .filters import FilterRules
 from .flist import Scanner, ScanState, prune_empty_dirs
 from .listing import Listing
@@ -181,6 +183,8 @@ class SyncOptions(TypedDict, total=False):
     transport: str
     timeout: int
     contimeout: int
+    stop_after: str | int
+    stop_at: str
     address: str
     ipv4: bool
     ipv6: bool
@@ -352,6 +356,36 @@ def run_paths(paths: list[str], opts: Options, on_event: Callable[[Event], None]
 
     on_event may be a zcsync.stats.Hooks (events, problems, progress) for the run's Report.
     """
+    with _time_limit(opts.stop_at):
+        return _run_paths(paths, opts, on_event, out)
+
+
+@contextlib.contextmanager
+def _time_limit(stop_at: int | None) -> Iterator[None]:
+    """--stop-after/--stop-at: at stop_at the run ends with exit 30, as rsync's does. The limit
+    is the client's alone (rsync does not tell the remote side either); it arrives as SIGALRM,
+    so the run ends as on SIGTERM: the file in flight is dropped (or kept with --partial)."""
+    if stop_at is None:
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise Timeout("stopping at requested limit (--stop-after/--stop-at)")
+
+    try:
+        previous = signal.signal(signal.SIGALRM, expire)
+    except ValueError:  # not the main thread
+        raise UsageError("--stop-after and --stop-at work only in the main thread (they use SIGALRM)") from None
+    try:
+        signal.setitimer(signal.ITIMER_REAL, max(stop_at - time.time(), 0.001))
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _run_paths(paths: list[str], opts: Options, on_event: Callable[[Event], None] | None,
+               out: TextIO | None) -> RunResult:
     started = time.monotonic()
     if len(paths) == 1:
         endpoint = parse_endpoint(paths[0])

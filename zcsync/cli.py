@@ -5,6 +5,7 @@ import gc
 import io
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -27,7 +28,7 @@ from .stats import (
     exit_text,
     stdout_format,
 )
-from .units import parse_size
+from .units import parse_size, parse_stop_at
 
 if TYPE_CHECKING:
     import click
@@ -289,6 +290,9 @@ def _cmd_options(f: Any) -> Any:
         click.option("--transport", type=click.Choice(["tcp"]), default=None, help="tcp: ssh starts a one-shot listener, data then goes over raw TCP (NOT encrypted)"),
         click.option("--timeout", type=click.IntRange(min=0), default=None, metavar="SECONDS", help="set I/O timeout in seconds"),
         click.option("--contimeout", type=click.IntRange(min=0), default=None, metavar="SECONDS", help="set connection timeout in seconds"),
+        click.option("--stop-after", "--time-limit", "stop_after", metavar="MINS", default=None,
+                     help="stop rsync after MINS minutes have elapsed"),
+        click.option("--stop-at", metavar="y-m-dTh:m", default=None, help="stop rsync at the specified point in time"),
         click.option("--address", metavar="ADDRESS", default=None, help="bind address for outgoing socket to daemon"),
         click.option("-4", "--ipv4", "ip_version", flag_value=4, default=None, help="prefer IPv4"),
         click.option("-6", "--ipv6", "ip_version", flag_value=6, default=None, help="prefer IPv6"),
@@ -400,6 +404,29 @@ def rsync_path_as_zcsync(program: str) -> str:
     return shlex.join("zcsync" if os.path.basename(w) == "rsync" else w for w in words)
 
 
+def stop_time(after: str | None, at: str | None) -> int | None:
+    """--stop-after=MINS / --stop-at=WHEN as the epoch second to stop at (both: the earlier)."""
+    import click
+
+    now = time.time()
+    limits = []
+    if after is not None:
+        digits = re.match(r"\s*[+-]?\d+", after)  # as rsync's atol(): the leading number, else 0
+        minutes = int(digits.group()) if digits else 0
+        if minutes <= 0:
+            raise click.UsageError(f"invalid --stop-after value: {after}")
+        limits.append(int(now) + minutes * 60)
+    if at is not None:
+        try:
+            when = parse_stop_at(at, now)
+        except ValueError:
+            raise click.UsageError(f"invalid --stop-at format: {at}") from None
+        if when <= now:
+            raise click.UsageError(f"--stop-at time is not in the future: {at}")
+        limits.append(when)
+    return min(limits) if limits else None
+
+
 def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     """Map click's values onto Options (rsync's implications and conflicts)."""
     import click
@@ -414,6 +441,7 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     values.pop("inc_recursive")
     values.pop("no_motd")
     values.pop("secluded_args")  # zcsync always quotes every argument it gives the remote shell
+    values["stop_at"] = stop_time(values.pop("stop_after"), values.pop("stop_at"))
     for word in (values.pop("checksum_choice") or "auto").split(","):
         if word.lower() not in ("auto", "xxh128"):  # one name for both the transfer and -c checksums
             raise click.UsageError(f"--checksum-choice={word}: zcsync always uses xxh3-128 for the "

@@ -71,6 +71,7 @@ class Options:
     partial_dir: str | None = None
     preallocate: bool = False  # reserve each received file's size before writing it
     open_noatime: bool = False  # read files with O_NOATIME where the kernel allows it
+    stop_at: int | None = None  # --stop-after/--stop-at: epoch seconds at which the run stops (exit 30)
     temp_dir: str | None = None  # -T: the receiver's temp files go there (relative: to the destination)
     inplace: bool = False
     append: bool = False  # --append (implies --inplace); --append-verify sets append_verify too
@@ -179,7 +180,7 @@ class Options:
 # What only the client acts on: never sent to the server, never accepted from a client.
 CLIENT_ONLY = frozenset({"rsh", "zcsync_path", "ssh_accept_new", "contimeout", "log_file", "json",
                          "stats", "list_only", "files_from", "quiet", "progress", "progress_always",
-                         "out_format", "port", "password_file", "transport", "ip_version", "address"})
+                         "out_format", "port", "password_file", "transport", "ip_version", "address", "stop_at"})
 MAX_WIRE_OPTIONS = 64 * 1024
 
 

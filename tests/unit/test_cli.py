@@ -1,6 +1,10 @@
 """The command line: rsync's option syntax onto Options; usage errors exit 1."""
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import click
 import pytest
 
@@ -206,3 +210,64 @@ def test_checksum_choice_names_what_zcsync_uses(choice):
 def test_checksum_choice_refuses_what_zcsync_does_not_do(choice):
     with pytest.raises(click.UsageError, match="always uses xxh3-128"):
         parse(f"--checksum-choice={choice}")
+
+
+_STOP_AT_CASES = ["1-30", "14:00", "1", "31", ":59", "2099-01-02T03:04", "99/1/2", "T10:00", "12-31T23:59", "2-29",
+                  "1T", "T", "1-2-3-4", "25:00", ":60", "2020-01-01", "1t5", "::5", "5:", "13-1", "0", "32", "x", ""]
+
+
+@pytest.mark.parametrize("text", _STOP_AT_CASES)
+def test_stop_at_accepts_and_refuses_what_rsync_does(text, tmp_path):
+    """rsync's verdict on each --stop-at value (a malformed one, one in the past, or a time)."""
+    import shutil
+    from zcsync.cli import stop_time
+    if not shutil.which("rsync"):
+        pytest.skip("rsync not installed")
+    proc = subprocess.run(["rsync", "-n", f"--stop-at={text}", f"{tmp_path}/none/", f"{tmp_path}/dst"],
+                          capture_output=True, text=True)
+    rsync_says = ("invalid" if "invalid --stop-at format" in proc.stderr
+                  else "past" if "not in the future" in proc.stderr else "ok")
+    try:
+        stop_time(None, text)
+        ours = "ok"
+    except click.UsageError as exc:
+        ours = "invalid" if "invalid --stop-at format" in exc.message else "past"
+    assert ours == rsync_says
+
+
+@pytest.mark.parametrize("text,now,want", [
+    ("1-30", (2026, 12, 7, 21, 30), (2027, 1, 30, 0, 0)),  # the next January 30th, at midnight
+    ("14:00", (2026, 12, 7, 21, 30), (2026, 12, 8, 14, 0)),  # the next 2 PM
+    ("14:00", (2026, 12, 7, 9, 30), (2026, 12, 7, 14, 0)),
+    ("1", (2026, 12, 7, 21, 30), (2027, 1, 1, 0, 0)),  # the next 1st of a month
+    ("31", (2026, 11, 7, 12, 0), (2026, 12, 31, 0, 0)),  # the next month that has a 31st
+    (":59", (2026, 12, 7, 21, 30), (2026, 12, 7, 21, 59)),  # the next 59th minute
+    (":10", (2026, 12, 7, 21, 30), (2026, 12, 7, 22, 10)),
+    ("2-29", (2026, 12, 7, 21, 30), (2028, 2, 29, 0, 0)),  # the next leap day
+    ("27/1/2T3:04", (2026, 12, 7, 21, 30), (2027, 1, 2, 3, 4)),
+])
+def test_stop_at_finds_the_next_matching_time(text, now, want):
+    from zcsync.units import parse_stop_at
+    local = lambda t: time.mktime((*t, 0, 0, 0, -1))  # noqa: E731
+    assert parse_stop_at(text, local(now)) == local(want)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--stop-after=0"], "invalid --stop-after value: 0"),
+    (["--time-limit=x"], "invalid --stop-after value: x"),
+    (["--stop-at=25:00"], "invalid --stop-at format: 25:00"),
+    (["--stop-at=2020-01-01"], "--stop-at time is not in the future: 2020-01-01"),
+])
+def test_stop_limits_refused_as_rsync(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "zcsync", "-a", *args, f"{tmp_path}/", f"{tmp_path}/dst"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and message in proc.stderr
+    assert not (tmp_path / "dst").exists()
+
+
+def test_stop_after_sets_the_limit_in_minutes():
+    from zcsync.cli import stop_time
+    before = time.time()
+    assert before + 300 - 1 <= stop_time("5", None) <= time.time() + 300
+    at = stop_time("5", "T" + time.strftime("%H:%M", time.localtime(before + 120)))  # both: the earlier
+    assert at < before + 180
