@@ -88,15 +88,15 @@ def _one_source(raw: bytes, opts: Options, base: bytes | None = None) -> SourceA
     fs_path = path if base is None else base + b"/" + path
     if not opts.relative:
         if contents:
-            return SourceArg(fs_path, True, b".")
-        return SourceArg(fs_path, False, os.path.basename(path))
+            return SourceArg(fs_path, True, b".", anchor=fs_path)
+        return SourceArg(fs_path, False, os.path.basename(path), anchor=os.path.dirname(fs_path) or None)
     # -R: the name keeps its path, cut at a "/./" marker, without a leading "/".
     rel = path
     if b"/./" in rel:
         rel = rel.split(b"/./", 1)[1]
     rel = b"/".join(p for p in rel.split(b"/") if p not in (b"", b"."))
     if not rel:
-        return SourceArg(fs_path, True, b".")
+        return SourceArg(fs_path, True, b".", anchor=fs_path)
     implied = []
     parts = rel.split(b"/")
     prefix_fs = fs_path[: len(fs_path) - len(rel)].rstrip(b"/")
@@ -104,7 +104,7 @@ def _one_source(raw: bytes, opts: Options, base: bytes | None = None) -> SourceA
         name = b"/".join(parts[:i])
         implied.append((name, (prefix_fs + b"/" if prefix_fs else (b"/" if fs_path.startswith(b"/") else b""))
                         + name))
-    return SourceArg(fs_path, False, rel, tuple(implied))
+    return SourceArg(fs_path, False, rel, tuple(implied), anchor=prefix_fs or None)
 
 
 def read_files_from(opts: Options) -> list[bytes]:

@@ -19,6 +19,7 @@ from .pathnames import escape, unsafe_symlink
 log = logging.getLogger(__name__)
 
 ROOT = b"."
+ABSENT = object()  # a missing source operand that --ignore-missing-args lets go
 
 
 class Stat(NamedTuple):
@@ -102,6 +103,10 @@ class SourceArg:
     contents: bool  # trailing slash (or "."): send the contents, not the directory itself
     prefix: bytes  # name under which it appears in the transfer (b"." for contents)
     implied_dirs: tuple[tuple[bytes, bytes], ...] = ()  # (name, fs path) for -R parents
+    # The directory rsync changes into before it looks at the name (None: the current one):
+    # the operand's parent, the operand itself with a trailing slash, the part before "/./"
+    # with -R. A missing name counts as missing (--ignore-missing-args) only when it exists.
+    anchor: bytes | None = None
 
 
 def sort_key(entry: FileEntry) -> tuple[bool, bytes]:
@@ -173,8 +178,6 @@ class Scanner:
         except FileNotFoundError:
             if implied:
                 return None
-            if top and self.opts.ignore_missing_args and os.path.isdir(os.path.dirname(path) or b"."):
-                return None  # (a missing parent stays an error: rsync cannot chdir there)
             if top:
                 self.state.problem(path, f"link_stat {quote(os.path.abspath(path))} failed: "
                                    f"No such file or directory (2)")
@@ -195,6 +198,21 @@ class Scanner:
             self.state.problem(path, f"link_stat {quote(path)} failed: {exc.strerror} ({exc.errno})")
             self.state.io_error = True
             return None
+
+    def _stat_source(self, src: SourceArg) -> os.stat_result | object | None:
+        """stat a source operand: its stat; ABSENT when it does not exist and
+        --ignore-missing-args takes that for no error; None once
+        a problem is recorded. As in rsync, a name whose anchor is missing stays an error
+        (rsync cannot change into it), and so does any error but ENOENT."""
+        if self.opts.ignore_missing_args:
+            try:
+                return os.stat(src.path, follow_symlinks=self.opts.copy_links)
+            except FileNotFoundError:
+                if os.path.isdir(src.anchor or b"."):
+                    return ABSENT
+            except OSError:
+                pass  # reported below, as without the option
+        return self._lstat(src.path, top=True)
 
     def _referent(self, name: bytes, path: bytes) -> os.stat_result | bool | None:
         """-k / --copy-unsafe-links, as rsync's readlink_stat: the stat of what symlink `path`
@@ -442,25 +460,17 @@ class Scanner:
         """Yield the whole transfer as DirBatch values, in the order rsync would send them."""
         opts = self.opts
         top: list[tuple[FileEntry, bytes, bool]] = []  # entry, fs path, recurse into it
-        seen_implied: set[bytes] = set()
+        implied: dict[bytes, bool] = {}  # -R parents looked at: name -> there
         for src in self.sources:
-            for iname, ipath in src.implied_dirs:
-                if iname in seen_implied:
-                    continue
-                seen_implied.add(iname)
-                st = self._lstat(ipath, implied=True)
-                if st is None:
-                    continue
-                entry = self.make_entry(iname, ipath, st)
-                if entry is not None:
-                    self.state.tops[entry.index] = ipath
-                    top.append((entry, ipath, False))
-            st = self._lstat(src.path, top=True)
-            if st is None:
+            # As rsync: the operand first; its -R parents only if it is sent.
+            st = self._stat_source(src)
+            if st is None or st is ABSENT:
                 continue
+            assert isinstance(st, os.stat_result)
             if stat.S_ISDIR(st.st_mode) and not (opts.recursive or opts.dirs):
                 self.state.notice(f"skipping directory {escape(src.prefix)}")  # unquoted, as rsync
                 continue
+            self._implied_dirs(src, implied, top)
             if self._root_dev is None:
                 self._root_dev = st.st_dev
             entry = self.make_entry(src.prefix, src.path, st)
@@ -477,6 +487,24 @@ class Scanner:
                 if rules.has_rules and entry.name != ROOT:
                     rules = rules.enter_dir(ROOT, _merge_reader(os.path.dirname(paths[0]) or b"."))
                 yield from self._walk(entry, paths, rules, top=True)
+
+    def _implied_dirs(self, src: SourceArg, seen: dict[bytes, bool],
+                      top: list[tuple[FileEntry, bytes, bool]]) -> list[bytes]:
+        """Add the -R parents of src not looked at yet to top (seen: name -> it exists);
+        return the paths of those that do not exist."""
+        absent = []
+        for iname, ipath in src.implied_dirs:
+            there = seen.get(iname)
+            if there is None:
+                st = self._lstat(ipath, implied=True)
+                seen[iname] = there = st is not None
+                entry = self.make_entry(iname, ipath, st) if st is not None else None
+                if entry is not None:
+                    self.state.tops[entry.index] = ipath
+                    top.append((entry, ipath, False))
+            if not there:
+                absent.append(ipath)
+        return absent
 
     def _walk(self, dir_entry: FileEntry, paths: list[bytes], rules: FilterRules,
               top: bool = False) -> Iterator[DirBatch]:

@@ -232,6 +232,32 @@ def test_ignore_missing_args_like_rsync(tmp_path):
     assert rs.returncode == zc.returncode == 23
 
 
+def _keep_dir_with_other_time(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """src/keep and dst/keep exist with different times; dst/keep holds a file."""
+    (src / "keep").mkdir()
+    (dst / "keep").mkdir(parents=True)
+    (dst / "keep" / "missing").write_text("old")
+    _age(src / "keep", dst / "keep" / "missing", src)
+    os.utime(dst / "keep", ns=(1_500_000_000 * 10**9,) * 2)
+
+
+@pytest.mark.parametrize("paths", [
+    ["src/./keep/missing", "src/./nosuch/f", "dst"],  # -R: looked up from "/./", no change into the parent
+    ["src/./keep/missing", "dst"],  # a name that is not sent brings no implied parent
+], ids=["missing-parent", "implied-parent"])
+def test_ignore_missing_args_relative_like_rsync(tmp_path, paths):
+    rs, zc = differential(tmp_path, ["-aR", "--ignore-missing-args", "-i"], seed=8, paths=paths,
+                          prepare=_keep_dir_with_other_time)
+    assert rs.returncode == zc.returncode == 0
+    _itemize_same(rs, zc)
+
+
+def test_ignore_missing_args_trailing_slash_is_an_error_like_rsync(tmp_path):
+    """`missing/` names the directory's contents: rsync changes into it, which fails."""
+    rs, zc = differential(tmp_path, ["-a", "--ignore-missing-args"], seed=8, paths=["missing/", "src/", "dst"])
+    assert rs.returncode == zc.returncode == 23
+
+
 def _links_to_dirs_and_out(src: pathlib.Path, dst: pathlib.Path) -> None:
     """Beside src, a directory `outside`; in src, links to it, to a directory inside, and
     dangling ones, in and out of the tree."""
