@@ -108,6 +108,7 @@ class SyncOptions(TypedDict, total=False):
     existing: bool
     ignore_existing: bool
     ignore_missing_args: bool
+    delete_missing_args: bool
     ignore_errors: bool
     cvs_exclude: bool
     inc_recursive: bool

@@ -213,6 +213,7 @@ def _cmd_options(f: Any) -> Any:
         click.option("--existing", is_flag=True, default=False, help="skip creating new files on receiver"),
         click.option("--ignore-existing", is_flag=True, default=False, help="skip updating files that exist on receiver"),
         click.option("--ignore-missing-args", is_flag=True, default=False, help="ignore missing source args without error"),
+        click.option("--delete-missing-args", is_flag=True, default=False, help="delete missing source arguments from destination"),
         click.option("--size-only", is_flag=True, default=False, help="skip files that match in size"),
         click.option("-I", "--ignore-times", is_flag=True, default=False,
                      help="don't skip files that match size and time"),

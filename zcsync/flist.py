@@ -61,6 +61,11 @@ class FileEntry(NamedTuple):
         return stat.S_ISDIR(self.mode)
 
     @property
+    def is_missing(self) -> bool:
+        """A source operand that does not exist (--delete-missing-args): a deletion request."""
+        return self.mode == 0
+
+    @property
     def is_reg(self) -> bool:
         return stat.S_ISREG(self.mode)
 
@@ -201,7 +206,7 @@ class Scanner:
 
     def _stat_source(self, src: SourceArg) -> os.stat_result | object | None:
         """stat a source operand: its stat; ABSENT when it does not exist and
-        --ignore-missing-args takes that for no error; None once
+        --ignore-missing-args (or --delete-missing-args) takes that for no error; None once
         a problem is recorded. As in rsync, a name whose anchor is missing stays an error
         (rsync cannot change into it), and so does any error but ENOENT."""
         if self.opts.ignore_missing_args:
@@ -213,6 +218,19 @@ class Scanner:
             except OSError:
                 pass  # reported below, as without the option
         return self._lstat(src.path, top=True)
+
+    def _missing_entry(self, name: bytes) -> FileEntry:
+        """The entry of a missing operand (--delete-missing-args): rsync's mode-0 entry."""
+        index = self.state.next_index
+        self.state.next_index = index + 1
+        return FileEntry(index, name, 0, 0, 0)
+
+    def _incremental(self) -> bool:
+        """Would rsync build this file list incrementally (its inc_recurse)? It decides what
+        becomes of a missing -R name whose parent is missing too."""
+        o = self.opts
+        return o.recursive and not (o.delete and o.delete_mode in ("before", "after")) \
+            and not o.delay_updates and not o.prune_empty_dirs
 
     def _referent(self, name: bytes, path: bytes) -> os.stat_result | bool | None:
         """-k / --copy-unsafe-links, as rsync's readlink_stat: the stat of what symlink `path`
@@ -446,6 +464,9 @@ class Scanner:
             self.state.problem(path, f"opendir {quote(path)} failed: {exc.strerror} ({exc.errno})")
             self.state.io_error = True
 
+    def _vanished(self, path: bytes) -> None:
+        self.state.problem(path, f"file has vanished: {quote(os.path.abspath(path))}", VANISHED)
+
     def _stat_failed(self, path: bytes, err: int) -> None:
         if err == 0:
             self.state.problem(path, f"file has vanished: {quote(path)}", VANISHED)
@@ -461,10 +482,29 @@ class Scanner:
         opts = self.opts
         top: list[tuple[FileEntry, bytes, bool]] = []  # entry, fs path, recurse into it
         implied: dict[bytes, bool] = {}  # -R parents looked at: name -> there
+        vanished: set[bytes] = set()  # missing -R parents reported (non-incremental)
+        incremental = self._incremental()
         for src in self.sources:
-            # As rsync: the operand first; its -R parents only if it is sent.
+            # As rsync: the operand first; its -R parents only if it is sent (a missing name
+            # that --delete-missing-args sends included).
             st = self._stat_source(src)
-            if st is None or st is ABSENT:
+            if st is None or (st is ABSENT and not opts.delete_missing_args):
+                continue
+            if st is ABSENT:
+                absent = self._implied_dirs(src, implied, top)
+                # A missing name below a missing parent: rsync's incremental list drops it (the
+                # parent "has vanished"); its whole list sends it all the same (each missing
+                # parent reported once), and the receiver deletes it.
+                if absent and incremental:
+                    self._vanished(absent[0])
+                    continue
+                for ipath in absent:
+                    if ipath not in vanished:
+                        vanished.add(ipath)
+                        self._vanished(ipath)
+                entry = self._missing_entry(src.prefix)
+                self.state.tops[entry.index] = src.path  # (where it would be: path_of works for it)
+                top.append((entry, src.path, False))
                 continue
             assert isinstance(st, os.stat_result)
             if stat.S_ISDIR(st.st_mode) and not (opts.recursive or opts.dirs):
@@ -548,7 +588,8 @@ def _merge_tops(top: list[tuple[FileEntry, bytes, bool]]) -> list[tuple[FileEntr
     kept: dict[bytes, tuple[FileEntry, list[bytes], bool]] = {}
     for entry, path, recurse in top:
         held = kept.get(entry.name)
-        if held is None or (entry.is_dir and not held[0].is_dir):
+        # (A name some source has wins over a missing operand of that name: never deleted.)
+        if held is None or (entry.is_dir and not held[0].is_dir) or (held[0].is_missing and not entry.is_missing):
             if held is not None:
                 del kept[entry.name]  # re-inserted last: its index is the highest yet
             kept[entry.name] = (entry, [path], recurse)

@@ -105,6 +105,11 @@ class Generator:
                 self._rules_for(batch.dir_name)  # read the destination's merge files before they change
             if not self._dry_run_dir(batch.dir_name):
                 prefetched = self.prefetch(batch)
+        missing: list[FileEntry] = []
+        if batch.dir_name is None and self.opts.delete_missing_args and any(e.is_missing for e in batch.entries):
+            missing = [e for e in batch.entries if e.is_missing]
+            listed = frozenset(e.name for e in batch.entries if e.is_dir or e.is_missing)
+            batch = DirBatch(None, tuple(e for e in batch.entries if not e.is_missing), batch.expanded)
         rows: list | None = None
         if prefetched is not None:
             self._prefetch_dir, rows, self._dest_digests = prefetched
@@ -113,6 +118,8 @@ class Generator:
             yield from self._entries(batch, rows)
         finally:
             self._prefetch_dir, self._prefetched, self._dest_digests = None, {}, {}
+        if missing:
+            self.delete_missing(missing, listed)
         if batch.dir_name is not None and self.opts.delete:
             names = frozenset(e.basename for e in batch.entries)
             if self.opts.delete_mode == "during":
@@ -227,7 +234,7 @@ class Generator:
                     log.info('ignoring unsafe symlink "%s" -> "%s"', escape(name), escape(entry.link))  # type: ignore[arg-type]
                     return None
                 self._symlink(entry, name, st)
-            else:
+            elif not entry.is_missing:  # (a missing operand is only ever a deletion request)
                 self._special(entry, name, st)
         except OSError as exc:
             if exc.errno in FATAL_ERRNOS:
@@ -872,14 +879,49 @@ class Generator:
             self._dir_rules[dir_name] = rules
         return rules
 
+    def delete_missing(self, entries: list[FileEntry], listed: frozenset[bytes]) -> None:
+        """--delete-missing-args: delete the destination names of the source operands that do
+        not exist, in rsync's file-list order (it decides what --max-delete reaches).
+
+        As rsync's generator: a name the receiver's rules protect stays (matched as a file,
+        whatever is there), a non-empty directory goes only with --delete or --force, and
+        a read error on the sending side stops none of them: each is a name the sender
+        found missing, not one left out of an incomplete list. Names are resolved from
+        the destination root through directories only (never a symlink)."""
+        recurse = self.opts.delete or self.opts.force
+        warned: set[bytes] = set()
+        for entry in sorted(entries, key=_list_order):
+            parent = entry.parent
+            if parent != ROOT and parent not in listed and parent not in warned:
+                warned.add(parent)  # (rsync's whole list sends names whose parent vanished)
+                log.warning("WARNING: parent dir is absent in the file list: %s", escape(parent))
+            rules = self._rules_for(parent) if self.filters.has_dir_merge else self.filters
+            if rules.has_rules and rules.excluded(entry.name, False, side="receiver"):
+                continue
+            name = self.dest_name(entry)
+            dest_parent, base = split(name)
+            if self._under_virtual(dest_parent) or name in self._virtual_dirs:
+                continue  # made by this dry run: nothing there yet
+            try:
+                fd = self.tree.dir_fd(dest_parent)
+                st = os.stat(base, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue  # nothing there, or not reachable through directories: nothing to delete
+            self._delete(fd, base, name, stat.S_ISDIR(st.st_mode), entry.name, rules, recurse=recurse)
+
     def _delete(self, fd: int, base: bytes, rel: bytes, is_dir: bool, name: bytes, rules: FilterRules,
-                depth: int = 0) -> bool:
+                depth: int = 0, recurse: bool = True) -> bool:
         """Delete one extraneous name (rel in the destination, name in the source's terms, for
         the rules); True if it is gone. As rsync's delete_item: a directory's contents go
         first, deepest first, except what the receiver's rules protect (perishable rules
         aside); a directory left non-empty stays, with rsync's note (for the name itself
-        and the directories right inside it); --max-delete is counted per name."""
-        if is_dir:
+        and the directories right inside it); --max-delete is counted per name. Without
+        recurse only an empty directory goes (rsync's delete_item without DEL_RECURSE)."""
+        if is_dir and not recurse:
+            if self._has_names(fd, base):
+                self.report.notice(f"cannot delete non-empty directory: {escape(rel)}")
+                return False
+        elif is_dir:
             if not self._delete_contents(fd, base, rel, name, rules, depth):
                 if depth <= 1:
                     self.report.notice(f"cannot delete non-empty directory: {escape(rel)}")
@@ -912,6 +954,17 @@ class Generator:
         self.report.stats.files_deleted += 1
         self.report.event(Event("*deleting", escape(rel + (b"/" if is_dir else b""))))
         return True
+
+    def _has_names(self, fd: int, base: bytes) -> bool:
+        """Does directory base (in directory fd) hold anything?"""
+        try:
+            dfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            return False  # gone meanwhile, or unreadable: its rmdir says which
+        try:
+            return bool(commit.listdir(dfd))
+        finally:
+            os.close(dfd)
 
     def _delete_contents(self, fd: int, base: bytes, rel: bytes, name: bytes, rules: FilterRules,
                          depth: int) -> bool:
@@ -966,6 +1019,13 @@ def _read_beneath(dir_fd: int, name: bytes) -> bytes | None:
         return None
     with os.fdopen(fd, "rb") as f:
         return f.read()
+
+
+def _list_order(entry: FileEntry) -> tuple[tuple[int, bytes], ...]:
+    """Where rsync sorts a missing operand in its file list: component by component, the
+    leading ones directories, the last one a file (files before directories, by name)."""
+    parts = entry.name.split(b"/")
+    return tuple((1, p) for p in parts[:-1]) + ((0, parts[-1]),)
 
 
 def _kind(entry: FileEntry) -> str:

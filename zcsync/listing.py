@@ -38,6 +38,9 @@ class Listing:
         self._held.clear()
 
     def _show(self, e: FileEntry) -> None:
+        if e.is_missing:  # rsync's line for a missing operand (--delete-missing-args)
+            self.out.write(f"{'*missing':<{(14 if self.human else 11) + 31}} {escape(e.name)}\n")
+            return
         link = escape(e.link) if e.link is not None and self.show_links else None
         self.out.write(meta.list_line(e.mode, e.size, e.mtime_ns // 1_000_000_000, escape(e.name),
                                       link_target_escaped=link, human=self.human) + "\n")

@@ -49,6 +49,8 @@ class Options:
     existing: bool = False
     ignore_existing: bool = False
     ignore_missing_args: bool = False  # a missing source operand is skipped, not an error
+    # ... and its destination name deleted (rsync's --delete-missing-args; implies the above)
+    delete_missing_args: bool = False
     ignore_errors: bool = False  # --delete deletes after a read error on the sending side too
     size_only: bool = False
     ignore_times: bool = False  # -I: transfer even files whose size and time match
@@ -150,6 +152,8 @@ class Options:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative")
+        if self.delete_missing_args and not self.ignore_missing_args:
+            object.__setattr__(self, "ignore_missing_args", True)  # rsync's missing_args 2 takes in 1
         if self.append_verify and not self.append:
             object.__setattr__(self, "append", True)
         if self.append:

@@ -771,3 +771,129 @@ def test_open_noatime_keeps_atimes_as_rsync(tmp_path, extra, noatime):
         results[tool] = (before_src == _atimes(src), before_dst == _atimes(dst) if extra else None)
     kept = (noatime, noatime if extra else None)
     assert results["rsync"] == results["zcsync"] == kept
+
+
+# -- --delete-missing-args ---------------------------------------------------------
+
+_SMALL = {"files": 20, "max_size": 64 << 10}
+# Operands that do not exist in src: each names something in dst (or nothing).
+_MISSING = ["src/missing_f", "src/gone", "src/emptydir", "src/link", "src/nonesuch"]
+
+
+def _missing_in_src(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """dst holds what the missing operands name: a file, a non-empty directory (with a
+    subdirectory), an empty one, a symlink to a directory outside dst; src/keep exists
+    and dst/keep/zz does not in src; dst/nosuch/f's parent is missing in src too."""
+    (src / "keep").mkdir()
+    for rel in ("missing_f", "gone/g", "gone/sub/h", "keep/zz", "keep/stay", "nosuch/f", "nosuch/deeper/h", "other"):
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dst / rel).write_text(rel)
+    (src / "keep" / "stay").write_text("keep/stay")
+    (dst / "emptydir").mkdir()
+    (src.parent / "outside").mkdir()
+    (src.parent / "outside" / "precious").write_text("outside")
+    os.symlink("../outside", dst / "link")
+    _age(*dst.rglob("*"), *src.rglob("*"), src, src.parent / "outside", src.parent / "outside" / "precious")
+
+
+def _deletes_like_rsync(tmp_path, options, paths, prepare=_missing_in_src, **kwargs):
+    rs, zc = differential(tmp_path, options, seed=8, prepare=prepare, paths=paths, tree_kwargs=_SMALL, **kwargs)
+    # (rsync prints this note on stdout, zcsync on stderr; rsync may print a "cannot delete
+    # non-empty directory" note twice)
+    rs.stdout = rs.stdout.replace("IO error encountered -- skipping file deletion\n", "")
+    want, got = output_lines(rs.stdout), output_lines(zc.stdout)
+    if any(line.startswith("cannot delete") for line in want):
+        want = sorted(set(want))
+    assert want == got, f"only rsync printed: {sorted(set(want) - set(got))}\nonly zcsync printed: " \
+                        f"{sorted(set(got) - set(want))}"
+    for side in tmp_path.glob("differential-*/zcsync"):
+        assert (side / "outside" / "precious").read_text() == "outside"  # never through the link
+    return rs, zc
+
+
+@pytest.mark.parametrize("options", [
+    [],
+    ["--force"],
+    ["--delete"],
+    ["-n"],
+    ["-n", "--force"],
+    ["--ignore-missing-args"],
+    ["--max-delete=1"],
+    ["--force", "--max-delete=2"],
+    ["--force", "-b"],
+    ["--force", "--backup-dir=../bak"],
+    ["--force", "--exclude=missing_f", "--filter=P emptydir"],
+    ["--force", "--exclude=gone/"],  # a missing operand is matched as a file
+    ["--force", "--exclude=h"],  # protected inside the directory: it stays
+], ids=["alone", "force", "delete", "dry-run", "dry-run-force", "with-ignore", "max-delete",
+        "force-max-delete", "backup", "backup-dir", "protected", "dir-rule", "protected-inside"])
+def test_delete_missing_args_like_rsync(tmp_path, options):
+    """Each missing operand deletes its destination name, as rsync does: a non-empty
+    directory only with --force or --delete (else "cannot delete non-empty directory"), a
+    symlink as a symlink, --max-delete in rsync's list order (25), -b, --backup-dir and
+    the receiver's rules as for any deletion, nothing in a dry run."""
+    rs, zc = _deletes_like_rsync(tmp_path, ["-a", "-i", "--delete-missing-args", *options],
+                                 ["src/", *_MISSING, "dst/"], compare_kwargs={"dir_times": False})
+    assert rs.returncode == zc.returncode == (25 if any("max-delete" in o for o in options) else 0)
+
+
+def test_delete_missing_args_count_in_stats_like_rsync(tmp_path):
+    """--stats counts a missing operand as a regular file of the list, as rsync does."""
+    rs, zc = differential(tmp_path, ["-a", "--stats", "--force", "--delete-missing-args"], seed=8,
+                          prepare=_missing_in_src, paths=["src/keep", *_MISSING, "dst/"], tree_kwargs=_SMALL,
+                          compare_kwargs={"dir_times": False})
+    def files(out: str) -> list[str]:
+        return [line for line in out.splitlines() if line.startswith("Number of files")]
+    assert files(zc.stdout) == files(rs.stdout) and "reg: 6" in files(rs.stdout)[0]
+
+
+def test_delete_missing_args_after_a_read_error_like_rsync(tmp_path):
+    """A read error on the sending side (-L and a dangling link) stops --delete but not the
+    missing operands' deletions: each is a name the sender found missing, not one an
+    incomplete list left out (rsync's generator deletes them all the same)."""
+    rs, zc = _deletes_like_rsync(tmp_path, ["-aL", "-i", "--delete", "--delete-missing-args"],
+                                 ["src/", *_MISSING, "dst/"], compare_kwargs={"dir_times": False})
+    assert rs.returncode == zc.returncode == 23
+    assert "IO error encountered -- skipping file deletion" in zc.stderr
+    assert not (next(tmp_path.glob("differential-*/zcsync")) / "dst" / "missing_f").exists()
+
+
+def test_delete_missing_args_single_operand_takes_the_destination_name(tmp_path):
+    """One missing operand and a destination file: rsync deletes that file (the operand
+    takes the destination's name, as one file does)."""
+    rs, zc = _deletes_like_rsync(tmp_path, ["-a", "-i", "--delete-missing-args"], ["src/missing_f", "dst/other"])
+    assert rs.returncode == zc.returncode == 0 and "*deleting   other" in zc.stdout
+
+
+@pytest.mark.parametrize("options", [["-a"], ["-a", "--force"], ["-ar"]], ids=["whole-list", "force", "incremental"])
+def test_delete_missing_args_files_from_like_rsync(tmp_path, options):
+    """--files-from, the option's usual company: listed names that are gone are deleted.
+    A name whose parent is missing in the source too is a vanished parent (24); rsync's
+    whole file list (no -r) still deletes it, its incremental one (-r) drops it."""
+    def prepare(src: pathlib.Path, dst: pathlib.Path) -> None:
+        _missing_in_src(src, dst)
+        present = sorted(str(p.relative_to(src)) for p in src.rglob("*")
+                         if p.is_file() and not p.is_symlink() and "\n" not in str(p))[:3]
+        names = [*present, "missing_f", "keep/zz", "gone", "emptydir", "link", "nosuch/f", "nosuch/deeper/h",
+                 "keep/stay", "nonesuch"]
+        (src.parent / "list").write_text("\n".join(names) + "\n", errors="surrogateescape")
+    rs, zc = _deletes_like_rsync(tmp_path, [*options, "-i", "--delete-missing-args", "--files-from=list"],
+                                 ["src", "dst/"], prepare=prepare, compare_kwargs={"dir_times": False})
+    assert rs.returncode == zc.returncode == 24
+
+
+def test_delete_missing_args_relative_like_rsync(tmp_path):
+    rs, zc = _deletes_like_rsync(tmp_path, ["-aR", "-i", "--delete-missing-args"],
+                                 ["src/./keep/zz", "src/./nosuch/f", "src/./missing_f", "dst/"],
+                                 compare_kwargs={"dir_times": False})
+    assert rs.returncode == zc.returncode == 24
+
+
+def test_delete_missing_args_list_only_like_rsync(tmp_path):
+    """--list-only shows each missing operand as rsync's "*missing" line."""
+    for human in ([], ["--no-h"]):
+        rs, zc = differential(tmp_path, ["--list-only", *human, "--delete-missing-args"], seed=8,
+                              prepare=_missing_in_src, paths=["src/keep/stay", *_MISSING, "dst/"],
+                              tree_kwargs=_SMALL)
+        _itemize_same(rs, zc)
+        assert "*missing" in zc.stdout

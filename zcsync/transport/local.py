@@ -352,10 +352,11 @@ def run(sender: Sender, generator: Generator, writer: Writer, report: Report,
 
 
 def count_entries(stats: Stats, batch: DirBatch) -> None:
-    """--stats: count a batch's entries by type."""
+    """--stats: count a batch's entries by type (a missing operand as a regular file, as
+    rsync counts its mode-0 entries)."""
     for entry in batch.entries:
         stats.files += 1
-        if entry.is_reg:
+        if entry.is_reg or entry.is_missing:
             stats.regular_files += 1
             stats.total_size += entry.size
         elif entry.is_dir:
