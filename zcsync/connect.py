@@ -224,7 +224,7 @@ def _list_remote(srcs: list[Endpoint], opts: Options, out: TextIO,
     def listing(conn: Connection) -> None:
         if names is not None:
             send_files_from(conn, names)
-        ListingSide(conn, out, report, show_links, opts.human_readable).run()
+        ListingSide(conn, out, report, show_links, opts.human_readable, opts.delete_missing_args).run()
     _session(srcs[0], "sender", opts, [s.path or "." for s in srcs], report, listing)
     report.stats.elapsed_s = time.monotonic() - started
     return RunResult(report.exit_code, report, report.problems)

@@ -469,8 +469,11 @@ def _name_problem(base: bytes, what: str = "an unsafe name") -> str:
     return f"{what}: {_q(base)}"
 
 
-def _semantic_problem(e: FileEntry, x: EntryExtras | None) -> str | None:
-    """What is wrong with an entry's values, bounds on lengths aside (checked while parsing)."""
+def _semantic_problem(e: FileEntry, x: EntryExtras | None, missing: bool = False) -> str | None:
+    """What is wrong with an entry's values, bounds on lengths aside (checked while parsing).
+    missing: a missing-operand entry (mode 0) is allowed here."""
+    if e.mode == 0 and missing:
+        return _missing_problem(e, x)
     if e.mode > 0o177777 or stat.S_IFMT(e.mode) not in _FILE_TYPES:
         return f"an unknown file type (mode 0o{e.mode:o}) for {_q(e.name)}"
     if e.name == b"." and not stat.S_ISDIR(e.mode):
@@ -497,13 +500,24 @@ def _semantic_problem(e: FileEntry, x: EntryExtras | None) -> str | None:
     return None
 
 
+def _missing_problem(e: FileEntry, x: EntryExtras | None) -> str | None:
+    """What is wrong with a missing-operand entry: it is a name and nothing else."""
+    if e.name == b".":
+        return "a missing-operand entry named '.'"
+    if e.size or e.mtime_ns or e.uid or e.gid or e.rdev or e.link is not None or e.hlink is not None \
+            or e.xattrs is not None or x is not None:
+        return f"a missing-operand entry with attributes for {_q(e.name)}"
+    return None
+
+
 def entry_problem(entry: FileEntry, extras: EntryExtras | None = None,
-                  frame_max: int = DEFAULT_FRAME_MAX) -> str | None:
+                  frame_max: int = DEFAULT_FRAME_MAX, missing: bool = False) -> str | None:
     """Why this entry cannot be sent (the sender skips it with this text), or None.
 
     Names longer than MAX_NAME, xattrs beyond the bounds or too big for one frame
     (pass the negotiated conn.frame_max) would make the peer end the session or
-    the encoder fail; the sender should report them per file instead.
+    the encoder fail; the sender should report them per file instead. missing: a
+    missing-operand entry (mode 0, --delete-missing-args) may be sent (in a top batch).
     """
     if len(entry.name) > MAX_NAME:
         return f"name too long ({len(entry.name)} bytes, limit {MAX_NAME})"
@@ -529,7 +543,7 @@ def entry_problem(entry: FileEntry, extras: EntryExtras | None = None,
         for owner in (extras.uname, extras.gname):
             if owner is not None and len(owner) > MAX_OWNER_NAME:
                 return f"owner name too long ({len(owner)} bytes)"
-    return _semantic_problem(entry, extras)
+    return _semantic_problem(entry, extras, missing)
 
 
 # -- encoding ----------------------------------------------------------------
@@ -585,7 +599,7 @@ def _encode_flist(batch: FlistBatch, frame_max: int, next_index: int) -> tuple[l
     seen: set[bytes] = set()
     for i, e in enumerate(batch.entries):
         x = batch.extras[i] if batch.extras else None
-        problem = entry_problem(e, x, frame_max)
+        problem = entry_problem(e, x, frame_max, missing=d is None)
         if problem is not None:
             raise ValueError(f"cannot send {_q(e.name)}: {problem}")
         if e.index < next_index:
@@ -861,6 +875,9 @@ class Decoder:
         self.goodbye = False
         self.open_file: int | None = None
         self.pending_dirs: set[bytes] = set()  # expanded, contents not yet listed
+        # May the peer send missing-operand entries (mode 0, in a top batch)? Only a receiver
+        # whose options have --delete-missing-args sets this.
+        self.missing_entries = False
         self._cont: object = _NOTHING  # dir_name of a batch whose next part must follow
         self._cont_names: set[bytes] = set()
         self._sig: _SignatureParts | None = None  # a signature whose next part must follow
@@ -1010,7 +1027,7 @@ class Decoder:
             # unsigned on the wire but must fit an off_t).
             if not (mode & _S_IFMT == _S_IFREG and mode <= 0o177777 and size < _U64_LIMIT
                     and link is None and hlink is None and xattrs is None and x is None and name != b"."):
-                problem = _semantic_problem(entry, x)
+                problem = _semantic_problem(entry, x, self.missing_entries and prefix is None)
                 if problem is not None:
                     raise ProtocolError("peer sent " + problem)
             if ef & _E_EXPANDED:

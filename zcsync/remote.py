@@ -181,6 +181,8 @@ class SendingSide:
         self._named_gids: set[int] = set()
 
     def _extras(self, entry: FileEntry) -> EntryExtras | None:
+        if entry.is_missing:
+            return None  # a name and nothing else on the wire
         digest = uname = gname = None
         if self.opts.checksum and entry.is_reg:
             digest = entry.digest if entry.digest is not None else self.sender.digest(entry)
@@ -202,8 +204,8 @@ class SendingSide:
         removing = self.opts.remove_source_files  # then every non-directory may be removed
         try:
             for batch in self.sender.batches():
-                for entry in batch.entries:
-                    if entry.is_reg or (removing and not entry.is_dir):
+                for entry in batch.entries:  # (a missing operand has nothing to send or remove)
+                    if entry.is_reg or (removing and not entry.is_dir and not entry.is_missing):
                         self.entries[entry.index] = entry
                 extras = tuple(self._extras(e) for e in batch.entries)
                 self.conn.send(FlistBatch.from_dir_batch(batch, extras, io_error=self.sender.io_error))
@@ -525,8 +527,10 @@ class ListingSide:
     """The receiving end of `zcsync host:path` (one operand): rsync's --list-only of a remote
     tree. Prints the file list the sender sends and asks for no data."""
 
-    def __init__(self, conn: Connection, out: TextIO, report: Report, show_links: bool, human: int = 1) -> None:
+    def __init__(self, conn: Connection, out: TextIO, report: Report, show_links: bool, human: int = 1,
+                 missing: bool = False) -> None:
         self.conn = conn
+        conn.decoder.missing_entries = missing  # --delete-missing-args: "*missing" lines
         self.listing = Listing(out, show_links, human)
         self.report = report
 
@@ -731,6 +735,8 @@ class ReceivingSide:
         self.opts = opts
         self.report = report
         self.filters = filters
+        # --delete-missing-args: the sender's top batches may name missing operands.
+        conn.decoder.missing_entries = opts.delete_missing_args
         # Whole-file requests go out several to a frame (Requests) if the peer decodes them.
         caps = conn.negotiated.peer_caps if conn.negotiated is not None else {}
         self._batch_requests = caps.get("request-batch") == "1"

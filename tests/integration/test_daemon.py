@@ -713,3 +713,61 @@ def test_temp_dir_must_stay_in_the_module(zd, tmp_path):
     code, msg, _ = run_client([f"{src}/", zd.url("rw", "tin/")], archive=True, temp_dir="t")
     assert code == 0, msg
     assert list((zd.dir / "data" / "tin" / "t").iterdir()) == []
+
+
+def _missing_args_trees(src: Path, dst: Path) -> None:
+    """src has a file; dst has it too, plus what the missing operands name."""
+    src.mkdir(parents=True)
+    (src / "a").write_text("a")
+    for rel in ("a", "missing_f", "gone/g", "keep.tmp"):
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dst / rel).write_text("old " + rel)
+    (dst / "emptydir").mkdir()
+    for path in (*src.rglob("*"), src, *dst.rglob("*"), dst):
+        os.utime(path, ns=(1_600_000_000_123_456_789,) * 2)
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["alone", "force"])
+def test_delete_missing_args_push_matches_rsync_daemon(tmp_path, force):
+    """A push into a module: the missing operands' names are deleted; one the module
+    excludes is refused (23) and stays, as with rsync's daemon."""
+    zd, rd, zmod, rmod = _pair(tmp_path, "    exclude = *.tmp\n")
+    try:
+        src = tmp_path / "src"
+        _missing_args_trees(src, zmod / "dst")
+        copy_tree(zmod / "dst", rmod / "dst")
+        operands = [f"{src}/{name}" for name in ("a", "missing_f", "gone", "emptydir", "keep.tmp", "nonesuch")]
+        rs = run_rsync(["-a", "-i", "--delete-missing-args", *(["--force"] if force else []), *operands,
+                        rd.url("m", "dst/")], check=False)
+        code, msg, events = run_client([*operands, zd.url("m", "dst/")], archive=True, itemize=True,
+                                       delete_missing_args=True, force=force)
+        assert rs.returncode == code == 23, (rs.stderr, msg)
+        assert "daemon refused to receive file" in msg and (zmod / "dst" / "keep.tmp").exists()
+        assert_same_tree(rmod / "dst", zmod / "dst", **{**compare_kwargs_for(["-a"]), "dir_times": False})
+        assert [i.split() for i in _items(events) if i.startswith("*")] == \
+            [i.split() for i in _rsync_items(rs.stdout) if i.startswith("*")]
+        assert not (zmod / "dst" / "missing_f").exists() and (zmod / "dst" / "gone").exists() != force
+    finally:
+        zd.stop()
+        rd.stop()
+
+
+def test_delete_missing_args_pull_matches_rsync_daemon(tmp_path):
+    """A pull from a module: the daemon's sender sends the missing operands, the client deletes."""
+    zd, rd, zmod, rmod = _pair(tmp_path)
+    try:
+        _missing_args_trees(zmod / "src", tmp_path / "zout")
+        copy_tree(zmod / "src", rmod / "src")
+        copy_tree(tmp_path / "zout", tmp_path / "rout")
+        names = ("a", "missing_f", "gone", "emptydir", "nonesuch")
+        rs = run_rsync(["-a", "-i", "--delete-missing-args", "--force", *(rd.url("m", f"src/{n}") for n in names),
+                        f"{tmp_path}/rout/"], check=False)
+        code, msg, events = run_client([*(zd.url("m", f"src/{n}") for n in names), f"{tmp_path}/zout/"],
+                                       archive=True, itemize=True, delete_missing_args=True, force=True)
+        assert rs.returncode == code == 0, (rs.stderr, msg)
+        assert_same_tree(tmp_path / "rout", tmp_path / "zout", **{**compare_kwargs_for(["-a"]), "dir_times": False})
+        assert [i.split() for i in _items(events)] == [i.split() for i in _rsync_items(rs.stdout)]
+        assert not (tmp_path / "zout" / "gone").exists()
+    finally:
+        zd.stop()
+        rd.stop()

@@ -446,3 +446,81 @@ def test_open_noatime_over_ssh(tmp_path, sshd, direction):
         assert proc.returncode == 0, proc.stderr
         kept[tool] = before == (_atimes(src), _atimes(dst))
     assert kept == {"rsync": True, "zcsync": True}
+
+
+# -- --delete-missing-args: the missing operands travel in the file list ----------------
+
+def _missing_paths(direction: str) -> list[str]:
+    from .test_local_differential import _MISSING
+    if direction == "push":
+        return ["src/", *_MISSING, f"{ALIAS}:{{run}}/dst/"]
+    return [f"{ALIAS}:{{run}}/{p}" for p in ["src/", *_MISSING]] + ["dst/"]
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+@pytest.mark.parametrize("options", [[], ["--force"], ["-n", "--force"]], ids=["alone", "force", "dry-run"])
+def test_delete_missing_args(tmp_path, sshd, direction, options):
+    """Push and pull: each missing operand deletes its destination name, as rsync's does."""
+    from .test_local_differential import _deletes_like_rsync
+    rs, zc = _deletes_like_rsync(tmp_path, ["-a", "-i", "--delete-missing-args", *options],
+                                 _missing_paths(direction), env=sshd.env(), zcsync_extra=_extra(),
+                                 compare_kwargs={"dir_times": False})
+    assert rs.returncode == zc.returncode == 0
+    assert ("*deleting   missing_f" in zc.stdout) and ("*deleting   gone/" in zc.stdout) == bool(options)
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_delete_missing_args_files_from(tmp_path, sshd, via, direction):
+    """--files-from names that are gone, over ssh: pushed from this side's scan, or sent to
+    the server that scans for a pull; a name whose parent is missing too (24) is deleted
+    from rsync's whole list, with its warning."""
+    from .test_local_differential import _deletes_like_rsync, _missing_in_src
+
+    def prepare(src: pathlib.Path, dst: pathlib.Path) -> None:
+        _missing_in_src(src, dst)
+        (src.parent / "list").write_text("missing_f\nkeep/zz\nkeep/stay\ngone\nnosuch/f\nlink\nnonesuch\n")
+    paths = ["src", f"{ALIAS}:{{run}}/dst/"] if direction == "push" else [f"{ALIAS}:{{run}}/src", "dst/"]
+    rs, zc = _deletes_like_rsync(tmp_path, ["-a", "-i", "--delete-missing-args", "--files-from=list", *via],
+                                 paths, prepare=prepare, env=sshd.env(), zcsync_extra=_extra(),
+                                 compare_kwargs={"dir_times": False})
+    assert rs.returncode == zc.returncode == 24
+    assert "*deleting   nosuch/f" in zc.stdout and "parent dir is absent in the file list: nosuch" in zc.stderr
+
+
+def test_delete_missing_args_remote_listing(tmp_path, sshd):
+    """`zcsync --delete-missing-args host:missing`: rsync's "*missing" line for it."""
+    from tests.oracle import run_rsync, run_zcsync
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "here").write_text("here")
+    operands = [f"{ALIAS}:{tmp_path}/src/here", f"{ALIAS}:{tmp_path}/src/gone"]
+    for human in ([], ["--no-h"]):
+        rs = run_rsync(["--delete-missing-args", *human, "--list-only", *operands, "dst"], env=sshd.env())
+        zc = run_zcsync(["--delete-missing-args", *human, "--list-only", *_extra(), *operands, "dst"],
+                        env=sshd.env())
+        assert zc.returncode == 0, zc.stderr
+        assert sorted(zc.stdout.splitlines()) == sorted(rs.stdout.splitlines())
+        assert any(line.startswith("*missing") for line in zc.stdout.splitlines())
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_delete_missing_args_receiver_rules_protect(tmp_path, sshd, direction):
+    """The receiver's rules protect a name from --delete-missing-args over ssh as in a local
+    copy (rsync's push without --delete deletes it: its receiver gets no rules; its pull
+    stops, exit 4). A sender-only rule protects nothing."""
+    from tests.oracle import run_zcsync
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dst").mkdir()
+    for name in ("kept", "protected", "hidden-only"):
+        (tmp_path / "dst" / name).write_text(name)
+    sources = [f"{tmp_path}/src/{n}" for n in ("kept", "protected", "hidden-only")]
+    if direction == "push":
+        paths = [*sources, f"{ALIAS}:{tmp_path}/dst/"]
+    else:
+        paths = [f"{ALIAS}:{s}" for s in sources] + [f"{tmp_path}/dst/"]
+    zc = run_zcsync(["-a", "-i", "--delete-missing-args", "--exclude=kept", "--filter=P protected",
+                     "--filter=-s hidden-only", *_extra(), *paths], env=sshd.env())
+    assert zc.returncode == 0, zc.stderr
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["kept", "protected"]
+    assert zc.stdout.splitlines() == ["*deleting   hidden-only"]

@@ -602,6 +602,55 @@ def test_clean_eof_and_truncated_frame():
         p.Connection(BytesStream(struct.pack(">BI", p.Log.TYPE, 10) + b"abc")).recv()
 
 
+# -- missing-operand entries (--delete-missing-args) -----------------------------
+
+def decode_missing(*frames: bytes, allowed=True):
+    conn = p.Connection(BytesStream(b"".join(frames)), side="receiver")
+    conn.decoder.missing_entries = allowed
+    out = []
+    while True:
+        try:
+            out.append(conn.recv())
+        except p.ConnectionClosed:
+            return out
+
+
+def test_missing_entries_round_trip_in_a_top_batch():
+    sent = p.Connection(BytesStream())
+    batch = p.FlistBatch(None, frozenset(), (entry(0, b"d", DIR), FileEntry(1, b"d/gone", 0, 0, 0),
+                                             FileEntry(2, b"gone", 0, 0, 0), entry(3, b"f")))
+    sent.send(batch)
+    sent.flush()
+    (got,) = decode_missing(bytes(sent.stream.out))
+    assert got.entries == batch.entries and [e.is_missing for e in got.entries] == [False, True, True, False]
+
+
+@pytest.mark.parametrize(("frames", "allowed", "match"), [
+    ([fl(raw_entry(0, b"gone", mode=0))], False, r"unknown file type \(mode 0o0\)"),  # not asked for
+    ([fl(D), fl(raw_entry(1, b"gone", mode=0), dir_name=b"d")], True, "unknown file type"),  # only at the top
+    ([fl(raw_entry(0, b".", mode=0))], True, "missing-operand entry named '.'"),
+    ([fl(raw_entry(0, b"gone", mode=0, size=1))], True, "missing-operand entry with attributes"),
+    ([fl(raw_entry(0, b"gone", mode=0, mtime=5))], True, "missing-operand entry with attributes"),
+    ([fl(raw_entry(0, b"gone", mode=0, uid=1))], True, "missing-operand entry with attributes"),
+    ([fl(raw_entry(0, b"gone", mode=0, rdev=1))], True, "missing-operand entry with attributes"),
+    ([fl(raw_entry(0, b"gone", mode=0, flags=0x01, tail=b"\x00\x01x"))], True, "with attributes"),
+    ([fl(raw_entry(0, b"gone", mode=0, flags=0x10, tail=b"\x01u"))], True, "with attributes"),
+    ([fl(raw_entry(0, b"gone", mode=0, flags=0x40))], True, "non-directory 'gone' as expanded"),
+    ([fl(raw_entry(0, b"../gone", mode=0))], True, "unsafe name"),
+    ([fl(raw_entry(0, b"gone", mode=0), raw_entry(1, b"gone"))], True, "'gone' twice"),
+])
+def test_missing_entry_violations(frames, allowed, match):
+    with pytest.raises(ProtocolError, match=match):
+        decode_missing(*frames, allowed=allowed)
+
+
+def test_encoder_sends_missing_entries_only_at_the_top():
+    with pytest.raises(ValueError, match="unknown file type"):
+        p.Connection(BytesStream()).send(p.FlistBatch(b"d", frozenset(), (FileEntry(0, b"d/x", 0, 0, 0),)))
+    with pytest.raises(ValueError, match="with attributes"):
+        p.Connection(BytesStream()).send(p.FlistBatch(None, frozenset(), (FileEntry(0, b"x", 0, 0, 1),)))
+
+
 # -- the sending side refuses what the peer would reject ------------------------
 
 @pytest.mark.parametrize(("batch", "match"), [
