@@ -291,6 +291,8 @@ class _ModuleSender(Sender):
                  on_problem: Callable[[FileProblem], None], on_notice: Callable[[str], None]) -> None:
         super().__init__(sources, opts, filters, on_problem=on_problem, on_notice=on_notice)
         self.module_filter = module_filter
+        self.scanner.hidden = lambda path: module_filter.excluded(_module_relative(path), True) or \
+            module_filter.excluded(_module_relative(path), False)
 
     def scan(self) -> Iterator[DirBatch]:
         dropped: set[bytes] = set()
@@ -300,7 +302,9 @@ class _ModuleSender(Sender):
             keep = []
             top = batch.dir_name is None  # inside a listed directory the parents were checked already
             for entry in batch.entries:
-                if self.module_filter.excluded(_module_relative(self.path(entry)), entry.is_dir, parents=top):
+                # (A missing operand names only what the client asked for and found missing.)
+                if not entry.is_missing and \
+                        self.module_filter.excluded(_module_relative(self.path(entry)), entry.is_dir, parents=top):
                     if entry.is_dir:
                         dropped.add(entry.name)
                     continue
@@ -622,7 +626,11 @@ class Session:
                 raise _Refuse(errors.FILE_SELECT, exc.message) from None
             if module_filter.excluded(_module_relative(path), True) or \
                     module_filter.excluded(_module_relative(path), False):
-                # As rsync: an excluded name looks like one that does not exist.
+                # As rsync: an excluded name looks like one that does not exist (so with
+                # --ignore-missing-args the sender takes it for a missing one: Scanner.hidden).
+                if role == "sender" and opts.ignore_missing_args:
+                    paths.append(os.fsdecode(path))
+                    continue
                 problems.append(FileProblem(escape(path), f'[sender] change_dir "{escape(path)}" (in '
                                             f"{module.name}) failed: No such file or directory (2)"))
                 if role == "receiver":

@@ -170,6 +170,9 @@ class Scanner:
         self.state = state or ScanState()
         self.read_xattrs = read_xattrs
         self._root_dev: int | None = None
+        # An operand that exists but must look missing (a daemon module's excluded name), as
+        # rsync's is_daemon_excluded makes it: with --ignore-missing-args it is one.
+        self.hidden: Callable[[bytes], bool] | None = None
         # No xattrs: a regular file with one link needs no further checks.
         self._plain = read_xattrs is None
 
@@ -210,6 +213,8 @@ class Scanner:
         a problem is recorded. As in rsync, a name whose anchor is missing stays an error
         (rsync cannot change into it), and so does any error but ENOENT."""
         if self.opts.ignore_missing_args:
+            if self.hidden is not None and self.hidden(src.path) and os.path.isdir(src.anchor or b"."):
+                return ABSENT
             try:
                 return os.stat(src.path, follow_symlinks=self.opts.copy_links)
             except FileNotFoundError:

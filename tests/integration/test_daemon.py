@@ -752,22 +752,27 @@ def test_delete_missing_args_push_matches_rsync_daemon(tmp_path, force):
         rd.stop()
 
 
-def test_delete_missing_args_pull_matches_rsync_daemon(tmp_path):
-    """A pull from a module: the daemon's sender sends the missing operands, the client deletes."""
-    zd, rd, zmod, rmod = _pair(tmp_path)
+@pytest.mark.parametrize("option", ["delete", "ignore"])
+def test_missing_args_pull_matches_rsync_daemon(tmp_path, option):
+    """A pull from a module: the daemon's sender sends the missing operands, the client
+    deletes (--delete-missing-args) or nothing happens (--ignore-missing-args). A name the
+    module excludes looks missing, as in rsync: the client's copy of it goes too."""
+    zd, rd, zmod, rmod = _pair(tmp_path, "    exclude = *.tmp\n")
     try:
         _missing_args_trees(zmod / "src", tmp_path / "zout")
+        (zmod / "src" / "keep.tmp").write_text("secret")
         copy_tree(zmod / "src", rmod / "src")
         copy_tree(tmp_path / "zout", tmp_path / "rout")
-        names = ("a", "missing_f", "gone", "emptydir", "nonesuch")
-        rs = run_rsync(["-a", "-i", "--delete-missing-args", "--force", *(rd.url("m", f"src/{n}") for n in names),
+        names = ("a", "missing_f", "gone", "emptydir", "nonesuch", "keep.tmp")
+        rs = run_rsync(["-a", "-i", f"--{option}-missing-args", "--force", *(rd.url("m", f"src/{n}") for n in names),
                         f"{tmp_path}/rout/"], check=False)
         code, msg, events = run_client([*(zd.url("m", f"src/{n}") for n in names), f"{tmp_path}/zout/"],
-                                       archive=True, itemize=True, delete_missing_args=True, force=True)
+                                       archive=True, itemize=True, force=True, **{f"{option}_missing_args": True})
         assert rs.returncode == code == 0, (rs.stderr, msg)
         assert_same_tree(tmp_path / "rout", tmp_path / "zout", **{**compare_kwargs_for(["-a"]), "dir_times": False})
         assert [i.split() for i in _items(events)] == [i.split() for i in _rsync_items(rs.stdout)]
-        assert not (tmp_path / "zout" / "gone").exists()
+        assert (tmp_path / "zout" / "gone").exists() == (option == "ignore")
+        assert (tmp_path / "zout" / "keep.tmp").exists() == (option == "ignore")
     finally:
         zd.stop()
         rd.stop()
