@@ -874,8 +874,8 @@ def test_delete_missing_args_files_from_like_rsync(tmp_path, options):
         _missing_in_src(src, dst)
         present = sorted(str(p.relative_to(src)) for p in src.rglob("*")
                          if p.is_file() and not p.is_symlink() and "\n" not in str(p))[:3]
-        names = [*present, "missing_f", "keep/zz", "gone", "emptydir", "link", "nosuch/f", "nosuch/deeper/h",
-                 "keep/stay", "nonesuch"]
+        names = [*present, "missing_f", "keep/zz", "gone", "emptydir", "nosuch/f", "nosuch/deeper/h",
+                 "link/precious", "keep/stay", "nonesuch", "link"]  # (never deleted through the link)
         (src.parent / "list").write_text("\n".join(names) + "\n", errors="surrogateescape")
     rs, zc = _deletes_like_rsync(tmp_path, [*options, "-i", "--delete-missing-args", "--files-from=list"],
                                  ["src", "dst/"], prepare=prepare, compare_kwargs={"dir_times": False})

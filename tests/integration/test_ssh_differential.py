@@ -478,7 +478,7 @@ def test_delete_missing_args_files_from(tmp_path, sshd, via, direction):
 
     def prepare(src: pathlib.Path, dst: pathlib.Path) -> None:
         _missing_in_src(src, dst)
-        (src.parent / "list").write_text("missing_f\nkeep/zz\nkeep/stay\ngone\nnosuch/f\nlink\nnonesuch\n")
+        (src.parent / "list").write_text("missing_f\nkeep/zz\nkeep/stay\ngone\nnosuch/f\nlink/precious\nlink\nnonesuch\n")
     paths = ["src", f"{ALIAS}:{{run}}/dst/"] if direction == "push" else [f"{ALIAS}:{{run}}/src", "dst/"]
     rs, zc = _deletes_like_rsync(tmp_path, ["-a", "-i", "--delete-missing-args", "--files-from=list", *via],
                                  paths, prepare=prepare, env=sshd.env(), zcsync_extra=_extra(),
