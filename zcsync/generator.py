@@ -884,10 +884,12 @@ class Generator:
         not exist, in rsync's file-list order (it decides what --max-delete reaches).
 
         As rsync's generator: a name the receiver's rules protect stays (matched as a file,
-        whatever is there), a non-empty directory goes only with --delete or --force, and
-        a read error on the sending side stops none of them: each is a name the sender
-        found missing, not one left out of an incomplete list. Names are resolved from
-        the destination root through directories only (never a symlink)."""
+        whatever is there), and a non-empty directory goes only with --delete or --force.
+        Unlike rsync, a read error on the sending side stops them as it stops every other
+        deletion (--ignore-errors lets them go). Names are resolved from the destination
+        root through directories only (never a symlink)."""
+        if self._deletions_off():
+            return
         recurse = self.opts.delete or self.opts.force
         warned: set[bytes] = set()
         for entry in sorted(entries, key=_list_order):
@@ -1000,7 +1002,7 @@ class Generator:
         if self.delete_skipped:
             log.warning("Deletions stopped due to --max-delete limit (%d skipped)", self.delete_skipped)
             self.report.outcome(MAX_DELETE)
-        if self._deletions_off() and self.opts.delete:
+        if self._deletions_off() and (self.opts.delete or self.opts.delete_missing_args):
             log.warning("IO error encountered -- skipping file deletion")
         for fix in sorted(self.dir_fixes, key=lambda f: f.name.count(b"/"), reverse=True):
             try:

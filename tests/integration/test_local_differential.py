@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.oracle import differential, output_lines
+from tests.oracle import differential, output_lines, run_rsync, run_zcsync
 
 SEEDS = [1, 2, 3]
 
@@ -847,15 +847,38 @@ def test_delete_missing_args_count_in_stats_like_rsync(tmp_path):
     assert files(zc.stdout) == files(rs.stdout) and "reg: 6" in files(rs.stdout)[0]
 
 
-def test_delete_missing_args_after_a_read_error_like_rsync(tmp_path):
-    """A read error on the sending side (-L and a dangling link) stops --delete but not the
-    missing operands' deletions: each is a name the sender found missing, not one an
-    incomplete list left out (rsync's generator deletes them all the same)."""
-    rs, zc = _deletes_like_rsync(tmp_path, ["-aL", "-i", "--delete", "--delete-missing-args"],
-                                 ["src/", *_MISSING, "dst/"], compare_kwargs={"dir_times": False})
+_TOO_LONG = "src/" + "x" * 300  # an operand whose stat fails (ENAMETOOLONG): a read error
+
+
+def test_delete_missing_args_after_a_read_error_with_ignore_errors_like_rsync(tmp_path):
+    """With --ignore-errors a read error on the sending side stops no deletion: the missing
+    operands' destination names go, as in rsync."""
+    rs, zc = _deletes_like_rsync(tmp_path, ["-a", "-i", "--force", "--ignore-errors", "--delete-missing-args"],
+                                 ["src/", *_MISSING, _TOO_LONG, "dst/"], compare_kwargs={"dir_times": False})
     assert rs.returncode == zc.returncode == 23
-    assert "IO error encountered -- skipping file deletion" in zc.stderr
     assert not (next(tmp_path.glob("differential-*/zcsync")) / "dst" / "missing_f").exists()
+
+
+def test_delete_missing_args_stopped_by_a_read_error(tmp_path):
+    """zcsync's rule for every deletion holds for these too: after a read error on the
+    sending side nothing is deleted, with rsync's note, exit 23. (rsync deletes them all
+    the same; checked here so that the difference stays a known one.)"""
+    results = {}
+    for tool, run in (("rsync", run_rsync), ("zcsync", run_zcsync)):
+        base = tmp_path / tool
+        (base / "src").mkdir(parents=True)
+        (base / "dst").mkdir()
+        _missing_in_src(base / "src", base / "dst")
+        proc = run(["-a", "--force", "--delete-missing-args", "src/", *_MISSING, _TOO_LONG, "dst/"],
+                   check=False, cwd=base)
+        results[tool] = proc
+        assert proc.returncode == 23, proc.stderr
+    assert not (tmp_path / "rsync" / "dst" / "missing_f").exists()
+    dst = tmp_path / "zcsync" / "dst"
+    assert (dst / "missing_f").read_text() == "missing_f" and (dst / "gone" / "sub" / "h").exists()
+    assert (dst / "emptydir").is_dir() and (dst / "link").is_symlink()
+    assert (dst / "keep" / "stay").read_text() == "keep/stay"  # the rest is copied
+    assert "IO error encountered -- skipping file deletion" in results["zcsync"].stderr
 
 
 def test_delete_missing_args_single_operand_takes_the_destination_name(tmp_path):
