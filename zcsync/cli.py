@@ -279,7 +279,7 @@ def _cmd_options(f: Any) -> Any:
                      help="explicitly set compression level"),
         click.option("--compress-choice", "--zc", "compress_choice", type=click.Choice(["zstd", "lz4", "none"]), default=None, help="choose the compression algorithm"),
         click.option("--skip-compress", metavar="LIST", default=None, help="skip compressing files with suffix in LIST"),
-        click.option("--bwlimit", metavar="RATE", default=None, callback=_rate, help="limit socket I/O bandwidth (KiB/s; rsync's units)"),
+        click.option("--bwlimit", metavar="RATE", default=None, callback=_rate, help="limit I/O bandwidth, local copies too (KiB/s; rsync's units)"),
         click.option("--progress", "progress_flag", is_flag=True, default=False, help="show progress during transfer"),
         click.option("-P", "partial_progress", is_flag=True, default=False, help="same as --partial --progress"),
         click.option("--info", metavar="FLAGS", default=None, help="fine-grained informational verbosity (progress2 supported)"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import ClassVar, Protocol
 
 from .errors import UsageError
@@ -264,7 +264,9 @@ class RateLimiter:
     Writes go out in pieces of at most rate/8 bytes (rsync's bwlimit_writemax); after
     each, the bytes sent beyond what the elapsed time allows are a debt, and once the
     debt is worth 0.1 s or more the writer sleeps it off. So a burst is at most about
-    0.1 s of data plus one piece, and the long-run average is the rate.
+    0.1 s of data plus one piece, and the long-run average is the rate. A stream's
+    writes go through write(); a local copy, which has no stream, moves its file data
+    in the pieces() of the same limiter (fastio.copy_data, transport/local.py).
     """
 
     MIN_PIECE = 512
@@ -284,12 +286,21 @@ class RateLimiter:
     def write(self, write: Callable[[Buffer], None], data: Buffer) -> None:
         """write(data) in pieces, sleeping between them to keep to the rate."""
         view = memoryview(data).cast("B")
+        for off, n in self.pieces(0, len(view)):
+            write(view[off:off + n])
+
+    def pieces(self, offset: int, length: int) -> Iterator[tuple[int, int]]:
+        """[offset, offset+length) as (offset, length) pieces for the caller to move one by one
+        (a local copy's copy_file_range, say); each is paid for (account) once the caller asks
+        for the next, so the loop sleeps between pieces as write() does."""
         if self._prior is None:
-            self._prior = self._clock()  # the first write's own time counts too
-        for off in range(0, len(view), self.piece):
-            piece = view[off:off + self.piece]
-            write(piece)
-            self.account(len(piece))
+            self._prior = self._clock()  # the first piece's own time counts too
+        end = offset + length
+        while offset < end:
+            n = min(self.piece, end - offset)
+            yield offset, n
+            self.account(n)
+            offset += n
 
     def account(self, n: int) -> None:
         """n more bytes were written: sleep if they put us 0.1 s or more ahead of the rate."""

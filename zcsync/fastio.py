@@ -41,7 +41,7 @@ import select
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import xxhash
 
@@ -54,6 +54,7 @@ __all__ = [
     "READWRITE",
     "SENDFILE",
     "SPLICE",
+    "Pace",
     "PeerClosed",
     "SourceChanged",
     "copy_data",
@@ -128,6 +129,15 @@ class PeerClosed(ConnectionError):
 
     def __reduce__(self) -> tuple[type, tuple[int, int]]:
         return type(self), (self.expected, self.got)
+
+
+class Pace(Protocol):
+    """--bwlimit for a local copy (compress.RateLimiter): the copy moves a range in the
+    pieces this yields, and the pace sleeps between them as the rate requires."""
+
+    def pieces(self, offset: int, length: int) -> Iterator[tuple[int, int]]:
+        """[offset, offset+length) as (offset, length) pieces, each paid for when the next is asked for."""
+        ...
 
 
 # --------------------------------------------------------------------------- cache
@@ -295,6 +305,17 @@ def _copy_range(src: int, dst: int, pos: int, end: int, steps: list[str],
         steps.pop(0)
 
 
+def _copy_paced(src: int, dst: int, pos: int, end: int, steps: list[str],
+                key: tuple[int, int], size: int, forced: bool, pace: Pace | None) -> str:
+    """_copy_range at once, or with a pace in its pieces (one kernel call each, at most)."""
+    if pace is None:
+        return _copy_range(src, dst, pos, end, steps, key, size, forced)
+    name = steps[0]
+    for off, n in pace.pieces(pos, end - pos):
+        name = _copy_range(src, dst, off, off + n, steps, key, size, forced)
+    return name
+
+
 def _clone(src: int, dst: int, size: int) -> None:
     """Reflink the whole source, then cut it to `size` (the source may have grown)."""
     fcntl.ioctl(dst, FICLONE, src)
@@ -331,30 +352,31 @@ def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
         pos = end
 
 
-def _copy_zero_scan(src: int, dst: int, size: int) -> None:
+def _copy_zero_scan(src: int, dst: int, size: int, pace: Pace | None) -> None:
     """rsync -S without SEEK_DATA: copy all, but seek over all-zero SPARSE_BLOCK blocks."""
     buf = _buffer()[:COPY_CHUNK]
-    pos = 0
-    while pos < size:
-        n = os.preadv(src, [buf[: min(COPY_CHUNK, size - pos)]], pos)
-        if n == 0:
-            raise SourceChanged(size, pos)
-        pwrite_sparse(dst, buf[:n], pos)
-        pos += n
+    for start, length in pace.pieces(0, size) if pace is not None else [(0, size)]:
+        pos, end = start, start + length
+        while pos < end:
+            n = os.preadv(src, [buf[: min(COPY_CHUNK, end - pos)]], pos)
+            if n == 0:
+                raise SourceChanged(size, pos)
+            pwrite_sparse(dst, buf[:n], pos)
+            pos += n
 
 
 def _copy_sparse(src: int, dst: int, size: int, steps: list[str],
-                 key: tuple[int, int], forced: bool) -> str:
+                 key: tuple[int, int], forced: bool, pace: Pace | None) -> str:
     used = steps[0]
     # Size first, so no write extends the file: XFS would preallocate past EOF on an
     # extending write and the blocks after a data extent would stop being a hole.
     os.ftruncate(dst, size)
     try:
         for start, end in _data_extents(src, size):
-            used = _copy_range(src, dst, start, end, steps, key, size, forced)
+            used = _copy_paced(src, dst, start, end, steps, key, size, forced, pace)
     except _NoHoleInfo as exc:
         log.debug("SEEK_DATA unsupported (%s); scanning for zero blocks", exc.__cause__)
-        _copy_zero_scan(src, dst, size)
+        _copy_zero_scan(src, dst, size, pace)
         used = READWRITE
     got = os.fstat(src).st_size
     if got < size:  # a shrunken tail reads as a hole; don't turn it into zeros
@@ -365,7 +387,7 @@ def _copy_sparse(src: int, dst: int, size: int, steps: list[str],
 # -------------------------------------------------------------------------- public
 
 def copy_data(src_fd: int, dst_fd: int, size: int, *, sparse: bool = False,
-              method: str | None = None) -> str:
+              method: str | None = None, pace: Pace | None = None) -> str:
     """Copy bytes [0, size) of src_fd into the empty regular file dst_fd; return the method used.
 
     The ladder is clone -> copy_file_range -> sendfile -> readwrite. With
@@ -373,7 +395,9 @@ def copy_data(src_fd: int, dst_fd: int, size: int, *, sparse: bool = False,
     ``method`` forces one step with no fallback (tests, benchmarks); errors of that
     step then propagate whatever they are. Raises SourceChanged if the source ends
     before ``size``; bytes past ``size`` are never copied. An empty copy does no
-    I/O and reports ``method`` or "readwrite".
+    I/O and reports ``method`` or "readwrite". With ``pace`` (--bwlimit) the data
+    moves in its pieces at its rate, and never by clone, which cannot be paced; a
+    sparse copy pays only for the data extents it copies.
     """
     if size < 0:
         raise ValueError(f"size must be >= 0, not {size}")
@@ -390,6 +414,8 @@ def copy_data(src_fd: int, dst_fd: int, size: int, *, sparse: bool = False,
         skip = _skipped(key)
         steps = [m for m in COPY_METHODS if m not in skip]
 
+    if steps[0] == CLONE and pace is not None and not forced:
+        steps.pop(0)
     if steps[0] == CLONE:
         try:
             _clone(src_fd, dst_fd, size)
@@ -402,8 +428,8 @@ def copy_data(src_fd: int, dst_fd: int, size: int, *, sparse: bool = False,
         steps.pop(0)
 
     if sparse:
-        return _copy_sparse(src_fd, dst_fd, size, steps, key, forced)
-    return _copy_range(src_fd, dst_fd, 0, size, steps, key, size, forced)
+        return _copy_sparse(src_fd, dst_fd, size, steps, key, forced, pace)
+    return _copy_paced(src_fd, dst_fd, 0, size, steps, key, size, forced, pace)
 
 
 def file_digest(fd: int, size: int) -> bytes:
@@ -585,15 +611,15 @@ def _hash_range(hasher: Any, fd: int, pos: int, end: int) -> None:
         pos += n
 
 
-def copy_verified(src_fd: int, dst_fd: int, size: int) -> tuple[bytes, bytes]:
-    """Copy [0, size) like copy_data and return (source digest, destination digest).
+def copy_verified(src_fd: int, dst_fd: int, size: int, pace: Pace | None = None) -> tuple[bytes, bytes]:
+    """Copy [0, size) like copy_data (pace as there) and return (source digest, destination digest).
 
     The digests are computed on a second thread, one chunk behind the copy: both read
     from the page cache while the kernel copies the next chunk, so verifying costs
     little wall time on two cores (1 GiB on tmpfs: copy 0.45 s, hashing both 0.28 s).
     """
     if size <= VERIFY_CHUNK:
-        copy_data(src_fd, dst_fd, size)
+        copy_data(src_fd, dst_fd, size, pace=pace)
         return file_digest(src_fd, size), file_digest(dst_fd, size)
     key = (os.fstat(src_fd).st_dev, os.fstat(dst_fd).st_dev)
     steps = [m for m in COPY_METHODS if m not in _skipped(key) and m != CLONE]
@@ -608,7 +634,7 @@ def copy_verified(src_fd: int, dst_fd: int, size: int) -> tuple[bytes, bytes]:
         pos = 0
         while pos < size:
             end = min(pos + VERIFY_CHUNK, size)
-            _copy_range(src_fd, dst_fd, pos, end, steps, key, size, False)
+            _copy_paced(src_fd, dst_fd, pos, end, steps, key, size, False, pace)
             if behind is not None:
                 behind.result()
             behind = pool.submit(hash_chunk, pos, end)

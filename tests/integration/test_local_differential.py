@@ -1,17 +1,20 @@
 """Local sync against the oracle: rsync and zcsync on identical trees must leave identical results."""
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import pathlib
 import stat
 import shutil
 import subprocess
 import tempfile
+import time
 import sys
 
 import pytest
 
-from tests.oracle import differential, output_lines, run_rsync, run_zcsync
+from tests.oracle import compare_kwargs_for, differential, output_lines, run_rsync, run_zcsync
+from tests.treecmp import assert_same_tree
 
 SEEDS = [1, 2, 3]
 
@@ -920,3 +923,76 @@ def test_delete_missing_args_list_only_like_rsync(tmp_path):
                               tree_kwargs=_SMALL)
         _itemize_same(rs, zc)
         assert "*missing" in zc.stdout
+
+
+# -- --bwlimit -----------------------------------------------------------------
+
+_RATE = 1 << 20  # --bwlimit=1M
+
+
+def _paced_runs(tmp_path: pathlib.Path, args: list[str], prepare) -> dict[str, tuple[subprocess.CompletedProcess, float]]:
+    """rsync and zcsync with args on copies of one starting tree (prepare(src, dst) builds it),
+    at the same time (both spend their run sleeping); each one's result and seconds taken."""
+    base = tmp_path / "base"
+    (base / "src").mkdir(parents=True)
+    prepare(base / "src", base / "dst")
+    runners = {"rsync": run_rsync, "zcsync": run_zcsync}
+    for tool in runners:
+        shutil.copytree(base, tmp_path / tool, symlinks=True)
+
+    def timed(tool: str) -> tuple[subprocess.CompletedProcess, float]:
+        started = time.monotonic()
+        proc = runners[tool]([*args, "src/", "dst/"], check=False, cwd=tmp_path / tool)
+        return proc, time.monotonic() - started
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = {tool: pool.submit(timed, tool) for tool in runners}
+    results = {tool: future.result() for tool, future in futures.items()}
+    for tool, (proc, _) in results.items():
+        assert proc.returncode == 0, f"{tool}: {proc.stderr}"
+    assert_same_tree(tmp_path / "rsync" / "dst", tmp_path / "zcsync" / "dst", **compare_kwargs_for(args))
+    assert_same_tree(tmp_path / "zcsync" / "src", tmp_path / "zcsync" / "dst", **compare_kwargs_for(args))
+    return results
+
+
+def test_bwlimit_paces_a_local_copy_like_rsync(tmp_path):
+    """rsync's --bwlimit limits a local copy too (its sender writes to the receiver through a
+    pipe); zcsync's paces the copy itself: 2.5 MiB at 1 MiB/s take about 2.5 s in both."""
+    size = (2 << 20) + (1 << 19)
+
+    def prepare(src, dst):
+        (src / "big").write_bytes(os.urandom(size - 300_000))  # copied by the kernel, in pieces
+        for i, n in enumerate((100_000, 200_000)):  # read whole and committed from memory
+            (src / f"small{i}").write_bytes(os.urandom(n))
+    results = _paced_runs(tmp_path, ["-a", "--bwlimit=1M"], prepare)
+    (_, rs), (_, zc) = results["rsync"], results["zcsync"]
+    want = size / _RATE
+    assert rs >= 0.6 * want, f"rsync took {rs:.2f} s: the oracle did not pace"
+    assert zc >= 0.6 * want, f"zcsync took {zc:.2f} s for {want:.2f} s of data"
+    assert zc <= 1.5 * rs + 0.5, f"zcsync {zc:.2f} s, rsync {rs:.2f} s"
+
+
+def _stat_bytes(out: str, label: str) -> int:
+    import re
+    m = re.search(rf"^{label}: ([\d,]+) bytes", out, re.M)
+    assert m, out
+    return int(m.group(1).replace(",", ""))
+
+
+def test_bwlimit_paces_the_literal_data_of_a_local_delta_like_rsync(tmp_path):
+    """--no-whole-file over an old copy: the literal bytes are paced, the basis blocks are
+    not (for rsync they are tokens on the pipe): 768 KiB changed of 3 MiB take about 0.75 s."""
+    size, changed = 3 << 20, 3 << 18
+
+    def prepare(src, dst):
+        old = os.urandom(size)
+        dst.mkdir()
+        (dst / "big").write_bytes(old)
+        (src / "big").write_bytes(old[:1 << 20] + os.urandom(changed) + old[(1 << 20) + changed:])
+        os.utime(dst / "big", (1_600_000_000, 1_600_000_000))
+    results = _paced_runs(tmp_path, ["-a", "--no-whole-file", "--stats", "--bwlimit=1M"], prepare)
+    (rs_proc, rs), (zc_proc, zc) = results["rsync"], results["zcsync"]
+    literal = _stat_bytes(zc_proc.stdout, "Literal data")
+    assert literal == _stat_bytes(rs_proc.stdout, "Literal data") and changed <= literal < 2 * changed
+    for tool, took in (("rsync", rs), ("zcsync", zc)):
+        assert 0.6 * literal / _RATE <= took < 0.7 * size / _RATE, f"{tool} took {took:.2f} s"
+    assert zc <= 1.5 * rs + 0.5, f"zcsync {zc:.2f} s, rsync {rs:.2f} s"

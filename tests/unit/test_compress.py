@@ -178,6 +178,16 @@ def test_limiter_sleeps_in_steps_of_at_least_a_tenth_of_a_second():
     assert sum(clock.slept) == pytest.approx(1.0 - 0.1, abs=0.11)
 
 
+def test_limiter_pieces_are_paid_for_once_moved():
+    limiter, clock, _, _ = limited(1_000_000)
+    pieces = limiter.pieces(10, 1_000_001)
+    assert next(pieces) == (10, 125_000) and clock.slept == []  # not yet moved: not yet paid for
+    got = [(10, 125_000), *pieces]
+    assert [off for off, _ in got] == list(range(10, 1_000_011, 125_000))
+    assert sum(n for _, n in got) == 1_000_001 and got[-1] == (1_000_010, 1)
+    assert 0.9 <= clock.now - 100 <= 1.0  # a second of data, less the 0.1 s burst allowance
+
+
 def test_limiter_small_rates_write_small_pieces():
     limiter, _, pieces, write = limited(1000)
     limiter.write(write, b"x" * 2000)

@@ -13,6 +13,7 @@ import pytest
 import xxhash
 
 from zcsync import fastio
+from zcsync.compress import RateLimiter
 from zcsync.fastio import (
     CLONE,
     COPY_FILE_RANGE,
@@ -547,6 +548,103 @@ def test_digest_of_sparse_file(shm_dir: Path, files: Files) -> None:
     content = make_sparse(shm_dir / "f", size, extents)
     fd = files._keep(os.open(shm_dir / "f", os.O_RDONLY))
     assert file_digest(fd, size) == xxhash.xxh3_128(content).digest()
+
+
+# ------------------------------------------------------------- paced (--bwlimit)
+
+
+class PaceClock:
+    """Time that passes only while the limiter sleeps (the copies themselves take none)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_pace(rate: int) -> tuple[RateLimiter, PaceClock]:
+    clock = PaceClock()
+    return RateLimiter(rate, clock=clock, sleep=clock.sleep), clock
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
+    """What the copy asks of the kernel: each copy_file_range's and sendfile's length, each ioctl."""
+    calls: dict[str, list[int]] = {"copy": [], "ioctl": []}
+    real_cfr, real_sendfile, real_ioctl = os.copy_file_range, os.sendfile, fastio.fcntl.ioctl
+
+    def copy_file_range(src: int, dst: int, count: int, *args: object) -> int:
+        calls["copy"].append(count)
+        return real_cfr(src, dst, count, *args)
+
+    def sendfile(out: int, in_: int, offset: int, count: int) -> int:
+        calls["copy"].append(count)
+        return real_sendfile(out, in_, offset, count)
+
+    def ioctl(fd: int, request: int, arg: int = 0) -> object:
+        calls["ioctl"].append(request)
+        return real_ioctl(fd, request, arg)
+
+    monkeypatch.setattr(fastio.os, "copy_file_range", copy_file_range)
+    monkeypatch.setattr(fastio.os, "sendfile", sendfile)
+    monkeypatch.setattr(fastio.fcntl, "ioctl", ioctl)
+    return calls
+
+
+@pytest.mark.parametrize("method", [None, *RANGE_METHODS])
+def test_paced_copy_moves_pieces_at_the_rate(fs_dir: Path, files: Files, method: str | None,
+                                             kernel_calls: dict[str, list[int]]) -> None:
+    data = payload(3 * MiB + 5, seed=7)
+    src = files.src(fs_dir / "src", data)
+    dst = files.dst(fs_dir / "dst")
+    pace, clock = make_pace(MiB)
+    used = copy_data(src, dst, len(data), method=method, pace=pace)
+    assert (fs_dir / "dst").read_bytes() == data
+    assert used == (method or COPY_FILE_RANGE)
+    assert fastio.FICLONE not in kernel_calls["ioctl"]  # a reflink cannot be paced
+    assert max(kernel_calls["copy"], default=0) <= pace.piece
+    assert 2.85 <= clock.now <= 3.01  # 3 MiB at 1 MiB/s, less at most the 0.1 s burst
+
+
+@pytest.mark.parametrize("case", ["holes-around", "dense"])
+def test_paced_sparse_copy_pays_for_its_data_extents(fs_dir: Path, files: Files, case: str) -> None:
+    size, extents = SPARSE_CASES[case]
+    content = make_sparse(fs_dir / "src", size, extents)
+    src = files._keep(os.open(fs_dir / "src", os.O_RDONLY))
+    dst = files.dst(fs_dir / "dst")
+    pace, clock = make_pace(MiB)
+    copy_data(src, dst, size, sparse=True, pace=pace)
+    os.fsync(dst)
+    assert_same_sparse(fs_dir / "src", fs_dir / "dst", content)
+    data = sum(len(d) for _, d in extents)
+    assert data / MiB - 0.13 <= clock.now <= data / MiB + 0.01
+
+
+@pytest.mark.usefixtures("no_seek_data")
+def test_paced_sparse_copy_without_seek_data(fs_dir: Path, files: Files) -> None:
+    content = bytearray(2 * MiB)
+    content[MiB: MiB + 100] = payload(100)
+    src = files.src(fs_dir / "src", bytes(content))
+    dst = files.dst(fs_dir / "dst")
+    pace, clock = make_pace(MiB)
+    assert copy_data(src, dst, len(content), sparse=True, pace=pace) == READWRITE
+    assert (fs_dir / "dst").read_bytes() == content
+    assert 1.85 <= clock.now <= 2.01  # every byte is read and looked at
+
+
+def test_paced_verified_copy(shm_dir: Path, files: Files) -> None:
+    data = payload(fastio.VERIFY_CHUNK + MiB + 3, seed=8)  # more than one verified chunk
+    src = files.src(shm_dir / "src", data)
+    dst = files.dst(shm_dir / "dst", os.O_RDWR)
+    pace, clock = make_pace(16 * MiB)
+    want = xxhash.xxh3_128(data).digest()
+    assert fastio.copy_verified(src, dst, len(data), pace) == (want, want)
+    assert (shm_dir / "dst").read_bytes() == data
+    assert len(data) / (16 * MiB) - 0.11 <= clock.now <= len(data) / (16 * MiB) + 0.01
 
 
 # -------------------------------------------------------------- socket transfers

@@ -3,6 +3,14 @@
 The roles are driven by direct calls in one thread rather than through queues: for
 trees of small files a thread handoff per message costs more than the copy itself.
 The messages are the same values the stream transports frame.
+
+--bwlimit limits the file data of a local copy too, as rsync's does (its sender
+writes to the receiver through the same pipe as to a remote one): one RateLimiter,
+the one the streams use, paces every source's data. A copy then moves in the
+limiter's pieces (an eighth of a second's worth, one copy_file_range each) and never
+as a reflink; a delta pays for its literal bytes only (blocks from the basis are
+rsync's tokens), a file read whole into memory for its length, before its commit.
+Without --bwlimit nothing of this runs.
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 import xxhash
 
 from .. import delta, fastio, fsscan
+from ..compress import RateLimiter
 from ..errors import VANISHED, FileProblem
 from ..generator import Generator
 from ..pathnames import escape, split
@@ -32,14 +41,16 @@ SMALL_FILE = 128 * 1024
 
 
 class LocalFile:
-    """A DataSource that is an open local file: the writer copies it with the zero-copy ladder."""
+    """A DataSource that is an open local file: the writer copies it with the zero-copy ladder
+    (at pace's rate with --bwlimit)."""
 
     matched = 0  # --stats: bytes taken from a basis, and bytes copied from the source
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, pace: RateLimiter | None = None) -> None:
         self.fd = fd
         self.size = size
         self.literal = size
+        self.pace = pace
         self._digest: bytes | None = None
 
     def write_into(self, fd: int, sparse: bool) -> bytes:
@@ -47,12 +58,12 @@ class LocalFile:
             return self._write_small(fd)
         if not sparse:
             try:
-                self._digest, written = fastio.copy_verified(self.fd, fd, self.size)
+                self._digest, written = fastio.copy_verified(self.fd, fd, self.size, self.pace)
             except fastio.SourceChanged:
                 raise SourceChanged("file has changed during the transfer", VANISHED) from None
             return written
         try:
-            fastio.copy_data(self.fd, fd, self.size, sparse=sparse)
+            fastio.copy_data(self.fd, fd, self.size, sparse=sparse, pace=self.pace)
         except fastio.SourceChanged:
             raise SourceChanged("file has changed during the transfer", VANISHED) from None
         return fastio.file_digest(fd, self.size)
@@ -65,6 +76,8 @@ class LocalFile:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        if self.pace is not None:
+            self.pace.account(len(data))
         self._digest = xxhash.xxh3_128_digest(data)
         return self._digest
 
@@ -113,14 +126,15 @@ class LocalDelta:
     """
 
     def __init__(self, fd: int, size: int, open_basis: Callable[[], int] | None,
-                 block_size: int | None = None) -> None:
+                 block_size: int | None = None, pace: RateLimiter | None = None) -> None:
         self.fd = fd
         self.size = size
         self.open_basis = open_basis  # None: in place, the file written is the basis
         self.block_size = block_size
+        self.pace = pace
         self.matched = 0
         self.literal = 0
-        self._whole = LocalFile(fd, size)
+        self._whole = LocalFile(fd, size, pace)
         self._tried = False
         self._scanned: bytes | None = None  # the source's digest, from the scan
 
@@ -185,7 +199,7 @@ class LocalDelta:
                             return None  # the basis shrank under us
                     else:
                         try:
-                            out.write_from(self.fd, a, b)
+                            _literal(out, self.fd, a, b, self.pace)
                         except delta.SourceChanged:
                             raise _changed() from None
         finally:
@@ -198,6 +212,15 @@ class LocalDelta:
         return self._scanned if self._scanned is not None else self._whole.digest()
 
 
+def _literal(out: delta.Rebuild, fd: int, offset: int, length: int, pace: RateLimiter | None) -> None:
+    """Bytes [offset, offset+length) of the source fd come next in out, in pace's pieces."""
+    if pace is None:
+        out.write_from(fd, offset, length)
+        return
+    for off, n in pace.pieces(offset, length):
+        out.write_from(fd, off, n)
+
+
 class LocalAppend:
     """A DataSource for --append: only the source's bytes past the destination's length are
     written, after the ones already there (the writer has the destination open in place).
@@ -205,13 +228,14 @@ class LocalAppend:
 
     matched = 0
 
-    def __init__(self, fd: int, size: int, offset: int, verify: bool) -> None:
+    def __init__(self, fd: int, size: int, offset: int, verify: bool, pace: RateLimiter | None = None) -> None:
         self.fd = fd
         self.size = size
         self.offset = offset
         self.verify = verify
+        self.pace = pace
         self.literal = size - offset
-        self._whole = LocalFile(fd, size)
+        self._whole = LocalFile(fd, size, pace)
         self._tried = False
         self._digest: bytes | None = None
 
@@ -223,7 +247,7 @@ class LocalAppend:
         self._tried = True
         out = delta.Rebuild(fd, None, 1, 0, self.size, start=self.offset, hash_head=self.verify)
         try:
-            out.write_from(self.fd, self.offset, self.size - self.offset)
+            _literal(out, self.fd, self.offset, self.size - self.offset, self.pace)
         except delta.SourceChanged:
             raise _changed() from None
         if not self.verify:
@@ -252,22 +276,23 @@ def _whole(writer: Writer, request: Request) -> bool:
     return not (st is not None and stat.S_ISREG(st.st_mode) and st.st_size)
 
 
-def local_source(writer: Writer, request: Request, fd: int) -> LocalFile | LocalDelta | LocalAppend:
+def local_source(writer: Writer, request: Request, fd: int,
+                 pace: RateLimiter | None = None) -> LocalFile | LocalDelta | LocalAppend:
     """How the writer gets this file's data from the open source: copied whole, appended
-    (--append), or rebuilt from a basis (--no-whole-file)."""
+    (--append), or rebuilt from a basis (--no-whole-file); at pace's rate (--bwlimit)."""
     opts = writer.opts
     size = request.entry.size
     st = request.existing
     if _whole(writer, request):
-        return LocalFile(fd, size)
+        return LocalFile(fd, size, pace)
     in_place = opts.inplace and st is not None and stat.S_ISREG(st.st_mode)
     if opts.append and in_place and 0 < st.st_size < size:  # type: ignore[union-attr]
-        return LocalAppend(fd, size, st.st_size, opts.append_verify)  # type: ignore[union-attr]
+        return LocalAppend(fd, size, st.st_size, opts.append_verify, pace)  # type: ignore[union-attr]
     if in_place:
-        return LocalDelta(fd, size, None, opts.block_size)
+        return LocalDelta(fd, size, None, opts.block_size, pace)
     if request.partial is not None:
-        return LocalDelta(fd, size, lambda: writer.open_partial(request.dest_name), opts.block_size)
-    return LocalDelta(fd, size, lambda: _open_dest(writer, request.dest_name), opts.block_size)
+        return LocalDelta(fd, size, lambda: writer.open_partial(request.dest_name), opts.block_size, pace)
+    return LocalDelta(fd, size, lambda: _open_dest(writer, request.dest_name), opts.block_size, pace)
 
 
 def _open_dest(writer: Writer, name: bytes) -> int:
@@ -338,12 +363,13 @@ def run(sender: Sender, generator: Generator, writer: Writer, report: Report,
         # the scan thread became the bottleneck.)
         batches = Ahead(batches)
     stats = report.stats
+    pace = RateLimiter(opts.bwlimit) if opts.bwlimit else None
     if writer.on_commit is None:  # nothing waits for a commit: small files can queue
         writer.commit_in_background()
     for batch in batches:
         count_entries(stats, batch)
         for request in generator.process(batch):
-            copy_one(sender, writer, report, request)
+            copy_one(sender, writer, report, request, pace)
         if writer.tree.retired:
             writer.tree.close_retired()  # directory fds evicted while queued commits held them
     writer.flush_commits()
@@ -370,9 +396,10 @@ def count_entries(stats: Stats, batch: DirBatch) -> None:
             stats.specials += 1
 
 
-def copy_one(sender: Sender, writer: Writer, report: Report, request: Request) -> None:
+def copy_one(sender: Sender, writer: Writer, report: Report, request: Request,
+             pace: RateLimiter | None = None) -> None:
     """Read (a small whole file) or open the source the request names, and let the writer
-    commit it."""
+    commit it (its data at pace's rate, with --bwlimit)."""
     fd = -1
     source: LocalBytes | LocalFile | LocalDelta | LocalAppend
     try:
@@ -381,9 +408,11 @@ def copy_one(sender: Sender, writer: Writer, report: Report, request: Request) -
             if len(data) != request.entry.size:
                 raise _changed()  # shrank while read
             source = LocalBytes(data, digest)
+            if pace is not None:
+                pace.account(len(data))  # as if sent: the commit may run on another thread
         else:
             fd = sender.open(request.entry)
-            source = local_source(writer, request, fd)
+            source = local_source(writer, request, fd, pace)
         if writer.write(request, source):
             report.stats.literal_bytes += source.literal
             report.stats.matched_bytes += source.matched
