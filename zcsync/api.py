@@ -163,6 +163,7 @@ class SyncOptions(TypedDict, total=False):
     itemize_changes: int
     stats: bool
     log_file: PathArg
+    log_file_format: str
     fsync: bool
     write_mode: Literal["auto", "direct", "splice", "buffered"]
     rsh: str

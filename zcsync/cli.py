@@ -267,6 +267,7 @@ def _cmd_options(f: Any) -> Any:
         click.option("-i", "--itemize-changes", "itemize", count=True, help="output a change-summary for all updates"),
         click.option("--stats", is_flag=True, default=False, help="give some file-transfer stats"),
         click.option("--log-file", metavar="FILE", default=None, help="log what we're doing to the specified FILE"),
+        click.option("--log-file-format", metavar="FMT", default=None, help="log updates using the specified FMT"),
         click.option("--fsync/--no-fsync", default=True, help="fsync every file and directory before it is final (default on)"),
         click.option("--write-mode", type=click.Choice(["auto", "direct", "splice", "buffered"]), default="auto", help="how a receiver on a raw TCP connection writes files: O_DIRECT, splice or buffered (auto: buffered)"),
         click.option("-e", "--rsh", metavar="COMMAND", default=None, help="specify the remote shell to use (e.g. 'ssh -p 2222')"),

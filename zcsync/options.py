@@ -100,6 +100,7 @@ class Options:
     itemize: bool = False
     stats: bool = False
     log_file: str | None = None
+    log_file_format: str | None = None  # the item lines of --log-file (None: "%i %n%L"; "": none)
     fsync: bool = True
     write_mode: str = "auto"  # how a receiver on a raw socket writes: auto | direct | splice | buffered
     json: bool = False
@@ -182,7 +183,7 @@ class Options:
 
 
 # What only the client acts on: never sent to the server, never accepted from a client.
-CLIENT_ONLY = frozenset({"rsh", "zcsync_path", "ssh_accept_new", "contimeout", "log_file", "json",
+CLIENT_ONLY = frozenset({"rsh", "zcsync_path", "ssh_accept_new", "contimeout", "log_file", "log_file_format", "json",
                          "stats", "list_only", "files_from", "quiet", "progress", "progress_always",
                          "out_format", "port", "password_file", "transport", "ip_version", "address", "stop_at"})
 MAX_WIRE_OPTIONS = 64 * 1024

@@ -378,16 +378,17 @@ class LogFile:
 
 
 class RunLog:
-    """What one run writes into its --log-file, with rsync's rules: items as `%i %n%L`;
-    attribute-only changes of files only when stdout itemizes too (-i, or %i in
-    --out-format); in a dry run no transfers and no deletions; problems; the end."""
+    """What one run writes into its --log-file, with rsync's rules: items in
+    --log-file-format (default `%i %n%L`; an empty one logs deletions only), deletions
+    as "deleting %n" unless it has %o or %i; attribute-only changes of files only when
+    stdout itemizes too (-i, or %i in --out-format); in a dry run no transfers
+    and no deletions; problems; the end."""
 
-    FORMAT = LineFormat(ITEMIZE_FORMAT)
-
-    def __init__(self, logfile: LogFile, op: str, dry_run: bool, all_items: bool) -> None:
+    def __init__(self, logfile: LogFile, op: str, dry_run: bool, fmt: LineFormat, all_items: bool) -> None:
         self.logfile = logfile
         self.op = op
         self.dry_run = dry_run
+        self.format = fmt
         self.all_items = all_items
 
     @classmethod
@@ -400,20 +401,22 @@ class RunLog:
             log.warning("failed to open log-file %s: %s (%d)", opts.log_file, exc.strerror, exc.errno or 0)
             log.warning("Ignoring --log-file option.")
             return None
-        fmt = stdout_format(opts)
-        run = cls(logfile, op, opts.dry_run, all_items=fmt is not None and fmt.has_i)
+        shown = stdout_format(opts)
+        items = ITEMIZE_FORMAT if opts.log_file_format is None else opts.log_file_format
+        run = cls(logfile, op, opts.dry_run, LineFormat(items), all_items=shown is not None and shown.has_i)
         run.logfile.write("receiving file list" if op == "recv" else "building file list")
         return run
 
     def event(self, event: Event) -> None:
-        if not event.itemize:
+        if not event.itemize or not (self.format.fmt or event.is_deletion):
             return
         if event.is_deletion or event.is_transfer:
             if self.dry_run:
                 return
         elif not (self.all_items or significant(event)):
             return
-        self.logfile.write(self.FORMAT.render(event, self.op))
+        fmt = self.format.deletion_format() if event.is_deletion else self.format
+        self.logfile.write(fmt.render(event, self.op))
 
     def error(self, message: str) -> None:
         self.logfile.write(f"zcsync: {message}")

@@ -322,6 +322,25 @@ def test_log_file_like_rsync(tmp_path, extra):
     assert _log_items(logs["rsync"]) == _log_items(logs["zcsync"])
 
 
+@pytest.mark.parametrize("fmt", ["%n", "%o %n%L %l", "%i %n", "%n %l %M", ""], ids=["n", "o", "i", "M", "empty"])
+@pytest.mark.parametrize("extra", [[], ["-i"]], ids=["plain", "itemize"])
+def test_log_file_format_like_rsync(tmp_path, fmt, extra):
+    """--log-file-format: rsync's lines for transfers, attribute changes (only when
+    stdout itemizes too) and deletions ("deleting %n" without %o or %i); an empty format
+    logs the deletions only."""
+    logs = {"rsync": tmp_path / "rsync.log", "zcsync": tmp_path / "zcsync.log"}
+
+    def zcsync_with_own_log(args, **kwargs):
+        args = [a.replace(str(logs["rsync"]), str(logs["zcsync"])) for a in args]
+        return run_zcsync(args, **kwargs)
+    differential(tmp_path, ["-a", "--delete", *extra, f"--log-file={logs['rsync']}", f"--log-file-format={fmt}"],
+                 seed=25, mutate=True, tree_kwargs={"hardlinks": False}, tool=zcsync_with_own_log)
+    want, got = _log_items(logs["rsync"]), _log_items(logs["zcsync"])
+    assert want == got, f"only rsync: {sorted(set(want) - set(got))}\nonly zcsync: {sorted(set(got) - set(want))}"
+    assert any(t.startswith("deleting ") for t in want) == (fmt in ("", "%n", "%n %l %M"))
+    assert all(t.startswith(("deleting ", "del. ", "*deleting")) for t in want) == (fmt == "")
+
+
 def test_log_file_records_errors_and_the_exit(tmp_path):
     _tree(tmp_path / "src", SMALL)
     _tree(tmp_path / "dst", {"a.txt/keep": b"a directory where src has a file"})
