@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from . import auth, compress, errors
 from .endpoints import DEFAULT_DAEMON_PORT, Endpoint, parse_endpoint, valid_module_name
-from .engine import RunResult, read_files_from, remote_files_from, source_args
+from .engine import RunResult, read_files_from, read_source_xattrs, remote_files_from, source_args
 from .errors import (
     FileSelectError,
     ProtocolError,
@@ -179,7 +179,8 @@ def run_remote(paths: list[str], opts: Options, on_event: Callable[[Event], None
                     return
                 check_listed(listed)
             sender = Sender(source_args([s.path for s in srcs], opts, listed), opts, filters,
-                            on_problem=report.problem, on_notice=report.notice)
+                            read_xattrs=read_source_xattrs(opts), on_problem=report.problem,
+                            on_notice=report.notice)
             SendingSide(conn, sender, opts, report).run()
         _session(dst, "receiver", opts, [dst.path or "."], report, push)
     else:

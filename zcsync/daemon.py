@@ -94,7 +94,7 @@ from .daemon_config import (
     with_overrides,
 )
 from .endpoints import DEFAULT_DAEMON_PORT
-from .engine import glob_sources, read_list_file
+from .engine import glob_sources, read_list_file, read_source_xattrs
 from .errors import (
     FileProblem,
     FileSelectError,
@@ -288,8 +288,10 @@ class _ModuleSender(Sender):
     """A Sender that leaves out what the module excludes (by module-relative name)."""
 
     def __init__(self, sources, opts: Options, filters: FilterRules, module_filter: ModuleFilter,
+                 read_xattrs: Callable[[bytes], dict[bytes, bytes]] | None,
                  on_problem: Callable[[FileProblem], None], on_notice: Callable[[str], None]) -> None:
-        super().__init__(sources, opts, filters, on_problem=on_problem, on_notice=on_notice)
+        super().__init__(sources, opts, filters, read_xattrs=read_xattrs, on_problem=on_problem,
+                         on_notice=on_notice)
         self.module_filter = module_filter
         self.scanner.hidden = lambda path: module_filter.excluded(_module_relative(path), True) or \
             module_filter.excluded(_module_relative(path), False)
@@ -684,8 +686,8 @@ def run_role(stream: Stream, role: str, opts: Options, paths: list[str], module_
             conn.incoming = _incoming_filter(dest_rel, module_filter, report)
 
         def make_sender(sources, options, filters, report):  # type: ignore[no-untyped-def]
-            return _ModuleSender(sources, options, filters, module_filter, on_problem=report.problem,
-                                 on_notice=report.notice)
+            return _ModuleSender(sources, options, filters, module_filter, read_xattrs=read_source_xattrs(options),
+                                 on_problem=report.problem, on_notice=report.notice)
 
         def in_module(path: bytes) -> bytes:
             root_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the module root

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from . import bootstrap, compress, errors
-from .engine import glob_sources, read_list_file, source_args
+from .engine import glob_sources, read_list_file, read_source_xattrs, source_args
 from .errors import FileProblem, StreamError, UsageError, ZcsyncError
 from .filters import FilterRules
 from .options import Options, from_wire
@@ -125,7 +125,8 @@ def check_restricted(paths: Sequence[str], opts: Options, restrict: str) -> None
 # -- what every server end shares ----------------------------------------------------------
 
 def _plain_sender(sources: list, opts: Options, filters: FilterRules, report: Report) -> Sender:
-    return Sender(sources, opts, filters, on_problem=report.problem, on_notice=report.notice)
+    return Sender(sources, opts, filters, read_xattrs=read_source_xattrs(opts), on_problem=report.problem,
+                  on_notice=report.notice)
 
 
 @dataclass(frozen=True)

@@ -576,6 +576,38 @@ def test_pull_matches_rsync_daemon(tmp_path):
         rd.stop()
 
 
+def _user_xattrs(root: Path) -> dict[str, dict[str, bytes]]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if not p.is_symlink():
+            names = sorted(n for n in os.listxattr(p) if n.startswith("user."))
+            out[str(p.relative_to(root))] = {n: os.getxattr(p, n) for n in names}
+    return out
+
+
+def test_xattrs_push_and_pull_match_rsync_daemon(tmp_path):
+    """-X through the daemon, both ways: the xattrs rsync's daemon keeps (the sending side
+    of a push and the daemon's of a pull used to send none)."""
+    zd, rd, zmod, rmod = _pair(tmp_path)
+    try:
+        src = tmp_path / "src"
+        make_tree(src, 13, max_size=64 << 10)
+        assert any(_user_xattrs(src).values())
+        rs = run_rsync(["-aX", f"{src}/", rd.url("m", "dst/")], check=False)
+        code, msg, _ = run_client([f"{src}/", zd.url("m", "dst/")], archive=True, xattrs=True)
+        assert rs.returncode == code == 0, (rs.stderr, msg)
+        assert_same_tree(rmod / "dst", zmod / "dst", xattrs=True, **compare_kwargs_for(["-a"]))
+        assert _user_xattrs(zmod / "dst") == _user_xattrs(src)
+        rs = run_rsync(["-aX", rd.url("m", "dst/"), str(tmp_path / "rout")], check=False)
+        code, msg, _ = run_client([zd.url("m", "dst/"), str(tmp_path / "zout")], archive=True, xattrs=True)
+        assert rs.returncode == code == 0, (rs.stderr, msg)
+        assert_same_tree(tmp_path / "rout", tmp_path / "zout", xattrs=True, **compare_kwargs_for(["-a"]))
+        assert _user_xattrs(tmp_path / "zout") == _user_xattrs(src)
+    finally:
+        zd.stop()
+        rd.stop()
+
+
 def test_module_exclude_matches_rsync_daemon(tmp_path):
     zd, rd, zmod, rmod = _pair(tmp_path, "    exclude = *.tmp /top-secret\n")
     try:

@@ -524,3 +524,32 @@ def test_delete_missing_args_receiver_rules_protect(tmp_path, sshd, direction):
     assert zc.returncode == 0, zc.stderr
     assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["kept", "protected"]
     assert zc.stdout.splitlines() == ["*deleting   hidden-only"]
+
+
+# -- -X and -A cross the wire ------------------------------------------------------------
+
+def _xattrs_and_acls(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """An ACL on a file, a default ACL on a directory, user xattrs (treegen sets some too)."""
+    victim = next(p for p in sorted(src.rglob("*")) if p.is_file() and not p.is_symlink())
+    subprocess.run(["setfacl", "-m", "u:nobody:rwx", str(victim)], check=True)
+    subprocess.run(["setfacl", "-d", "-m", "g:nogroup:rx", str(src / "d0")], check=True)
+    os.setxattr(victim, b"user.zcsync-test", b"value")
+    stamp = 1_600_000_000
+    for p in (victim, src / "d0"):
+        os.utime(p, (stamp, stamp))
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_xattrs_and_acls(tmp_path, sshd, via, direction):
+    """-aAX over ssh leaves the xattrs and ACLs rsync's does, both ways (before, the remote
+    sender of a pull and the local one of a push sent none, silently)."""
+    if subprocess.run(["which", "setfacl"], capture_output=True).returncode:
+        pytest.skip("setfacl (Debian package acl) not installed")
+    rs, zc = differential(tmp_path, ["-aAX", "-i", *via], seed=33, prepare=_xattrs_and_acls, env=sshd.env(),
+                          paths=direction_paths(direction), zcsync_extra=_extra(),
+                          compare_kwargs={"xattrs": True})
+    _same_items(rs, zc)
+    side = next(tmp_path.glob("differential-*/zcsync"))
+    got = [p for p in (side / "dst").rglob("*") if not p.is_symlink() and b"user.zcsync-test" in
+           [os.fsencode(n) for n in os.listxattr(p)]]
+    assert got, "no user xattr arrived"
