@@ -101,6 +101,9 @@ def check_listed(names: list[bytes]) -> list[bytes]:
     return names
 
 
+DEFAULT_PROGRAM = "zcsync"  # the remote program without --zcsync-path (rsync runs "rsync")
+
+
 def server_argv(role: str, opts: Options, paths: list[str], listen_timeout: int | None = None) -> list[str]:
     """The arguments of the remote `zcsync --server` (role is the server's); --listen with a timeout."""
     listen = ["--listen", f"--listen-timeout={listen_timeout}"] if listen_timeout is not None else []
@@ -142,18 +145,20 @@ def open_bootstrapped(endpoint: Endpoint, role: str, opts: Options, paths: list[
 
 
 def open_stream(endpoint: Endpoint, argv: list[str], opts: Options) -> Stream:
-    """Start the remote end over ssh (paramiko) or the -e command."""
+    """Start the remote end over ssh (paramiko) or the -e command: --zcsync-path, else the
+    zcsync on the remote PATH."""
+    program = opts.zcsync_path or DEFAULT_PROGRAM
     rsh = opts.rsh or os.environ.get("ZCSYNC_RSH")
     if rsh:
         from .transport.rsh import open_rsh
-        return open_rsh(rsh, endpoint, argv, program=opts.zcsync_path,
+        return open_rsh(rsh, endpoint, argv, program=program,
                         timeout=float(opts.timeout) if opts.timeout else None, ip_version=opts.ip_version)
     from .transport.ssh import SshOptions, open_ssh
     ssh_opts = SshOptions(accept_new=opts.ssh_accept_new,
                           connect_timeout=float(opts.contimeout) if opts.contimeout else None,
                           timeout=float(opts.timeout) if opts.timeout else None,
                           family=tcp.family_of(opts.ip_version))
-    return open_ssh(endpoint, argv, options=ssh_opts, program=opts.zcsync_path)
+    return open_ssh(endpoint, argv, options=ssh_opts, program=program)
 
 
 def client_caps(opts: Options) -> dict[str, str]:

@@ -553,3 +553,47 @@ def test_xattrs_and_acls(tmp_path, sshd, via, direction):
     got = [p for p in (side / "dst").rglob("*") if not p.is_symlink() and b"user.zcsync-test" in
            [os.fsencode(n) for n in os.listxattr(p)]]
     assert got, "no user xattr arrived"
+
+
+# -- the remote program without --zcsync-path ---------------------------------------------
+
+def test_default_remote_program_is_zcsync_on_the_remote_path(tmp_path):
+    """Without --zcsync-path the remote shell runs `zcsync --server ...`, found on its PATH
+    (rsync runs `rsync`); a remote shell here is a script that runs the command it gets,
+    with a zcsync of this checkout on the PATH, and records it."""
+    import shlex
+    from tests.oracle import REPO_ROOT, run_zcsync
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    program = bindir / "zcsync"
+    program.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO_ROOT))} exec {shlex.quote(sys.executable)} "
+                       '-m zcsync "$@"\n')
+    program.chmod(0o755)
+    seen = tmp_path / "command"
+    rsh = tmp_path / "rsh"
+    rsh.write_text(f'#!/bin/sh\nshift\nprintf "%s" "$*" > {shlex.quote(str(seen))}\n'
+                   f'PATH={shlex.quote(str(bindir))}:$PATH exec sh -c "$*"\n')
+    rsh.chmod(0o755)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_text("data")
+    env = {k: v for k, v in os.environ.items() if k not in ("ZCSYNC_RSH", "RSYNC_RSH")}
+    for operands in (["src/", f"somehost:{tmp_path}/pushed/"], [f"somehost:{tmp_path}/src/", "pulled/"]):
+        proc = run_zcsync(["-a", "-e", str(rsh), *operands], cwd=tmp_path, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert seen.read_text().startswith("zcsync --server ")
+    assert (tmp_path / "pushed" / "f").read_text() == (tmp_path / "pulled" / "f").read_text() == "data"
+
+
+def test_default_remote_program_over_paramiko(tmp_path, sshd):
+    """Without --zcsync-path paramiko runs `zcsync --server ...` too: the transfer works
+    if the remote PATH has a zcsync, else the one clear line of a missing program (before,
+    the command began with '--server' and the remote shell refused it: exit 12)."""
+    from tests.oracle import run_zcsync
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_text("data")
+    proc = run_zcsync(["-a", "src/", f"{ALIAS}:{tmp_path}/pushed/"], cwd=tmp_path, env=sshd.env())
+    if proc.returncode == 0:
+        assert (tmp_path / "pushed" / "f").read_text() == "data"
+    else:
+        assert proc.returncode == 127, proc.stderr
+        assert f"zcsync not found on {ALIAS} (install it there or pass --zcsync-path)" in proc.stderr
