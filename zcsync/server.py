@@ -3,7 +3,8 @@
 The client builds the arguments: ``--server --sender|--receiver [--listen
 [--listen-timeout=SECONDS]] --options=JSON [--restrict-to=DIR] -- PATH...``. Nothing
 else is accepted; the server only does what the protocol messages name. For an
-authorized_keys ``command=`` line, run ``zcsync --server --restrict-to=DIR`` there: the
+authorized_keys ``command=`` line, run ``zcsync --server --restrict-to=DIR`` there (the
+client's own arguments then come from SSH_ORIGINAL_COMMAND; see client_command): the
 requested paths must then lie in DIR, and so must a --files-from file the client names
 on this host (``--files-from=host:FILE``), which is then read through real directories only.
 
@@ -19,10 +20,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from . import bootstrap, compress, errors
@@ -284,11 +286,45 @@ def _linger(conn: Connection) -> None:
 
 # -- `zcsync --server` -------------------------------------------------------------------
 
-def _job(args: ServerArgs) -> Job:
+def client_command(argv: list[str], environ: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """The client's --server arguments, and the directories this host holds it to.
+
+    In an authorized_keys command= line, `zcsync --server --restrict-to=DIR` gets only
+    that from sshd; the client's command is in SSH_ORIGINAL_COMMAND, and its words from
+    its own '--server' on are the arguments, held to DIR. ZCSYNC_RESTRICT_TO, set on
+    this host, holds the client to its directory the same way. A --restrict-to in the
+    client's own arguments can only narrow these (_restriction)."""
+    imposed = [environ["ZCSYNC_RESTRICT_TO"]] if environ.get("ZCSYNC_RESTRICT_TO") else []
+    if len(argv) != 2 or argv[0] != "--server" or not argv[1].startswith("--restrict-to="):
+        return argv, imposed
+    imposed.append(argv[1][len("--restrict-to="):])
+    original = environ.get("SSH_ORIGINAL_COMMAND")
+    if original is None:
+        raise UsageError("--server --restrict-to=DIR on its own is an authorized_keys command= line: "
+                         "there is no SSH_ORIGINAL_COMMAND to serve")
+    try:
+        words = shlex.split(original)
+    except ValueError as exc:
+        raise UsageError(f"cannot parse the client's command ({exc})") from None
+    if "--server" not in words:
+        raise UsageError("the client's command is not a zcsync --server command")
+    return words[words.index("--server"):], imposed
+
+
+def _restriction(asked: str | None, imposed: Sequence[str], opts: Options) -> str | None:
+    """The one directory the client is held to: the narrowest of those imposed and the one
+    it asked for, each inside the ones before (else the client's request is refused)."""
+    restrict = None
+    for path in [*imposed, *([asked] if asked is not None else [])]:
+        if restrict is not None:
+            check_restricted([path], opts, restrict)  # a wider or unrelated one is refused
+        restrict = path
+    return restrict
+
+
+def _job(args: ServerArgs, imposed: Sequence[str] = ()) -> Job:
     opts = args.options
-    restrict = args.restrict_to
-    if restrict is None and os.environ.get("ZCSYNC_RESTRICT_TO"):
-        restrict = os.environ["ZCSYNC_RESTRICT_TO"]
+    restrict = _restriction(args.restrict_to, imposed, opts)
     if args.role == "sender" and not (opts.files_from or opts.files_from_peer or opts.files_from_remote):
         args = replace(args, paths=tuple(_globbed(args.paths, opts, restrict)))
     if restrict is None:
@@ -327,11 +363,21 @@ def _globbed(patterns: Sequence[str], opts: Options, restrict: str | None) -> li
 
 def serve(argv: list[str], rfd: int = 0, wfd: int = 1) -> int:
     """Run the server end on the given descriptors; return the exit code."""
-    if _wants_listen(argv):
-        return serve_listen(argv, rfd, wfd)
+    refused: UsageError | None = None
+    try:
+        argv, imposed = client_command(argv, os.environ)
+    except UsageError as exc:
+        refused, imposed = exc, []
+    if refused is None and _wants_listen(argv):
+        return serve_listen(argv, rfd, wfd, imposed)
     conn = Connection(FdStream(rfd, wfd, peer="client"))
-    # Refuse bad arguments only after the handshake, so the client gets the message.
-    return serve_job(conn, lambda report: _job(parse_server_command(argv)))
+
+    def plan(report: Report) -> Job:
+        # Bad arguments are refused only after the handshake, so the client gets the message.
+        if refused is not None:
+            raise refused
+        return _job(parse_server_command(argv), imposed)
+    return serve_job(conn, plan)
 
 
 def _wants_listen(argv: list[str]) -> bool:
@@ -339,7 +385,7 @@ def _wants_listen(argv: list[str]) -> bool:
     return "--listen" in head
 
 
-def serve_listen(argv: list[str], rfd: int = 0, wfd: int = 1) -> int:
+def serve_listen(argv: list[str], rfd: int = 0, wfd: int = 1, imposed: Sequence[str] = ()) -> int:
     """--listen: hand the client a one-shot port and key on wfd, then serve one authenticated TCP connection.
 
     Nothing touches the filesystem before the connection has proven the key; until then
@@ -366,7 +412,7 @@ def serve_listen(argv: list[str], rfd: int = 0, wfd: int = 1) -> int:
             _close(rfd)
         log.debug("data connection from %s authenticated", where)
         conn = Connection(SocketStream(sock, peer=where))
-        return serve_job(conn, lambda report: _job(args))
+        return serve_job(conn, lambda report: _job(args, imposed))
     except KeyboardInterrupt:
         return errors.SIGNAL
 

@@ -80,3 +80,53 @@ def test_restricted_wildcards_reveal_nothing_outside(tmp_path):
     assert "secret" not in str(err.value)
     unrestricted = _job(ServerArgs("sender", Options(), None, (f"{inside}/*/*.txt",)))
     assert unrestricted.paths == (f"{inside}/out/secret.txt",)  # no --restrict-to: the user's own files
+
+
+# -- what the host imposes: ZCSYNC_RESTRICT_TO, an authorized_keys command= line ----------
+
+def _client(*args: str) -> str:
+    """The command a client asks sshd to run (what a forced command sees in SSH_ORIGINAL_COMMAND)."""
+    import shlex
+    return shlex.join(["env", "PYTHONPATH=/x", "python3", "-m", "zcsync", "--server", *args])
+
+
+def test_forced_command_serves_the_clients_arguments_held_to_dir(tmp_path):
+    from zcsync.server import client_command
+    wire = to_wire(Options(recursive=True))
+    env = {"SSH_ORIGINAL_COMMAND": _client("--receiver", f"--options={wire}", "--", str(tmp_path / "d"))}
+    argv, imposed = client_command(["--server", f"--restrict-to={tmp_path}"], env)
+    assert argv == ["--server", "--receiver", f"--options={wire}", "--", str(tmp_path / "d")]
+    assert imposed == [str(tmp_path)]
+    # Without sshd's variable, or with a command that is not a server's, nothing is served.
+    for bad in ({}, {"SSH_ORIGINAL_COMMAND": "sh -c 'cat /etc/shadow'"}, {"SSH_ORIGINAL_COMMAND": "zcsync '"}):
+        with pytest.raises(UsageError):
+            client_command(["--server", f"--restrict-to={tmp_path}"], bad)
+    # A client's full command line is served as it is, held to what the host sets.
+    argv = ["--server", "--sender", f"--options={wire}", "--", "x"]
+    assert client_command(argv, {"ZCSYNC_RESTRICT_TO": str(tmp_path)}) == (argv, [str(tmp_path)])
+    assert client_command(argv, {}) == (argv, [])
+
+
+@pytest.mark.parametrize("environ", ["forced", "env"])
+def test_the_client_cannot_widen_what_the_host_imposes(tmp_path, environ):
+    """A --restrict-to among the client's own arguments narrows what the host imposes
+    (a forced command= line's DIR, or ZCSYNC_RESTRICT_TO) and never widens it."""
+    from zcsync.server import _job, client_command, parse_server_command
+    inner = tmp_path / "inner"
+    (inner / "d").mkdir(parents=True)
+    wire = to_wire(Options(recursive=True))
+
+    def job(*args: str):
+        words = ["--server", *args]
+        if environ == "forced":
+            env = {"SSH_ORIGINAL_COMMAND": _client(*args)}
+            argv = ["--server", f"--restrict-to={tmp_path}"]
+        else:
+            env, argv = {"ZCSYNC_RESTRICT_TO": str(tmp_path)}, words
+        argv, imposed = client_command(argv, env)
+        return _job(parse_server_command(argv), imposed)
+    assert job("--receiver", f"--options={wire}", "--", str(inner / "d")).paths == (str(inner / "d"),)
+    assert job("--receiver", f"--restrict-to={inner}", f"--options={wire}", "--", str(inner / "d"))
+    for asked, path in (("/", "/etc"), (str(tmp_path.parent), str(tmp_path.parent)), (str(inner), str(tmp_path))):
+        with pytest.raises(UsageError, match="outside"):
+            job("--receiver", f"--restrict-to={asked}", f"--options={wire}", "--", path)
