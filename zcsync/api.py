@@ -167,6 +167,7 @@ class SyncOptions(TypedDict, total=False):
     write_mode: Literal["auto", "direct", "splice", "buffered"]
     rsh: str
     zcsync_path: str
+    remote_option: str | Sequence[str]
     rsync_path: str
     ssh_accept_new: bool
     compress: bool

@@ -46,9 +46,11 @@ command: click.Command
 
 
 # Short options that take a value: the filter pre-scan must skip their argument.
-_VALUE_SHORTS = set("feB")
+_VALUE_SHORTS = set("feBM")
 _FILTER_LONG = {"--exclude": "- ", "--include": "+ ", "--filter": "", "--exclude-from": "-",
                 "--include-from": "+"}
+# Long options whose value may look like a filter option (-M --exclude=x is the remote's).
+_SKIP_VALUE_LONG = {"--remote-option"}
 
 
 # rsync's --no-X for short options: --no-o is --no-owner, --no-D turns off both of -D's.
@@ -65,10 +67,15 @@ _SHORT_NEGATIONS = {
 
 def expand_short_negations(args: list[str]) -> list[str]:
     out: list[str] = []
+    verbatim = False  # the word after -M is the remote side's, as written
     for i, arg in enumerate(args):
         if arg == "--":
             return out + args[i:]
-        out.extend(_SHORT_NEGATIONS.get(arg[5:], [arg]) if arg.startswith("--no-") else [arg])
+        if verbatim or not arg.startswith("--no-"):
+            out.append(arg)
+        else:
+            out.extend(_SHORT_NEGATIONS.get(arg[5:], [arg]))
+        verbatim = arg in ("-M", "--remote-option")
     return out
 
 
@@ -87,6 +94,9 @@ def ordered_filter_rules(args: Sequence[str]) -> list[tuple[str, str]]:
             break
         if arg.startswith("--"):
             name, eq, value = arg.partition("=")
+            if name in _SKIP_VALUE_LONG and not eq:
+                i += 1
+                continue
             if name in _FILTER_LONG:
                 if not eq:
                     if i >= len(args):
@@ -271,6 +281,8 @@ def _cmd_options(f: Any) -> Any:
         click.option("--write-mode", type=click.Choice(["auto", "direct", "splice", "buffered"]), default="auto", help="how a receiver on a raw TCP connection writes files: O_DIRECT, splice or buffered (auto: buffered)"),
         click.option("-e", "--rsh", metavar="COMMAND", default=None, help="specify the remote shell to use (e.g. 'ssh -p 2222')"),
         click.option("--zcsync-path", metavar="PROGRAM", default=None, help="specify the zcsync to run on the remote machine"),
+        click.option("-M", "--remote-option", "remote_options", multiple=True, metavar="OPT",
+                     help="send OPTION to the remote side only (local copy: to the receiving side)"),
         click.option("--rsync-path", metavar="PROGRAM", default=None,
                      help="rsync's name for --zcsync-path (a word rsync in it becomes zcsync)"),
         click.option("--ssh-accept-new", is_flag=True, default=False, help="trust an unknown host key and remember it (zcsync's own known_hosts)"),
@@ -491,6 +503,7 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     values["compare_dest"] = tuple(values["compare_dest"])
     values["copy_dest"] = tuple(values["copy_dest"])
     values["chmod"] = tuple(values["chmod"])
+    values["remote_options"] = tuple(values["remote_options"])
     if values["acls"]:
         values["perms"] = True
     for key in ("timeout", "contimeout"):

@@ -21,7 +21,7 @@ from .errors import FileIOError, FileProblem, FileSelectError, UsageError
 from .filters import FilterRules
 from .flist import ROOT, DirBatch, FileEntry, SourceArg, quote
 from .generator import Generator
-from .options import Options
+from .options import Options, side_options
 from .pathnames import escape, split
 from .sender import Sender
 from .stats import Event, Report
@@ -387,6 +387,8 @@ def run_local(sources_text: list[str], dest: str, opts: Options,
     started = time.monotonic()
     if opts.files_from is not None and len(sources_text) != 1:
         raise UsageError("--files-from needs exactly one source directory")
+    # -M: as in rsync's local copy, the receiving side is the "remote" one that takes them.
+    receiving = side_options(opts, opts.remote_options)
     sources = source_args(sources_text, opts)
     filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded)
     report = Report(on_event=on_event)
@@ -397,7 +399,7 @@ def run_local(sources_text: list[str], dest: str, opts: Options,
     top = next(batches)
     if not top.entries:  # nothing to transfer: rsync does not even create DST
         return RunResult(report.exit_code, report, report.problems)
-    receiver = make_receiver(dest, opts, top, report, filters, io_error=lambda: sender.io_error,
+    receiver = make_receiver(dest, receiving, top, report, filters, io_error=lambda: sender.io_error,
                              source_digest=lambda e: e.digest if e.digest is not None else sender.digest(e),
                              remove_source=sender.remove if opts.remove_source_files else None)
     try:

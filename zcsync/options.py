@@ -5,9 +5,11 @@ import dataclasses
 import functools
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import UsageError
+from .units import parse_size
 
 MAX_BLOCK_SIZE = 1 << 17  # rsync's MAX_BLOCK_SIZE (protocol >= 30)
 
@@ -123,6 +125,9 @@ class Options:
     contimeout: int | None = None
     ip_version: int | None = None  # -4 / -6: the address family of the sockets we open (and ssh's)
     address: str | None = None  # --address: the local address a daemon connection binds to
+    # -M/--remote-option: words for the remote side's command line alone (in a local copy,
+    # for the receiving side), parsed there by side_options()
+    remote_options: tuple[str, ...] = ()
 
     def replace(self, **changes: object) -> Options:
         """Return a copy with some fields changed (and validated)."""
@@ -184,7 +189,8 @@ class Options:
 # What only the client acts on: never sent to the server, never accepted from a client.
 CLIENT_ONLY = frozenset({"rsh", "zcsync_path", "ssh_accept_new", "contimeout", "log_file", "json",
                          "stats", "list_only", "files_from", "quiet", "progress", "progress_always",
-                         "out_format", "port", "password_file", "transport", "ip_version", "address", "stop_at"})
+                         "out_format", "port", "password_file", "transport", "ip_version", "address", "stop_at",
+                         "remote_options"})
 MAX_WIRE_OPTIONS = 64 * 1024
 
 
@@ -266,7 +272,56 @@ def from_mapping(values: dict[str, object]) -> Options:
     if unknown:
         raise UsageError(f"Unknown option(s): {', '.join(sorted(unknown))}")
     clean = {k: v for k, v in values.items() if v is not None}
-    for key in ("filter_rules", "link_dest", "compare_dest", "copy_dest", "chmod"):
+    for key in ("filter_rules", "link_dest", "compare_dest", "copy_dest", "chmod", "remote_options"):
         if key in clean and isinstance(clean[key], (list, str)):
             clean[key] = tuple([clean[key]] if isinstance(clean[key], str) else clean[key])
     return Options(**clean)  # type: ignore[arg-type]
+
+
+# -- one side's own options (-M/--remote-option) -----------------------------------------
+#
+# What -M may give the remote side (in a local copy, the receiving side) on top of the
+# options both sides share: what that side does alone, never what both must agree on.
+_SIDE_FLAGS: dict[str, tuple[str, object]] = {
+    "--fsync": ("fsync", True), "--no-fsync": ("fsync", False),
+    "--open-noatime": ("open_noatime", True), "--preallocate": ("preallocate", True),
+}
+
+
+def _rate(text: str) -> int:
+    try:
+        return parse_size(text, default_unit="k")
+    except ValueError as exc:
+        raise UsageError(f"--bwlimit={text}: {exc}") from None
+
+
+_SIDE_VALUES: dict[str, tuple[str, Callable[[str], object]]] = {
+    "--write-mode": ("write_mode", str), "--bwlimit": ("bwlimit", _rate), "--temp-dir": ("temp_dir", str),
+}
+SIDE_OPTION_NAMES = (*_SIDE_FLAGS, *(f"{name}=..." for name in _SIDE_VALUES))
+
+
+def side_options(opts: Options, words: Sequence[str]) -> Options:
+    """opts with the options one side was given alone (rsync's -M words, "--name",
+    "--name=VALUE" or "--name" "VALUE"); UsageError for an option that side does not take."""
+    changes: dict[str, object] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        name, eq, value = word.partition("=")
+        if name in _SIDE_FLAGS and not eq:
+            field, flag = _SIDE_FLAGS[name]
+            changes[field] = flag
+            continue
+        if name in _SIDE_VALUES and word.startswith("--"):
+            if not eq:
+                if i == len(words):
+                    raise UsageError(f"{name}: missing argument")
+                value = words[i]
+                i += 1
+            field, convert = _SIDE_VALUES[name]
+            changes[field] = convert(value)
+            continue
+        raise UsageError(f"{word}: unknown option (one side takes alone: {', '.join(SIDE_OPTION_NAMES)})")
+    return opts.replace(**changes) if changes else opts

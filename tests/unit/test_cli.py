@@ -271,3 +271,10 @@ def test_stop_after_sets_the_limit_in_minutes():
     assert before + 300 - 1 <= stop_time("5", None) <= time.time() + 300
     at = stop_time("5", "T" + time.strftime("%H:%M", time.localtime(before + 120)))  # both: the earlier
     assert at < before + 180
+
+
+def test_remote_option_words_kept_as_written():
+    """-M's word is the remote side's: not a filter rule here, not expanded as --no-X."""
+    o = parse("-M--exclude=x", "-M", "--no-D", "--remote-option", "--include=y", "--remote-option=-f")
+    assert o.remote_options == ("--exclude=x", "--no-D", "--include=y", "-f")
+    assert o.filter_rules == () and o.devices is False

@@ -80,3 +80,35 @@ def test_restricted_wildcards_reveal_nothing_outside(tmp_path):
     assert "secret" not in str(err.value)
     unrestricted = _job(ServerArgs("sender", Options(), None, (f"{inside}/*/*.txt",)))
     assert unrestricted.paths == (f"{inside}/out/secret.txt",)  # no --restrict-to: the user's own files
+
+
+def test_remote_option_words_change_this_sides_options():
+    """-M words after --options: the server's own parser applies them on top of the JSON."""
+    opts = Options(recursive=True, write_mode="buffered")
+    role, got, _, paths = parse_server_args(
+        ["--server", "--receiver", f"--options={to_wire(opts)}", "--no-fsync", "--write-mode", "direct",
+         "--bwlimit=2M", "--", "dst/"])
+    assert got == opts.replace(fsync=False, write_mode="direct", bwlimit=2 << 20)
+    assert (role, paths) == ("receiver", ["dst/"])
+
+
+@pytest.mark.parametrize(("words", "message"), [
+    (["--bogus"], "on remote machine: --bogus: unknown option"),
+    (["--delete"], "--delete: unknown option"),  # both sides must know that one
+    (["--temp-dir"], "--temp-dir: missing argument"),
+    (["--write-mode=fast"], "--write-mode must be auto, direct, splice or buffered"),
+    (["--no-fsync=1"], "--no-fsync=1: unknown option"),
+])
+def test_remote_option_words_refused(words, message):
+    with pytest.raises(UsageError, match=message):
+        parse_server_args(["--server", "--sender", "--options={}", *words, "--", "src/"])
+
+
+def test_server_argv_carries_remote_options_before_the_paths():
+    from zcsync.connect import server_argv
+    opts = Options(remote_options=("--fake-super", "--temp-dir", "/t"))
+    argv = server_argv("receiver", opts, ["dst/"])
+    assert argv == ["--server", "--receiver", "--options={}", "--fake-super", "--temp-dir", "/t", "--", "dst/"]
+    assert to_wire(opts) == "{}"  # never in the JSON: they are the remote side's own words
+    with pytest.raises(UsageError, match="cannot pass '--'"):
+        server_argv("receiver", Options(remote_options=("--",)), ["dst/"])
