@@ -148,6 +148,8 @@ class SyncOptions(TypedDict, total=False):
     compare_dest: Paths
     copy_dest: Paths
     numeric_ids: bool
+    super: bool
+    fake_super: bool
     chmod: str | Sequence[str]
     chown: str
     usermap: str

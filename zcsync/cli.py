@@ -79,6 +79,22 @@ def expand_short_negations(args: list[str]) -> list[str]:
     return out
 
 
+_AM_ROOT_WORDS = ("--super", "--no-super", "--fake-super")
+
+
+def last_am_root_word(args: Sequence[str]) -> str | None:
+    """Which of --super, --no-super and --fake-super came last (rsync's am_root: it wins)."""
+    last = None
+    verbatim = False  # (a -M word is the remote side's)
+    for arg in args:
+        if arg == "--":
+            break
+        if arg in _AM_ROOT_WORDS and not verbatim:
+            last = arg
+        verbatim = arg in ("-M", "--remote-option")
+    return last
+
+
 def ordered_filter_rules(args: Sequence[str]) -> list[tuple[str, str]]:
     """(kind, value) for every filter-ish option, in command-line order.
 
@@ -264,6 +280,8 @@ def _cmd_options(f: Any) -> Any:
         click.option("--compare-dest", multiple=True, metavar="DIR", help="also compare destination files relative to DIR"),
         click.option("--copy-dest", multiple=True, metavar="DIR", help="... and include copies of unchanged files"),
         click.option("--numeric-ids", is_flag=True, default=False, help="don't map uid/gid values by user/group name"),
+        flag("--super/--no-super", "super_user", help="receiver attempts super-user activities"),
+        click.option("--fake-super", is_flag=True, default=False, help="store/recover privileged attrs using xattrs"),
         click.option("--chmod", multiple=True, metavar="CHMOD", help="affect file and/or directory permissions"),
         click.option("--chown", metavar="USER:GROUP", default=None, help="simple username/groupname mapping"),
         click.option("--usermap", metavar="STRING", default=None, help="custom username mapping"),
@@ -338,6 +356,7 @@ def _build_command() -> click.Command:
 
         def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
             ctx.meta["zcsync.filters"] = ordered_filter_rules(args)
+            ctx.meta["zcsync.am_root"] = last_am_root_word(args)
             return super().parse_args(ctx, expand_short_negations(args))
 
         def main(self, *args: Any, **kwargs: Any) -> Any:
@@ -504,6 +523,11 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     values["copy_dest"] = tuple(values["copy_dest"])
     values["chmod"] = tuple(values["chmod"])
     values["remote_options"] = tuple(values["remote_options"])
+    if values["fake_super"] and values["super_user"] is not None:  # rsync: the last one given wins
+        if ctx.meta.get("zcsync.am_root") == "--fake-super":
+            values["super_user"] = None
+        else:
+            values["fake_super"] = False
     if values["acls"]:
         values["perms"] = True
     for key in ("timeout", "contimeout"):

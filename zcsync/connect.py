@@ -107,7 +107,7 @@ def server_argv(role: str, opts: Options, paths: list[str], listen_timeout: int 
     if "--" in opts.remote_options:
         raise UsageError("-M/--remote-option cannot pass '--' (it would end the remote options)")
     listen = ["--listen", f"--listen-timeout={listen_timeout}"] if listen_timeout is not None else []
-    return ["--server", f"--{role}", *listen, f"--options={to_wire(opts)}", *opts.remote_options,
+    return ["--server", f"--{role}", *listen, f"--options={to_wire(opts, role)}", *opts.remote_options,
             "--", *paths]
 
 
@@ -538,7 +538,7 @@ def open_daemon_stream(endpoint: Endpoint, opts: Options, role: str, paths: list
     stream, where = _connect(endpoint, opts)
     try:
         # Made while the daemon starts our session (it forks one before it greets us).
-        request = DaemonRequest(KIND_TRANSFER, endpoint.module, user, role, to_wire(opts),
+        request = DaemonRequest(KIND_TRANSFER, endpoint.module, user, role, to_wire(opts, role),
                                 tuple(os.fsencode(p or ".") for p in paths), auth.new_nonce())
         server_nonce = _read_greeting(stream, where)
         body = _send_request(stream, request)

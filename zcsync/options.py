@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -88,6 +89,11 @@ class Options:
     compare_dest: tuple[str, ...] = ()
     copy_dest: tuple[str, ...] = ()
     numeric_ids: bool = False
+    # rsync's am_root on the receiver: --fake-super keeps owners, special modes and device
+    # numbers in the user.rsync.%stat xattr (and reads them back when sending); --super
+    # (True) acts as root even when not, --no-super (False) does not even as root.
+    fake_super: bool = False
+    super_user: bool | None = None
     chmod: tuple[str, ...] = ()
     chown: str | None = None
     usermap: str | None = None  # rsync's FROM:TO,... (receiver side); implies owner
@@ -182,6 +188,12 @@ class Options:
             raise UsageError(f"--write-mode must be auto, direct, splice or buffered, not {self.write_mode!r}")
         if self.bwlimit is not None and self.bwlimit < 0:
             raise UsageError("--bwlimit must not be negative")
+        if self.fake_super and self.super_user is not None:
+            raise UsageError("--fake-super cannot be used with --super or --no-super (the last one given wins "
+                             "on the command line)")
+        if self.fake_super and self.acls:
+            raise UsageError("--fake-super with -A/--acls is not supported (rsync keeps ACLs in the "
+                             "user.rsync.%aacl and %dacl xattrs)")
         if sum(map(bool, (self.compare_dest, self.copy_dest, self.link_dest))) > 1:
             raise UsageError("You may not mix --compare-dest, --copy-dest, and --link-dest")
 
@@ -190,7 +202,7 @@ class Options:
 CLIENT_ONLY = frozenset({"rsh", "zcsync_path", "ssh_accept_new", "contimeout", "log_file", "json",
                          "stats", "list_only", "files_from", "quiet", "progress", "progress_always",
                          "out_format", "port", "password_file", "transport", "ip_version", "address", "stop_at",
-                         "remote_options"})
+                         "remote_options", "fake_super"})
 MAX_WIRE_OPTIONS = 64 * 1024
 
 
@@ -205,9 +217,14 @@ def _field_types() -> dict[str, frozenset[type]]:
     return out
 
 
-def to_wire(opts: Options) -> str:
-    """The options the server needs, as JSON of the fields that differ from the defaults."""
+def to_wire(opts: Options, role: str | None = None) -> str:
+    """The options the server needs, as JSON of the fields that differ from the defaults.
+
+    role is the server's: as rsync's server_options, --super goes to a receiving server
+    only (and --no-super to none); --fake-super is the client's own (-M gives it the
+    server, see side_options)."""
     import json
+    opts = opts.replace(super_user=True if opts.super_user and role == "receiver" else None)
     default = Options()
     changed = {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options)
                if f.name not in CLIENT_ONLY and getattr(opts, f.name) != getattr(default, f.name)}
@@ -282,9 +299,13 @@ def from_mapping(values: dict[str, object]) -> Options:
 #
 # What -M may give the remote side (in a local copy, the receiving side) on top of the
 # options both sides share: what that side does alone, never what both must agree on.
-_SIDE_FLAGS: dict[str, tuple[str, object]] = {
-    "--fsync": ("fsync", True), "--no-fsync": ("fsync", False),
-    "--open-noatime": ("open_noatime", True), "--preallocate": ("preallocate", True),
+_SIDE_FLAGS: dict[str, dict[str, object]] = {
+    "--fsync": {"fsync": True}, "--no-fsync": {"fsync": False},
+    "--open-noatime": {"open_noatime": True}, "--preallocate": {"preallocate": True},
+    # rsync's am_root: the last of them wins
+    "--fake-super": {"fake_super": True, "super_user": None},
+    "--super": {"fake_super": False, "super_user": True},
+    "--no-super": {"fake_super": False, "super_user": False},
 }
 
 
@@ -311,8 +332,7 @@ def side_options(opts: Options, words: Sequence[str]) -> Options:
         i += 1
         name, eq, value = word.partition("=")
         if name in _SIDE_FLAGS and not eq:
-            field, flag = _SIDE_FLAGS[name]
-            changes[field] = flag
+            changes.update(_SIDE_FLAGS[name])
             continue
         if name in _SIDE_VALUES and word.startswith("--"):
             if not eq:
@@ -325,3 +345,11 @@ def side_options(opts: Options, words: Sequence[str]) -> Options:
             continue
         raise UsageError(f"{word}: unknown option (one side takes alone: {', '.join(SIDE_OPTION_NAMES)})")
     return opts.replace(**changes) if changes else opts
+
+
+def am_root(opts: Options) -> int:
+    """rsync's am_root for the side these options are: -1 with --fake-super, else 1 when it
+    acts as root (running as root, or --super) and 0 when not (or --no-super)."""
+    if opts.fake_super:
+        return -1
+    return int(opts.super_user if opts.super_user is not None else os.geteuid() == 0)

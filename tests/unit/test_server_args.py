@@ -112,3 +112,25 @@ def test_server_argv_carries_remote_options_before_the_paths():
     assert to_wire(opts) == "{}"  # never in the JSON: they are the remote side's own words
     with pytest.raises(UsageError, match="cannot pass '--'"):
         server_argv("receiver", Options(remote_options=("--",)), ["dst/"])
+
+
+def test_super_goes_to_a_receiving_server_and_fake_super_to_none():
+    """As rsync's server_options: --super for a receiving server only, --no-super never, and
+    --fake-super is the side's own (-M --fake-super gives it the server)."""
+    from zcsync.connect import server_argv
+    import json
+    def wire(opts, role):
+        return json.loads(server_argv(role, opts, ["p"])[2][len("--options="):])
+    assert wire(Options(super_user=True), "receiver") == {"super_user": True}
+    assert wire(Options(super_user=True), "sender") == {}
+    assert wire(Options(super_user=False), "receiver") == {}
+    assert wire(Options(fake_super=True), "receiver") == {}
+    with pytest.raises(UsageError):
+        from_wire('{"fake_super": true}')
+    got = parse_server_args(["--server", "--receiver", "--options={}", "--fake-super", "--", "d"])[1]
+    assert (got.fake_super, got.super_user) == (True, None)
+    got = parse_server_args(["--server", "--sender", "--options={}", "--fake-super", "--super", "--", "d"])[1]
+    assert (got.fake_super, got.super_user) == (False, True)
+    with pytest.raises(UsageError, match="on remote machine: --fake-super with -A/--acls"):
+        parse_server_args(["--server", "--receiver", f"--options={to_wire(Options(acls=True))}",
+                           "--fake-super", "--", "d"])
