@@ -148,6 +148,8 @@ class SyncOptions(TypedDict, total=False):
     compare_dest: Paths
     copy_dest: Paths
     numeric_ids: bool
+    super: bool
+    fake_super: bool
     chmod: str | Sequence[str]
     chown: str
     usermap: str
@@ -168,6 +170,7 @@ class SyncOptions(TypedDict, total=False):
     write_mode: Literal["auto", "direct", "splice", "buffered"]
     rsh: str
     zcsync_path: str
+    remote_option: str | Sequence[str]
     rsync_path: str
     ssh_accept_new: bool
     compress: bool

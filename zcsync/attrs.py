@@ -5,6 +5,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from . import meta
 from .flist import FileEntry
 from .options import Options
 
@@ -26,16 +27,21 @@ class Wanted:
     uid: int | None
     gid: int | None
     mtime_ns: int | None
+    # --fake-super: (file type bits, device number) of what the name stands for. perms, uid
+    # and gid are then recorded in user.rsync.%stat, not set (apply_fd).
+    fake: tuple[int, int] | None = None
 
 
 class AttrPolicy:
     """Turns a source entry into the attributes the destination gets, per the options."""
 
-    def __init__(self, opts: Options, chmod: object | None, am_root: bool, umask: int) -> None:
-        """Entries' owners are already the receiver's (idmap.OwnerMap: names, --usermap, --chown)."""
+    def __init__(self, opts: Options, chmod: object | None, am_root: int, umask: int) -> None:
+        """Entries' owners are already the receiver's (idmap.OwnerMap: names, --usermap, --chown).
+        am_root is rsync's (options.am_root): -1 for --fake-super, which keeps owners as root does."""
         self.opts = opts
         self.chmod = chmod
-        self.am_root = am_root
+        self.am_root = bool(am_root)
+        self.fake_super = am_root < 0
         self.umask = umask
         # What the quick no-change test must compare (None: it cannot decide, take the slow path).
         simple = chmod is None and not (opts.executability and not opts.perms)
@@ -78,7 +84,8 @@ class AttrPolicy:
         gid = entry.gid if opts.group else None
         keep_time = opts.times and not ((entry.is_dir and opts.omit_dir_times)
                                         or (entry.is_link and opts.omit_link_times))
-        return Wanted(perms, uid, gid, entry.mtime_ns if keep_time else None)
+        fake = (stat.S_IFMT(entry.mode), entry.rdev) if self.fake_super else None
+        return Wanted(perms, uid, gid, entry.mtime_ns if keep_time else None, fake)
 
     def same_time(self, a_ns: int, b_ns: int) -> bool:
         window = self.opts.modify_window
@@ -103,7 +110,30 @@ class AttrPolicy:
 
 
 def apply_fd(fd: int, want: Wanted, is_dir: bool = False) -> None:
-    """Set owner, permissions and times on an open fd (owner first: chown clears set-id bits)."""
+    """Set owner, permissions and times on an open fd (owner first: chown clears set-id bits).
+
+    With want.fake (--fake-super) the fd is a regular file or directory standing for what
+    want describes: it gets the permission bits alone, with read and write (and, for a
+    directory, search) for its owner, and the rest goes into user.rsync.%stat, as rsync's
+    set_stat_xattr does. Without -o/-g the recorded owner is the one recorded before, or
+    the file's own."""
+    if want.fake is not None:
+        st = os.fstat(fd)
+        os.fchmod(fd, (want.perms & 0o777) | (0o700 if stat.S_ISDIR(st.st_mode) else 0o600))
+        uid, gid = want.uid, want.gid
+        if uid is None or gid is None:
+            try:
+                before = meta.read_fake_stat(fd)
+            except ValueError:
+                before = None
+            uid = uid if uid is not None else before.uid if before is not None else st.st_uid
+            gid = gid if gid is not None else before.gid if before is not None else st.st_gid
+        kind, rdev = want.fake
+        meta.write_fake_stat(fd, meta.FakeStat(kind | want.perms, rdev if kind in (stat.S_IFCHR, stat.S_IFBLK)
+                                               else 0, uid, gid))
+        if want.mtime_ns is not None:
+            os.utime(fd, ns=(want.mtime_ns, want.mtime_ns))
+        return
     if want.uid is not None or want.gid is not None:
         os.fchown(fd, -1 if want.uid is None else want.uid, -1 if want.gid is None else want.gid)
     os.fchmod(fd, want.perms)

@@ -46,9 +46,11 @@ command: click.Command
 
 
 # Short options that take a value: the filter pre-scan must skip their argument.
-_VALUE_SHORTS = set("feB")
+_VALUE_SHORTS = set("feBM")
 _FILTER_LONG = {"--exclude": "- ", "--include": "+ ", "--filter": "", "--exclude-from": "-",
                 "--include-from": "+"}
+# Long options whose value may look like a filter option (-M --exclude=x is the remote's).
+_SKIP_VALUE_LONG = {"--remote-option"}
 
 
 # rsync's --no-X for short options: --no-o is --no-owner, --no-D turns off both of -D's.
@@ -65,11 +67,32 @@ _SHORT_NEGATIONS = {
 
 def expand_short_negations(args: list[str]) -> list[str]:
     out: list[str] = []
+    verbatim = False  # the word after -M is the remote side's, as written
     for i, arg in enumerate(args):
         if arg == "--":
             return out + args[i:]
-        out.extend(_SHORT_NEGATIONS.get(arg[5:], [arg]) if arg.startswith("--no-") else [arg])
+        if verbatim or not arg.startswith("--no-"):
+            out.append(arg)
+        else:
+            out.extend(_SHORT_NEGATIONS.get(arg[5:], [arg]))
+        verbatim = arg in ("-M", "--remote-option")
     return out
+
+
+_AM_ROOT_WORDS = ("--super", "--no-super", "--fake-super")
+
+
+def last_am_root_word(args: Sequence[str]) -> str | None:
+    """Which of --super, --no-super and --fake-super came last (rsync's am_root: it wins)."""
+    last = None
+    verbatim = False  # (a -M word is the remote side's)
+    for arg in args:
+        if arg == "--":
+            break
+        if arg in _AM_ROOT_WORDS and not verbatim:
+            last = arg
+        verbatim = arg in ("-M", "--remote-option")
+    return last
 
 
 def ordered_filter_rules(args: Sequence[str]) -> list[tuple[str, str]]:
@@ -87,6 +110,9 @@ def ordered_filter_rules(args: Sequence[str]) -> list[tuple[str, str]]:
             break
         if arg.startswith("--"):
             name, eq, value = arg.partition("=")
+            if name in _SKIP_VALUE_LONG and not eq:
+                i += 1
+                continue
             if name in _FILTER_LONG:
                 if not eq:
                     if i >= len(args):
@@ -254,6 +280,8 @@ def _cmd_options(f: Any) -> Any:
         click.option("--compare-dest", multiple=True, metavar="DIR", help="also compare destination files relative to DIR"),
         click.option("--copy-dest", multiple=True, metavar="DIR", help="... and include copies of unchanged files"),
         click.option("--numeric-ids", is_flag=True, default=False, help="don't map uid/gid values by user/group name"),
+        flag("--super/--no-super", "super_user", help="receiver attempts super-user activities"),
+        click.option("--fake-super", is_flag=True, default=False, help="store/recover privileged attrs using xattrs"),
         click.option("--chmod", multiple=True, metavar="CHMOD", help="affect file and/or directory permissions"),
         click.option("--chown", metavar="USER:GROUP", default=None, help="simple username/groupname mapping"),
         click.option("--usermap", metavar="STRING", default=None, help="custom username mapping"),
@@ -272,6 +300,8 @@ def _cmd_options(f: Any) -> Any:
         click.option("--write-mode", type=click.Choice(["auto", "direct", "splice", "buffered"]), default="auto", help="how a receiver on a raw TCP connection writes files: O_DIRECT, splice or buffered (auto: buffered)"),
         click.option("-e", "--rsh", metavar="COMMAND", default=None, help="specify the remote shell to use (e.g. 'ssh -p 2222')"),
         click.option("--zcsync-path", metavar="PROGRAM", default=None, help="specify the zcsync to run on the remote machine"),
+        click.option("-M", "--remote-option", "remote_options", multiple=True, metavar="OPT",
+                     help="send OPTION to the remote side only (local copy: to the receiving side)"),
         click.option("--rsync-path", metavar="PROGRAM", default=None,
                      help="rsync's name for --zcsync-path (a word rsync in it becomes zcsync)"),
         click.option("--ssh-accept-new", is_flag=True, default=False, help="trust an unknown host key and remember it (zcsync's own known_hosts)"),
@@ -327,6 +357,7 @@ def _build_command() -> click.Command:
 
         def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
             ctx.meta["zcsync.filters"] = ordered_filter_rules(args)
+            ctx.meta["zcsync.am_root"] = last_am_root_word(args)
             return super().parse_args(ctx, expand_short_negations(args))
 
         def main(self, *args: Any, **kwargs: Any) -> Any:
@@ -492,6 +523,12 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     values["compare_dest"] = tuple(values["compare_dest"])
     values["copy_dest"] = tuple(values["copy_dest"])
     values["chmod"] = tuple(values["chmod"])
+    values["remote_options"] = tuple(values["remote_options"])
+    if values["fake_super"] and values["super_user"] is not None:  # rsync: the last one given wins
+        if ctx.meta.get("zcsync.am_root") == "--fake-super":
+            values["super_user"] = None
+        else:
+            values["fake_super"] = False
     if values["acls"]:
         values["perms"] = True
     for key in ("timeout", "contimeout"):

@@ -105,9 +105,13 @@ DEFAULT_PROGRAM = "zcsync"  # the remote program without --zcsync-path (rsync ru
 
 
 def server_argv(role: str, opts: Options, paths: list[str], listen_timeout: int | None = None) -> list[str]:
-    """The arguments of the remote `zcsync --server` (role is the server's); --listen with a timeout."""
+    """The arguments of the remote `zcsync --server` (role is the server's); --listen with a timeout.
+    The -M/--remote-option words follow the options, for the server's own parser to judge."""
+    if "--" in opts.remote_options:
+        raise UsageError("-M/--remote-option cannot pass '--' (it would end the remote options)")
     listen = ["--listen", f"--listen-timeout={listen_timeout}"] if listen_timeout is not None else []
-    return ["--server", f"--{role}", *listen, f"--options={to_wire(opts)}", "--", *paths]
+    return ["--server", f"--{role}", *listen, f"--options={to_wire(opts, role)}", *opts.remote_options,
+            "--", *paths]
 
 
 def open_remote(endpoint: Endpoint, role: str, opts: Options, paths: list[str]) -> Stream:
@@ -116,6 +120,7 @@ def open_remote(endpoint: Endpoint, role: str, opts: Options, paths: list[str]) 
     if opts.transport not in (None, "tcp"):
         raise UsageError(f"Unknown --transport {opts.transport!r} (the one choice is tcp)")
     if endpoint.kind == "daemon":
+        refuse_remote_options(opts, endpoint)
         if opts.transport == "tcp":
             raise UsageError(f"--transport=tcp is for host:path (ssh) locations; {endpoint} is a zcsync "
                              "daemon, which is reached over raw TCP already")
@@ -123,6 +128,14 @@ def open_remote(endpoint: Endpoint, role: str, opts: Options, paths: list[str]) 
     if opts.transport == "tcp":
         return open_bootstrapped(endpoint, role, opts, paths)
     return open_stream(endpoint, server_argv(role, opts, paths), opts)
+
+
+def refuse_remote_options(opts: Options, endpoint: Endpoint) -> None:
+    """-M with a daemon: rsync sends the words to the daemon, which takes what its config
+    allows; a zcsync daemon's request has no place for them yet, so they are refused."""
+    if opts.remote_options:
+        raise UsageError(f"-M/--remote-option is not supported with a zcsync daemon ({endpoint}): "
+                         "its modules take no options for the server side")
 
 
 def open_bootstrapped(endpoint: Endpoint, role: str, opts: Options, paths: list[str]) -> Stream:
@@ -531,7 +544,7 @@ def open_daemon_stream(endpoint: Endpoint, opts: Options, role: str, paths: list
     stream, where = _connect(endpoint, opts)
     try:
         # Made while the daemon starts our session (it forks one before it greets us).
-        request = DaemonRequest(KIND_TRANSFER, endpoint.module, user, role, to_wire(opts),
+        request = DaemonRequest(KIND_TRANSFER, endpoint.module, user, role, to_wire(opts, role),
                                 tuple(os.fsencode(p or ".") for p in paths), auth.new_nonce())
         server_nonce = _read_greeting(stream, where)
         body = _send_request(stream, request)
@@ -569,6 +582,7 @@ def open_daemon_stream(endpoint: Endpoint, opts: Options, role: str, paths: list
 
 def list_modules(endpoint: Endpoint, opts: Options) -> list[tuple[str, str]]:
     """The daemon's listable modules as (name, comment), for ``zcsync host::``."""
+    refuse_remote_options(opts, endpoint)
     stream, where = _connect(endpoint, opts)
     try:
         _read_greeting(stream, where)

@@ -21,7 +21,7 @@ from .errors import FileIOError, FileProblem, FileSelectError, UsageError
 from .filters import FilterRules
 from .flist import ROOT, DirBatch, FileEntry, SourceArg, quote
 from .generator import Generator
-from .options import Options
+from .options import Options, am_root, side_options
 from .pathnames import escape, split
 from .sender import Sender
 from .stats import Event, Report
@@ -307,22 +307,26 @@ def _standin(opts: Options) -> DestTree:
     return tree
 
 
-def xattr_functions(opts: Options) -> tuple[Callable | None, Callable | None]:
-    """(read, apply) for -X/-A, or (None, None)."""
+def xattr_functions(opts: Options, receiving: bool = True) -> tuple[Callable | None, Callable | None]:
+    """(read, apply) for -X/-A, or (None, None). With --fake-super (rsync's am_root -1) a
+    receiver keeps other namespaces under user.rsync.NAME and reads only user.*; both
+    sides read user.rsync.NAME as NAME."""
     if not (opts.xattrs or opts.acls):
         return None, None
+    fake = opts.fake_super
+    user_only = True if fake and receiving else None
 
     def read(target):  # type: ignore[no-untyped-def]
-        return meta.read_xattrs(target, xattrs=opts.xattrs, acls=opts.acls)
+        return meta.read_xattrs(target, xattrs=opts.xattrs, acls=opts.acls, user_only=user_only, fake_super=fake)
 
     def apply(target, wanted):  # type: ignore[no-untyped-def]
-        return meta.apply_xattrs(target, wanted, xattrs=opts.xattrs, acls=opts.acls)
+        return meta.apply_xattrs(target, wanted, xattrs=opts.xattrs, acls=opts.acls, fake_super=fake)
     return read, apply
 
 
 def read_source_xattrs(opts: Options) -> Callable[[bytes], dict[bytes, bytes]] | None:
     """The sender's xattr reader: by path, never following a final symlink."""
-    read, _ = xattr_functions(opts)
+    read, _ = xattr_functions(opts, receiving=False)
     if read is None:
         return None
 
@@ -361,7 +365,7 @@ def make_receiver(dest: str, opts: Options, top: DirBatch, report: Report, filte
     tree, rename = open_destination(dest, top, opts)
     try:
         chmod = meta.ChmodRules.parse(opts.chmod) if opts.chmod else None
-        policy = AttrPolicy(opts, chmod, os.geteuid() == 0, meta.current_umask())
+        policy = AttrPolicy(opts, chmod, am_root(opts), meta.current_umask())
         xread, xapply = xattr_functions(opts)
         writer = Writer(opts, tree, policy, report, xattr_apply=xapply)
         basis_roots = _basis_roots(dest, opts)
@@ -387,6 +391,8 @@ def run_local(sources_text: list[str], dest: str, opts: Options,
     started = time.monotonic()
     if opts.files_from is not None and len(sources_text) != 1:
         raise UsageError("--files-from needs exactly one source directory")
+    # -M: as in rsync's local copy, the receiving side is the "remote" one that takes them.
+    receiving = side_options(opts, opts.remote_options)
     sources = source_args(sources_text, opts)
     filters = FilterRules.parse(opts.filter_rules, delete_excluded=opts.delete_excluded)
     report = Report(on_event=on_event)
@@ -397,7 +403,7 @@ def run_local(sources_text: list[str], dest: str, opts: Options,
     top = next(batches)
     if not top.entries:  # nothing to transfer: rsync does not even create DST
         return RunResult(report.exit_code, report, report.problems)
-    receiver = make_receiver(dest, opts, top, report, filters, io_error=lambda: sender.io_error,
+    receiver = make_receiver(dest, receiving, top, report, filters, io_error=lambda: sender.io_error,
                              source_digest=lambda e: e.digest if e.digest is not None else sender.digest(e),
                              remove_source=sender.remove if opts.remove_source_files else None)
     try:

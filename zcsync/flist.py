@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from . import fsscan
+from . import fsscan, meta
 from .errors import PARTIAL, VANISHED, FileProblem
 from .filters import FilterRules
 from .options import Options
@@ -173,8 +173,9 @@ class Scanner:
         # An operand that exists but must look missing (a daemon module's excluded name), as
         # rsync's is_daemon_excluded makes it: with --ignore-missing-args it is one.
         self.hidden: Callable[[bytes], bool] | None = None
-        # No xattrs: a regular file with one link needs no further checks.
-        self._plain = read_xattrs is None
+        # No xattrs: a regular file with one link needs no further checks (with --fake-super
+        # its user.rsync.%stat may say it stands for something else).
+        self._plain = read_xattrs is None and not options.fake_super
 
     # -- entry construction -------------------------------------------------
     def _lstat(self, path: bytes, top: bool = False, implied: bool = False) -> os.stat_result | None:
@@ -272,7 +273,13 @@ class Scanner:
             self.state.next_index = index + 1
             return FileEntry(index, name, mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid)
         link = None
-        if stat.S_ISLNK(mode) and (opts.copy_dirlinks or opts.copy_unsafe_links):
+        if opts.fake_super and (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            faked = self._faked(path, st)
+            if faked is None:
+                return None
+            st, link = faked
+            mode = st.st_mode
+        if stat.S_ISLNK(mode) and link is None and (opts.copy_dirlinks or opts.copy_unsafe_links):
             referent = self._referent(name, path)
             if referent is False:
                 return None
@@ -284,7 +291,7 @@ class Scanner:
                 self.state.notice(f"skipping non-regular file {quote(name)}")
                 return None
             try:
-                link = os.readlink(path)
+                link = os.readlink(path) if link is None else link
             except OSError as exc:
                 self.state.problem(path, f"readlink {quote(path)} failed: {exc.strerror} ({exc.errno})")
                 self.state.io_error = True
@@ -321,6 +328,60 @@ class Scanner:
                          st.st_mtime_ns, st.st_uid, st.st_gid,
                          st.st_rdev if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else 0,
                          link, hlink, xattrs)
+
+    def _faked(self, path: bytes, st: os.stat_result | Stat) -> tuple[os.stat_result | Stat, bytes | None] | None:
+        """--fake-super: what a regular file or directory stands for, as its user.rsync.%stat
+        records it (rsync's x_lstat), and for a symlink kept as a file, its target (the
+        file's contents). A corrupt or unreadable record is reported and the file is
+        sent as what it is (rsync stops the run, exit 11); None (reported): a symlink whose
+        target cannot be read, left out."""
+        try:
+            fake = meta.read_fake_stat(path)
+        except ValueError as exc:  # (its argument is the value)
+            self.state.problem(path, f"Corrupt {meta.FAKE_STAT.decode()} xattr attached to {quote(path)}: "
+                               f'"{escape(exc.args[0])}"')
+            self.state.io_error = True
+            return st, None
+        except OSError as exc:
+            self.state.problem(path, f"failed to read xattr {meta.FAKE_STAT.decode()} for {quote(path)}: "
+                               f"{exc.strerror} ({exc.errno})")
+            self.state.io_error = True
+            return st, None
+        if fake is None:
+            return st, None
+        if stat.S_ISDIR(fake.mode) != stat.S_ISDIR(st.st_mode):
+            self.state.problem(path, f"Corrupt {meta.FAKE_STAT.decode()} xattr attached to {quote(path)}: "
+                               "a directory and a file at once")
+            self.state.io_error = True
+            return st, None
+        size, link = st.st_size, None
+        if stat.S_ISLNK(fake.mode):
+            link = self._fake_link(path)
+            if link is None:
+                return None
+            size = len(link)
+        faked = Stat(fake.mode, size, st.st_mtime_ns, fake.uid, fake.gid, st.st_ino, st.st_dev, st.st_nlink,
+                     fake.rdev)
+        return faked, link
+
+    def _fake_link(self, path: bytes) -> bytes | None:
+        """The target of a symlink a --fake-super receiver kept as a regular file: its contents
+        (None, reported, if it cannot be read or is empty)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                target = os.read(fd, 4096)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.state.problem(path, f"readlink {quote(path)} failed: {exc.strerror} ({exc.errno})")
+            self.state.io_error = True
+            return None
+        if not target or b"\0" in target:
+            self.state.problem(path, f"readlink {quote(path)} failed: not a symlink's target")
+            self.state.io_error = True
+            return None
+        return target
 
     # -- walking ------------------------------------------------------------
     def _excluded(self, name: bytes, is_dir: bool, rules: FilterRules) -> bool:

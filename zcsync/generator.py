@@ -5,6 +5,7 @@ and asks the sender (through a Request) only for files whose data must move.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -13,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from . import commit, fastio, fsscan
+from . import commit, fastio, fsscan, meta
 from .attrs import AttrPolicy, Wanted, apply_fd, apply_name, type_letter
 from .commit import DestTree
 from .errors import MAX_DELETE, PARTIAL, FileProblem
@@ -80,7 +81,7 @@ class Generator:
         self._hl_lock = threading.Lock()
         # May an up-to-date file be recognised from its stat alone?
         self._quick = not (o.checksum or o.size_only or o.ignore_times or o.ignore_existing or o.xattrs or o.acls
-                           or (o.itemize and o.verbose > 1))
+                           or (o.itemize and o.verbose > 1) or self.policy.fake_super)
         # --link-dest / --compare-dest dirs, which rsync consults for existing files too, up to
         # date or not (_alt_exact): then no file is known to be done from its own stat.
         self._exact_roots = [(kind, fd) for kind, fd in self.basis_roots if kind != "copy"]
@@ -194,15 +195,56 @@ class Generator:
                 return None
             if row[0] < 0:
                 raise OSError(-row[0], os.strerror(-row[0]), name)
-            return Stat(*row)
-        if self._under_virtual(parent):
+            st: os.stat_result | Stat = Stat(*row)
+        elif self._under_virtual(parent):
             return None
+        else:
+            try:
+                st = self.tree.lstat(name)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return None
+                raise
+        if self.policy.fake_super and st is not None:
+            return self._faked(self.tree.dir_fd(parent), base, name, st)
+        return st
+
+    def _faked(self, pfd: int, base: bytes, name: bytes, st: os.stat_result | Stat) -> os.stat_result | Stat:
+        """--fake-super: a destination name as rsync's x_lstat sees it: a regular file or
+        directory as its user.rsync.%stat records it. A real device or special file is never
+        up to date (its device number reads as -1): it is made again as a fake one."""
+        mode = st.st_mode
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            try:
+                fake = meta.read_fake_stat((pfd, base))
+            except ValueError as exc:  # (its argument is the value) rewritten as any other difference
+                self._problem(name, f"Corrupt {meta.FAKE_STAT.decode()} xattr attached to {escape(name)!r}: "
+                              f'"{escape(exc.args[0])}"')
+                return st
+            if fake is None or stat.S_ISDIR(fake.mode) != stat.S_ISDIR(mode):
+                return st
+            return Stat(fake.mode, st.st_size, st.st_mtime_ns, fake.uid, fake.gid, st.st_ino, st.st_dev,
+                        st.st_nlink, fake.rdev)
+        if stat.S_ISLNK(mode):
+            return st  # (_readlink: a real one never matches)
+        return Stat(mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid, st.st_ino, st.st_dev, st.st_nlink, -1)
+
+    def _readlink(self, pfd: int, base: bytes) -> bytes | None:
+        """A destination symlink's target; with --fake-super, the contents of the regular file
+        that stands for it (None for a real symlink, which is then made again as a fake one,
+        as rsync's do_readlink has it)."""
+        if not self.policy.fake_super:
+            return os.readlink(base, dir_fd=pfd)
         try:
-            return self.tree.lstat(name)
+            fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pfd)
         except OSError as exc:
-            if exc.errno == errno.ENOENT:
+            if exc.errno == errno.ELOOP:
                 return None
             raise
+        try:
+            return os.read(fd, 4097)
+        finally:
+            os.close(fd)
 
     def _under_virtual(self, name: bytes) -> bool:
         while self._virtual_dirs and name != ROOT:
@@ -270,8 +312,8 @@ class Generator:
         if entry.is_dir:
             self.dir_fixes.append(_DirFix(name, want))
             return
-        if entry.is_reg:
-            fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        if entry.is_reg or self.policy.fake_super:  # (what stands for a link or device is a file)
+            fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pfd)
             try:
                 if xchange:
                     self.xattr_apply(fd, entry.xattrs)
@@ -352,7 +394,8 @@ class Generator:
             except OSError:
                 continue
             try:
-                return os.stat(base, dir_fd=pfd, follow_symlinks=False)
+                st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+                return self._faked(pfd, base, name, st) if self.policy.fake_super else st
             except OSError:
                 continue
             finally:
@@ -394,7 +437,7 @@ class Generator:
         if self.xattr_apply is not None and entry.xattrs is not None:
             self.xattr_apply(fd, entry.xattrs)
         # Writable for us until the end; the exact mode and times are set when it is complete.
-        apply_fd(fd, Wanted(want.perms | 0o700, want.uid, want.gid, None))
+        apply_fd(fd, dataclasses.replace(want, perms=want.perms | 0o700, mtime_ns=None))
         self.dir_fixes.append(_DirFix(name, want))
 
     # -- regular files --------------------------------------------------------
@@ -489,6 +532,8 @@ class Generator:
                     st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
                 except OSError:
                     continue
+                if self.policy.fake_super:
+                    st = self._faked(pfd, base, name, st)
                 if self._same_in(entry, pfd, base, st):
                     yield kind, pfd, st, self.policy.changes(entry, st, self.policy.wanted(entry, None)) == "...."
             finally:
@@ -557,7 +602,7 @@ class Generator:
         if stat.S_IFMT(st.st_mode) != stat.S_IFMT(entry.mode):
             return False
         if entry.is_link:
-            return os.readlink(base, dir_fd=pfd) == entry.link
+            return self._readlink(pfd, base) == entry.link
         if not entry.is_reg:
             return st.st_rdev == entry.rdev
         if st.st_size != entry.size:
@@ -630,7 +675,7 @@ class Generator:
         assert entry.link is not None
         parent, base = split(name)
         if st is not None and stat.S_ISLNK(st.st_mode):
-            current = os.readlink(base, dir_fd=self.tree.dir_fd(parent))
+            current = self._readlink(self.tree.dir_fd(parent), base)
             if current == entry.link:
                 self._attr_only(entry, name, st, ".L")
                 self._final(entry, name)
@@ -691,15 +736,30 @@ class Generator:
         parent, base = split(name)
         pfd = self.tree.dir_fd(parent)
         tmp = commit.temp_name(base)
-        make(pfd, tmp)
+        if self.policy.fake_super:  # as rsync's: a regular file holds the link's target, or nothing
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=pfd)
+        else:
+            fd = -1
+            make(pfd, tmp)
         try:
-            apply_name(pfd, tmp, self.policy.wanted(entry, None), is_link=entry.is_link)
+            want = self.policy.wanted(entry, None)
+            if fd >= 0:
+                view = memoryview(entry.link or b"")
+                while view:
+                    view = view[os.write(fd, view):]
+                apply_fd(fd, want)
+            else:
+                apply_name(pfd, tmp, want, is_link=entry.is_link)
             if st is not None and self.opts.backup:
                 self.backup(pfd, base, name)
             os.rename(tmp, base, src_dir_fd=pfd, dst_dir_fd=pfd)
         except BaseException:
             commit.unlink_quietly(pfd, tmp)
             raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
         self.tree.mark_dirty(parent)
 
     # -- backups --------------------------------------------------------------
@@ -778,6 +838,8 @@ class Generator:
             try:
                 fastio.copy_data(src, fd, st.st_size)
                 apply_fd(fd, Wanted(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns))
+                if self.policy.fake_super:  # what it stands for, too
+                    _copy_fake_stat(src, fd)
             except BaseException:
                 os.close(fd)
                 commit.unlink_quietly(target_fd, tmp)
@@ -1011,6 +1073,14 @@ class Generator:
             except OSError as exc:
                 self._problem(fix.name, f"Cannot set attributes of {escape(fix.name)!r}: {exc.strerror}")
         self.dir_fixes.clear()
+
+
+def _copy_fake_stat(src: int, dst: int) -> None:
+    try:
+        os.setxattr(dst, meta.FAKE_STAT, os.getxattr(src, meta.FAKE_STAT))
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
 
 
 def _read_beneath(dir_fd: int, name: bytes) -> bytes | None:

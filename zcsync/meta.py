@@ -12,6 +12,7 @@ import grp
 import logging
 import os
 import pwd
+import re
 import stat
 import threading
 import time
@@ -27,6 +28,8 @@ __all__ = [
     "ACL_ACCESS",
     "ACL_DEFAULT",
     "ChmodRules",
+    "FAKE_STAT",
+    "FakeStat",
     "apply_xattrs",
     "current_umask",
     "gid_by_name",
@@ -36,9 +39,11 @@ __all__ = [
     "mode_to_str",
     "parse_chown",
     "resolve_id",
+    "read_fake_stat",
     "read_xattrs",
     "uid_by_name",
     "uid_name",
+    "write_fake_stat",
 ]
 
 # --------------------------------------------------------------------------- umask
@@ -308,6 +313,10 @@ ACL_ACCESS = b"system.posix_acl_access"
 ACL_DEFAULT = b"system.posix_acl_default"
 # rsync keeps user.rsync.%* for --fake-super and reads them only with -XX.
 _RSYNC_RESERVED = b"user.rsync.%"
+# --fake-super: what a receiver may not set itself (owner, special bits, file type and
+# device number), as rsync records it; other namespaces' xattrs go under user.rsync.NAME.
+FAKE_STAT = b"user.rsync.%stat"
+_RSYNC_PREFIX = b"user.rsync."
 _NOTSUP = {errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
@@ -372,12 +381,14 @@ def _default_user_only(user_only: bool | None) -> bool:
 
 
 def read_xattrs(target: int | tuple[int, bytes], *, xattrs: bool, acls: bool,
-                user_only: bool | None = None) -> dict[bytes, bytes]:
+                user_only: bool | None = None, fake_super: bool = False) -> dict[bytes, bytes]:
     """Return the xattrs (and ACL xattrs) of `target` that rsync -X / -A would send.
 
     With `xattrs`: user.* (non-root) or every namespace but system.* (root), less
     rsync's own user.rsync.%*. With `acls`: system.posix_acl_access/_default, raw.
-    A filesystem without xattr support reads as empty. Symlinks are not followed.
+    With `fake_super`, user.rsync.NAME is read as NAME (how a --fake-super receiver
+    keeps other namespaces). A filesystem without xattr support reads as empty.
+    Symlinks are not followed.
     """
     if not (xattrs or acls):
         return {}
@@ -396,12 +407,15 @@ def read_xattrs(target: int | tuple[int, bytes], *, xattrs: bool, acls: bool,
         if not _managed(name, node.st.st_mode, xattrs=xattrs, acls=acls, user_only=only_user):
             continue
         try:
-            result[name] = node.get(name)
+            value = node.get(name)
         except OSError as exc:
             # Removed between list and get, or refused for this one name: not there.
             if exc.errno in (errno.ENODATA, *_NOTSUP):
                 continue
             raise
+        if fake_super and name.startswith(_RSYNC_PREFIX) and len(name) > len(_RSYNC_PREFIX):
+            name = name[len(_RSYNC_PREFIX):]  # sorted: it wins over a real one of that name
+        result[name] = value
     return result
 
 
@@ -412,24 +426,31 @@ def _xattr_error(exc: OSError, verb: str, name: bytes) -> OSError:
 
 
 def apply_xattrs(target: int | tuple[int, bytes], wanted: dict[bytes, bytes], *,
-                 xattrs: bool, acls: bool, user_only: bool | None = None) -> bool:
+                 xattrs: bool, acls: bool, user_only: bool | None = None, fake_super: bool = False) -> bool:
     """Make the managed xattrs of `target` equal `wanted`; return True if any changed.
 
     Names outside the namespaces we manage are ignored in `wanted` and left alone on
     the target (e.g. user.* on a symlink, trusted.* for non-root, a default ACL on a
     file). Set ACLs before the final chmod: the kernel derives mode bits from an
     access ACL, and a later chmod rewrites the ACL's owner/mask/other entries.
+    With `fake_super` (rsync's receiver): only user.* is managed, a wanted name of
+    another namespace is kept as user.rsync.NAME, and user.rsync.%stat stays.
     All changes are attempted; the first failure is raised afterwards as OSError.
     """
     if not (xattrs or acls):
         return False
     node = _Node(target)
-    only_user = _default_user_only(user_only)
+    only_user = True if fake_super else _default_user_only(user_only)
     kind = node.st.st_mode
 
     def ours(name: bytes) -> bool:
+        if fake_super and name == FAKE_STAT:
+            return False
         return _managed(name, kind, xattrs=xattrs, acls=acls, user_only=only_user)
 
+    if fake_super:
+        wanted = {(k if os.fsencode(k).startswith(b"user.") else _RSYNC_PREFIX + os.fsencode(k)): v
+                  for k, v in wanted.items()}
     want = {os.fsencode(k): v for k, v in wanted.items() if ours(os.fsencode(k))}
     try:
         have_names = [n for n in node.names() if ours(n)]
@@ -469,6 +490,78 @@ def apply_xattrs(target: int | tuple[int, bytes], wanted: dict[bytes, bytes], *,
     if first_error is not None:
         raise first_error
     return changed
+
+
+# --------------------------------------------------------------------------- --fake-super
+
+_FILE_TYPES = {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK}
+_FAKE_VALUE = re.compile(rb"\s*([0-7]+)\s+(\d+),(\d+)\s+(\d+):(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class FakeStat:
+    """What user.rsync.%stat holds: the full mode (file type included), the device number
+    and the owner, as rsync's "%o %u,%u %u:%u" (mode in octal, major,minor, uid:gid)."""
+
+    mode: int
+    rdev: int
+    uid: int
+    gid: int
+
+    def encode(self) -> bytes:
+        return b"%o %d,%d %d:%d" % (self.mode, os.major(self.rdev), os.minor(self.rdev), self.uid, self.gid)
+
+    @classmethod
+    def decode(cls, value: bytes) -> FakeStat:
+        """Parse a value as rsync's sscanf does; ValueError for one rsync calls corrupt."""
+        m = _FAKE_VALUE.match(value)
+        if m is None:
+            raise ValueError(value)
+        mode, major, minor, uid, gid = (int(g, 8 if i == 0 else 10) for i, g in enumerate(m.groups()))
+        if mode > 0o177777 or stat.S_IFMT(mode) not in _FILE_TYPES or max(uid, gid) > _MAX_ID \
+                or max(major, minor) > 0xFFFFFFFF:
+            raise ValueError(value)
+        return cls(mode, os.makedev(major, minor), uid, gid)
+
+
+def read_fake_stat(target: int | bytes | tuple[int, bytes]) -> FakeStat | None:
+    """The user.rsync.%stat of a regular file or directory (an fd, or a path or (dir_fd, name)
+    not followed), or None when it has none; ValueError for a corrupt value."""
+    if isinstance(target, int):
+        ref: int | bytes = target
+        kw: dict[str, bool] = {}
+    elif isinstance(target, bytes):
+        ref, kw = target, {"follow_symlinks": False}
+    else:
+        dir_fd, name = target
+        ref, kw = b"/proc/self/fd/%d/%s" % (dir_fd, os.fsencode(name)), {"follow_symlinks": False}
+    try:
+        value = os.getxattr(ref, FAKE_STAT, **kw)
+    except OSError as exc:
+        # none; no xattrs here; or a name that cannot have user.* ones (a symlink)
+        if exc.errno in (errno.ENODATA, errno.EPERM, *_NOTSUP):
+            return None
+        raise
+    return FakeStat.decode(value)
+
+
+def write_fake_stat(fd: int, want: FakeStat) -> None:
+    """rsync's set_stat_xattr on an open regular file or directory: record want where it
+    differs from what the file really is, and drop the record once nothing differs."""
+    st = os.fstat(fd)
+    real = FakeStat(stat.S_IFMT(st.st_mode) | stat.S_IMODE(st.st_mode),
+                    st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0,
+                    st.st_uid, st.st_gid)
+    try:
+        current = read_fake_stat(fd)
+    except ValueError:
+        current = None  # rewritten below (it cannot equal want)
+        os.removexattr(fd, FAKE_STAT)
+    if real == want:
+        if current is not None:
+            os.removexattr(fd, FAKE_STAT)
+    elif current != want:
+        os.setxattr(fd, FAKE_STAT, want.encode())
 
 
 # --------------------------------------------------------------------------- --list-only

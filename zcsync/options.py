@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import UsageError
+from .units import parse_size
 
 MAX_BLOCK_SIZE = 1 << 17  # rsync's MAX_BLOCK_SIZE (protocol >= 30)
 
@@ -86,6 +89,11 @@ class Options:
     compare_dest: tuple[str, ...] = ()
     copy_dest: tuple[str, ...] = ()
     numeric_ids: bool = False
+    # rsync's am_root on the receiver: --fake-super keeps owners, special modes and device
+    # numbers in the user.rsync.%stat xattr (and reads them back when sending); --super
+    # (True) acts as root even when not, --no-super (False) does not even as root.
+    fake_super: bool = False
+    super_user: bool | None = None
     chmod: tuple[str, ...] = ()
     chown: str | None = None
     usermap: str | None = None  # rsync's FROM:TO,... (receiver side); implies owner
@@ -124,6 +132,9 @@ class Options:
     contimeout: int | None = None
     ip_version: int | None = None  # -4 / -6: the address family of the sockets we open (and ssh's)
     address: str | None = None  # --address: the local address a daemon connection binds to
+    # -M/--remote-option: words for the remote side's command line alone (in a local copy,
+    # for the receiving side), parsed there by side_options()
+    remote_options: tuple[str, ...] = ()
 
     def replace(self, **changes: object) -> Options:
         """Return a copy with some fields changed (and validated)."""
@@ -178,6 +189,12 @@ class Options:
             raise UsageError(f"--write-mode must be auto, direct, splice or buffered, not {self.write_mode!r}")
         if self.bwlimit is not None and self.bwlimit < 0:
             raise UsageError("--bwlimit must not be negative")
+        if self.fake_super and self.super_user is not None:
+            raise UsageError("--fake-super cannot be used with --super or --no-super (the last one given wins "
+                             "on the command line)")
+        if self.fake_super and self.acls:
+            raise UsageError("--fake-super with -A/--acls is not supported (rsync keeps ACLs in the "
+                             "user.rsync.%aacl and %dacl xattrs)")
         if sum(map(bool, (self.compare_dest, self.copy_dest, self.link_dest))) > 1:
             raise UsageError("You may not mix --compare-dest, --copy-dest, and --link-dest")
 
@@ -185,7 +202,8 @@ class Options:
 # What only the client acts on: never sent to the server, never accepted from a client.
 CLIENT_ONLY = frozenset({"rsh", "zcsync_path", "ssh_accept_new", "contimeout", "log_file", "log_file_format", "json",
                          "stats", "list_only", "files_from", "quiet", "progress", "progress_always",
-                         "out_format", "port", "password_file", "transport", "ip_version", "address", "stop_at"})
+                         "out_format", "port", "password_file", "transport", "ip_version", "address", "stop_at",
+                         "remote_options", "fake_super"})
 MAX_WIRE_OPTIONS = 64 * 1024
 
 
@@ -200,9 +218,14 @@ def _field_types() -> dict[str, frozenset[type]]:
     return out
 
 
-def to_wire(opts: Options) -> str:
-    """The options the server needs, as JSON of the fields that differ from the defaults."""
+def to_wire(opts: Options, role: str | None = None) -> str:
+    """The options the server needs, as JSON of the fields that differ from the defaults.
+
+    role is the server's: as rsync's server_options, --super goes to a receiving server
+    only (and --no-super to none); --fake-super is the client's own (-M gives it the
+    server, see side_options)."""
     import json
+    opts = opts.replace(super_user=True if opts.super_user and role == "receiver" else None)
     default = Options()
     changed = {f.name: getattr(opts, f.name) for f in dataclasses.fields(Options)
                if f.name not in CLIENT_ONLY and getattr(opts, f.name) != getattr(default, f.name)}
@@ -267,7 +290,67 @@ def from_mapping(values: dict[str, object]) -> Options:
     if unknown:
         raise UsageError(f"Unknown option(s): {', '.join(sorted(unknown))}")
     clean = {k: v for k, v in values.items() if v is not None}
-    for key in ("filter_rules", "link_dest", "compare_dest", "copy_dest", "chmod"):
+    for key in ("filter_rules", "link_dest", "compare_dest", "copy_dest", "chmod", "remote_options"):
         if key in clean and isinstance(clean[key], (list, str)):
             clean[key] = tuple([clean[key]] if isinstance(clean[key], str) else clean[key])
     return Options(**clean)  # type: ignore[arg-type]
+
+
+# -- one side's own options (-M/--remote-option) -----------------------------------------
+#
+# What -M may give the remote side (in a local copy, the receiving side) on top of the
+# options both sides share: what that side does alone, never what both must agree on.
+_SIDE_FLAGS: dict[str, dict[str, object]] = {
+    "--fsync": {"fsync": True}, "--no-fsync": {"fsync": False},
+    "--open-noatime": {"open_noatime": True}, "--preallocate": {"preallocate": True},
+    # rsync's am_root: the last of them wins
+    "--fake-super": {"fake_super": True, "super_user": None},
+    "--super": {"fake_super": False, "super_user": True},
+    "--no-super": {"fake_super": False, "super_user": False},
+}
+
+
+def _rate(text: str) -> int:
+    try:
+        return parse_size(text, default_unit="k")
+    except ValueError as exc:
+        raise UsageError(f"--bwlimit={text}: {exc}") from None
+
+
+_SIDE_VALUES: dict[str, tuple[str, Callable[[str], object]]] = {
+    "--write-mode": ("write_mode", str), "--bwlimit": ("bwlimit", _rate), "--temp-dir": ("temp_dir", str),
+}
+SIDE_OPTION_NAMES = (*_SIDE_FLAGS, *(f"{name}=..." for name in _SIDE_VALUES))
+
+
+def side_options(opts: Options, words: Sequence[str]) -> Options:
+    """opts with the options one side was given alone (rsync's -M words, "--name",
+    "--name=VALUE" or "--name" "VALUE"); UsageError for an option that side does not take."""
+    changes: dict[str, object] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        name, eq, value = word.partition("=")
+        if name in _SIDE_FLAGS and not eq:
+            changes.update(_SIDE_FLAGS[name])
+            continue
+        if name in _SIDE_VALUES and word.startswith("--"):
+            if not eq:
+                if i == len(words):
+                    raise UsageError(f"{name}: missing argument")
+                value = words[i]
+                i += 1
+            field, convert = _SIDE_VALUES[name]
+            changes[field] = convert(value)
+            continue
+        raise UsageError(f"{word}: unknown option (one side takes alone: {', '.join(SIDE_OPTION_NAMES)})")
+    return opts.replace(**changes) if changes else opts
+
+
+def am_root(opts: Options) -> int:
+    """rsync's am_root for the side these options are: -1 with --fake-super, else 1 when it
+    acts as root (running as root, or --super) and 0 when not (or --no-super)."""
+    if opts.fake_super:
+        return -1
+    return int(opts.super_user if opts.super_user is not None else os.geteuid() == 0)

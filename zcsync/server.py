@@ -1,8 +1,10 @@
 """`zcsync --server`: the remote end, started by the client over ssh (or -e) on stdin/stdout.
 
 The client builds the arguments: ``--server --sender|--receiver [--listen
-[--listen-timeout=SECONDS]] --options=JSON [--restrict-to=DIR] -- PATH...``. Nothing
-else is accepted; the server only does what the protocol messages name. For an
+[--listen-timeout=SECONDS]] --options=JSON [--restrict-to=DIR] [OPTION...] -- PATH...``,
+where the OPTIONs are the client's -M/--remote-option words, which change the JSON
+options for this side alone (options.side_options says which it takes). Nothing else is
+accepted; the server only does what the protocol messages name. For an
 authorized_keys ``command=`` line, run ``zcsync --server --restrict-to=DIR`` there (the
 client's own arguments then come from SSH_ORIGINAL_COMMAND; see client_command): the
 requested paths must then lie in DIR, and so must a --files-from file the client names
@@ -31,7 +33,7 @@ from . import bootstrap, compress, errors
 from .engine import glob_sources, read_list_file, read_source_xattrs, source_args
 from .errors import FileProblem, StreamError, UsageError, ZcsyncError
 from .filters import FilterRules
-from .options import Options, from_wire
+from .options import Options, from_wire, side_options
 from .pathnames import escape
 from .protocol import ACCEPTS, Connection, Goodbye, Log, handshake
 from .remote import (
@@ -71,6 +73,7 @@ def parse_server_command(argv: list[str]) -> ServerArgs:
     restrict = None
     listen = False
     listen_timeout = None
+    side: list[str] = []  # the client's -M words: options for this side alone
     args = list(argv)
     if not args or args[0] != "--server":
         raise UsageError("not a --server command line")
@@ -92,7 +95,8 @@ def parse_server_command(argv: list[str]) -> ServerArgs:
                 raise UsageError(f"bad --listen-timeout {value!r} (1..{bootstrap.MAX_ACCEPT_TIMEOUT} seconds)")
             listen_timeout = int(value)
         else:
-            raise UsageError(f"unknown server argument {arg!r}")
+            side.append(arg)
+    _side_options(Options(), side)  # an unknown word is named before what else is missing
     if not args:
         raise UsageError("server arguments end without '--' and paths")
     paths = args[1:]
@@ -100,8 +104,16 @@ def parse_server_command(argv: list[str]) -> ServerArgs:
         raise UsageError("server needs --sender or --receiver, --options and at least one path")
     if listen_timeout is not None and not listen:
         raise UsageError("--listen-timeout needs --listen")
-    return ServerArgs(role, from_wire(wire), restrict, tuple(paths), listen,
+    return ServerArgs(role, _side_options(from_wire(wire), side), restrict, tuple(paths), listen,
                       listen_timeout or bootstrap.DEFAULT_ACCEPT_TIMEOUT)
+
+
+def _side_options(opts: Options, words: list[str]) -> Options:
+    """The client's -M words applied; a refusal worded as rsync's, for the client to show."""
+    try:
+        return side_options(opts, words)
+    except UsageError as exc:
+        raise UsageError(f"on remote machine: {exc.message}") from None
 
 
 def parse_server_args(argv: list[str]) -> tuple[str, Options, str | None, list[str]]:

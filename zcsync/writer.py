@@ -210,7 +210,8 @@ class Writer:
                 and getattr(source, "data", None) is not None
                 and not (opts.inplace or opts.delay_updates or opts.sparse) and req.partial is None
                 and (req.existing is None or self.backup is None)
-                and (self.xattr_apply is None or req.entry.xattrs is None))
+                and (self.xattr_apply is None or req.entry.xattrs is None)
+                and not self.policy.fake_super)  # (the C commit would chown, not record)
 
     def _commit_bytes(self, req: Request, data: bytes, pfd: int, parent: bytes, base: bytes) -> bool:
         """The commit protocol of _write_in in one C call that releases the GIL (zcsync/_commit.c),

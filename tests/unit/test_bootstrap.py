@@ -131,6 +131,8 @@ def test_listen_arguments():
     assert parse_server_command(_argv()).listen is False
     # the old 4-tuple still reads the same
     assert parse_server_args(_argv("--listen"))[0] == "receiver"
+    # -M words (--transport=tcp puts them after the options too) apply here as without --listen
+    assert parse_server_command(_argv("--listen", "--no-fsync")).options.fsync is False
 
 
 @pytest.mark.parametrize("extra", [
@@ -333,4 +335,4 @@ def test_bad_arguments_in_listen_mode(tmp_path: Path, loopback_ssh, caplog):
     assert server.code == 1
     assert os.read(server.client_r, 100) == b""  # no line: the channel just closes
     server.finish()
-    assert "unknown server argument" in caplog.text
+    assert "on remote machine: --bogus: unknown option" in caplog.text

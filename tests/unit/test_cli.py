@@ -271,3 +271,26 @@ def test_stop_after_sets_the_limit_in_minutes():
     assert before + 300 - 1 <= stop_time("5", None) <= time.time() + 300
     at = stop_time("5", "T" + time.strftime("%H:%M", time.localtime(before + 120)))  # both: the earlier
     assert at < before + 180
+
+
+def test_remote_option_words_kept_as_written():
+    """-M's word is the remote side's: not a filter rule here, not expanded as --no-X."""
+    o = parse("-M--exclude=x", "-M", "--no-D", "--remote-option", "--include=y", "--remote-option=-f")
+    assert o.remote_options == ("--exclude=x", "--no-D", "--include=y", "-f")
+    assert o.filter_rules == () and o.devices is False
+
+
+@pytest.mark.parametrize(("args", "fake", "super_user"), [
+    (["--fake-super"], True, None), (["--super"], False, True), (["--no-super"], False, False),
+    (["--super", "--fake-super"], True, None), (["--fake-super", "--no-super"], False, False),
+    (["--fake-super", "-M--super"], True, None),  # (the -M word is the remote side's)
+])
+def test_super_and_fake_super_the_last_one_wins(args, fake, super_user):
+    """rsync's am_root: --super, --no-super and --fake-super set one value; the last wins."""
+    o = parse(*args)
+    assert (o.fake_super, o.super_user) == (fake, super_user)
+
+
+def test_fake_super_refuses_acls():
+    with pytest.raises(click.UsageError, match="--fake-super with -A/--acls is not supported"):
+        parse("-aA", "--fake-super")

@@ -705,3 +705,75 @@ def test_list_line_examples(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+# --------------------------------------------------------------------------- --fake-super
+
+@pytest.mark.parametrize(("value", "want"), [
+    (b"100644 0,0 1234:5678", meta.FakeStat(0o100644, 0, 1234, 5678)),
+    (b"20620 4,0 0:5", meta.FakeStat(0o20620, os.makedev(4, 0), 0, 5)),
+    (b"60640 259,65536 7:8", meta.FakeStat(0o60640, os.makedev(259, 65536), 7, 8)),
+    (b"  42770 0,0 1:2 and more", meta.FakeStat(0o42770, 0, 1, 2)),  # sscanf's leniency
+])
+def test_fake_stat_values_as_rsync_writes_them(value, want):
+    assert meta.FakeStat.decode(value) == want
+    assert meta.FakeStat.decode(want.encode()) == want
+    assert want.encode() == b" ".join(value.split()[:3])
+
+
+@pytest.mark.parametrize("value", [b"", b"rubbish", b"644 0,0 0:0", b"100644 0 0:0", b"100644 0,0 0",
+                                   b"9100644 0,0 0:0", b"100644 0,0 4294967295:0"])
+def test_corrupt_fake_stat_values(value):
+    with pytest.raises(ValueError):
+        meta.FakeStat.decode(value)
+
+
+def test_write_fake_stat_records_only_what_differs(xdir: pathlib.Path) -> None:
+    """rsync's set_stat_xattr: a record where the file is not what it stands for, none where it is."""
+    path = xdir / "f"
+    path.write_bytes(b"")
+    os.chmod(path, 0o644)
+    st = os.stat(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        same = meta.FakeStat(stat.S_IFREG | 0o644, 0, st.st_uid, st.st_gid)
+        meta.write_fake_stat(fd, same)
+        assert meta.read_fake_stat(fd) is None
+        device = meta.FakeStat(stat.S_IFCHR | 0o600, os.makedev(1, 3), 0, 0)
+        meta.write_fake_stat(fd, device)
+        assert os.getxattr(path, meta.FAKE_STAT) == b"20600 1,3 0:0"
+        dfd = _dfd(xdir)
+        try:
+            assert meta.read_fake_stat((dfd, b"f")) == device
+        finally:
+            os.close(dfd)
+        meta.write_fake_stat(fd, same)  # matches again: the record goes
+        assert meta.read_fake_stat(fd) is None
+        os.setxattr(path, meta.FAKE_STAT, b"rubbish")
+        with pytest.raises(ValueError):
+            meta.read_fake_stat(fd)
+        meta.write_fake_stat(fd, device)  # a corrupt record is replaced
+        assert meta.read_fake_stat(fd) == device
+    finally:
+        os.close(fd)
+
+
+@needs_root
+def test_fake_super_xattrs_keep_other_namespaces_under_user_rsync(xdir: pathlib.Path) -> None:
+    """As rsync's --fake-super receiver: trusted.* goes under user.rsync.trusted.*, the %stat
+    record stays, and a fake-super reader gives the names back as they were sent."""
+    path = xdir / "f"
+    path.write_bytes(b"")
+    os.setxattr(path, meta.FAKE_STAT, b"100600 0,0 5:5")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        wanted = {b"user.a": b"1", b"trusted.t": b"2"}
+        assert meta.apply_xattrs(fd, wanted, xattrs=True, acls=False, fake_super=True)
+        names = sorted(os.fsencode(n) for n in os.listxattr(path))
+        assert names == [b"user.a", b"user.rsync.%stat", b"user.rsync.trusted.t"]
+        assert meta.read_xattrs(fd, xattrs=True, acls=False, user_only=True, fake_super=True) == wanted
+        assert meta.read_xattrs(fd, xattrs=True, acls=False, user_only=True) == {
+            b"user.a": b"1", b"user.rsync.trusted.t": b"2"}
+        assert not meta.apply_xattrs(fd, wanted, xattrs=True, acls=False, fake_super=True)
+    finally:
+        os.close(fd)

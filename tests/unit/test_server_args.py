@@ -130,3 +130,57 @@ def test_the_client_cannot_widen_what_the_host_imposes(tmp_path, environ):
     for asked, path in (("/", "/etc"), (str(tmp_path.parent), str(tmp_path.parent)), (str(inner), str(tmp_path))):
         with pytest.raises(UsageError, match="outside"):
             job("--receiver", f"--restrict-to={asked}", f"--options={wire}", "--", path)
+
+
+def test_remote_option_words_change_this_sides_options():
+    """-M words after --options: the server's own parser applies them on top of the JSON."""
+    opts = Options(recursive=True, write_mode="buffered")
+    role, got, _, paths = parse_server_args(
+        ["--server", "--receiver", f"--options={to_wire(opts)}", "--no-fsync", "--write-mode", "direct",
+         "--bwlimit=2M", "--", "dst/"])
+    assert got == opts.replace(fsync=False, write_mode="direct", bwlimit=2 << 20)
+    assert (role, paths) == ("receiver", ["dst/"])
+
+
+@pytest.mark.parametrize(("words", "message"), [
+    (["--bogus"], "on remote machine: --bogus: unknown option"),
+    (["--delete"], "--delete: unknown option"),  # both sides must know that one
+    (["--temp-dir"], "--temp-dir: missing argument"),
+    (["--write-mode=fast"], "--write-mode must be auto, direct, splice or buffered"),
+    (["--no-fsync=1"], "--no-fsync=1: unknown option"),
+])
+def test_remote_option_words_refused(words, message):
+    with pytest.raises(UsageError, match=message):
+        parse_server_args(["--server", "--sender", "--options={}", *words, "--", "src/"])
+
+
+def test_server_argv_carries_remote_options_before_the_paths():
+    from zcsync.connect import server_argv
+    opts = Options(remote_options=("--fake-super", "--temp-dir", "/t"))
+    argv = server_argv("receiver", opts, ["dst/"])
+    assert argv == ["--server", "--receiver", "--options={}", "--fake-super", "--temp-dir", "/t", "--", "dst/"]
+    assert to_wire(opts) == "{}"  # never in the JSON: they are the remote side's own words
+    with pytest.raises(UsageError, match="cannot pass '--'"):
+        server_argv("receiver", Options(remote_options=("--",)), ["dst/"])
+
+
+def test_super_goes_to_a_receiving_server_and_fake_super_to_none():
+    """As rsync's server_options: --super for a receiving server only, --no-super never, and
+    --fake-super is the side's own (-M --fake-super gives it the server)."""
+    from zcsync.connect import server_argv
+    import json
+    def wire(opts, role):
+        return json.loads(server_argv(role, opts, ["p"])[2][len("--options="):])
+    assert wire(Options(super_user=True), "receiver") == {"super_user": True}
+    assert wire(Options(super_user=True), "sender") == {}
+    assert wire(Options(super_user=False), "receiver") == {}
+    assert wire(Options(fake_super=True), "receiver") == {}
+    with pytest.raises(UsageError):
+        from_wire('{"fake_super": true}')
+    got = parse_server_args(["--server", "--receiver", "--options={}", "--fake-super", "--", "d"])[1]
+    assert (got.fake_super, got.super_user) == (True, None)
+    got = parse_server_args(["--server", "--sender", "--options={}", "--fake-super", "--super", "--", "d"])[1]
+    assert (got.fake_super, got.super_user) == (False, True)
+    with pytest.raises(UsageError, match="on remote machine: --fake-super with -A/--acls"):
+        parse_server_args(["--server", "--receiver", f"--options={to_wire(Options(acls=True))}",
+                           "--fake-super", "--", "d"])
