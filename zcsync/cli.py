@@ -12,11 +12,15 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from . import __version__, errors
+from . import __version__, errors, info
 from .errors import ZcsyncError
 from .filters import FilterRules
+from .info import HELP as INFO_HELP
+from .info import user_levels as info_levels
+from .info import wants_help as info_help
 from .options import MAX_BLOCK_SIZE, Options, from_mapping
 from .stats import (
+    DELETING,
     EXIT_TEXT,
     Event,
     Hooks,
@@ -313,7 +317,7 @@ def _cmd_options(f: Any) -> Any:
         click.option("--bwlimit", metavar="RATE", default=None, callback=_rate, help="limit I/O bandwidth, local copies too (KiB/s; rsync's units)"),
         click.option("--progress", "progress_flag", is_flag=True, default=False, help="show progress during transfer"),
         click.option("-P", "partial_progress", is_flag=True, default=False, help="same as --partial --progress"),
-        click.option("--info", metavar="FLAGS", default=None, help="fine-grained informational verbosity (progress2 supported)"),
+        click.option("--info", metavar="FLAGS", multiple=True, help="fine-grained informational verbosity"),
         click.option("--progress-always", is_flag=True, default=False, help="draw progress even when stderr is not a terminal"),
         click.option("--out-format", metavar="FORMAT", default=None, help="output updates using the specified FORMAT"),
         click.option("--json", "json_", is_flag=True, default=False, help="print one JSON document with the result on stdout"),
@@ -383,6 +387,9 @@ def _build_command() -> click.Command:
         """zcsync [OPTION]... SRC [SRC]... DEST  -- fast, safe file tree replication (rsync syntax)."""
         if kw.pop("version"):
             click.echo(f"zcsync version {__version__}  (rsync-compatible command line)")
+            sys.exit(0)
+        if info_help(kw["info"]):  # rsync prints its table of --info words and stops
+            click.echo(INFO_HELP, nl=False)
             sys.exit(0)
         if not paths:  # rsync: -h alone asks for the help; nothing at all is a usage error
             click.echo(ctx.get_help())
@@ -507,15 +514,15 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     if partial_progress:
         values["partial"] = True
     progress = "file" if progress_flag or partial_progress else None
-    for word in (info or "").split(","):
-        if word in ("progress2",):
-            progress = "total"
-        elif word in ("progress1", "progress"):
-            progress = "file"
-        elif word in ("progress0", "none", ""):
-            progress = None if word else progress
-        else:
-            raise click.UsageError(f"--info={word} is not supported (progress, progress1, progress2, progress0)")
+    if info_help(tuple(info)):  # (the command line prints the table before it gets here)
+        raise click.UsageError("--info=help lists the --info words; it is for the command line")
+    try:
+        values["info"] = info_words = info_levels(tuple(info))
+    except ZcsyncError as exc:
+        raise click.UsageError(exc.message) from None
+    shown = dict(info_words).get("PROGRESS")
+    if shown is not None:
+        progress = None if shown == 0 else "file" if shown == 1 else "total"
     values["progress"] = progress
     if kw.get("itemize", 0) > 1:
         values["verbose"] = max(values["verbose"], 2)
@@ -545,24 +552,27 @@ class _Display:
     lines, or --out-format lines, with rsync's rules for which items get one."""
 
     def __init__(self, opts: Options, out: TextIO, op: str, progress: Progress | None) -> None:
+        shown = info.levels(opts)
         self.format = stdout_format(opts)
         self.out = out
         self.op = op
         self.progress = progress
+        # Deletions get a line with a format, or with --info=del (rsync's log_delete).
+        self.deletions = self.format is not None or shown["DEL"] > 0
         # With --json stdout carries the JSON document only.
-        self.enabled = self.format is not None and not opts.quiet and not opts.json
-        # "created directory X" and the like: with -v, or a format with %i (rsync).
-        self.notes = bool(opts.verbose or (self.format is not None and self.format.has_i))
+        self.enabled = self.deletions and not opts.quiet and not opts.json
+        # "created directory X" and the like: with names shown, or a format with %i (rsync).
+        self.notes = bool(shown["NAME"] or (self.format is not None and self.format.has_i))
 
     def line(self, event: Event) -> str | None:
         """The stdout line for event, or None if rsync would not name it."""
         fmt = self.format
+        if event.is_deletion and event.itemize:
+            return (fmt.deletion_format() if fmt is not None else DELETING).render(event, self.op)
         if fmt is None:
             return None
         if not event.itemize:
             return event.name if self.notes else None
-        if event.is_deletion:
-            return fmt.deletion_format().render(event, self.op)
         return fmt.render(event, self.op) if fmt.wants(event) else None
 
     def write(self, text: str) -> None:
@@ -611,7 +621,7 @@ class _RunLogHandler(logging.Handler):
 def _setup_logging(opts: Options, progress: Progress | None) -> list[logging.Handler]:
     stream = _StderrHandler(progress)
     stream.setFormatter(logging.Formatter("zcsync: %(message)s"))
-    stream.setLevel(logging.ERROR if opts.quiet else (logging.INFO if opts.verbose else logging.WARNING))
+    stream.setLevel(logging.ERROR if opts.quiet else (logging.INFO if info.level(opts, "MISC") else logging.WARNING))
     root = logging.getLogger("zcsync")
     root.setLevel(logging.INFO)
     root.propagate = False
@@ -646,6 +656,7 @@ def run_cli(paths: list[str], opts: Options) -> int:
     out = sys.stdout
     started = time.monotonic()
     display = _Display(opts, out, op, progress)
+    shown = info.levels(opts)
     items: list[Event] = []
     collect = opts.json and bool(opts.itemize or opts.verbose or opts.out_format)
 
@@ -667,7 +678,7 @@ def run_cli(paths: list[str], opts: Options) -> int:
     fatal: ZcsyncError | None = None
     try:
         try:
-            if opts.verbose and not opts.quiet and not opts.json and transfer:
+            if shown["FLIST"] and not opts.quiet and not opts.json and transfer:
                 display.write("receiving incremental file list" if op == "recv"
                               else "sending incremental file list")
             try:
@@ -735,7 +746,8 @@ def _summary(report: Report, opts: Options, elapsed: float) -> None:
         return text if text[-1:].isalpha() else (f"{r:,.2f}" if level else f"{r:.2f}")
     sent = s.bytes_sent or s.literal_bytes + s.flist_size
     received = s.bytes_received
-    if opts.stats:
+    shown = info.level(opts, "STATS")
+    if shown > 1:
         def kinds(counts: dict[str, int]) -> str:
             """rsync's " (reg: N, dir: N, ...)": the kinds that occur, none if none does."""
             parts = [f"{k}: {_num(counts[k])}" for k in ("reg", "dir", "link", "dev", "special") if counts.get(k)]
@@ -753,7 +765,7 @@ def _summary(report: Report, opts: Options, elapsed: float) -> None:
         out.write(f"File list size: {size(s.flist_size)}\n")
         out.write(f"Total bytes sent: {size(sent)}\n")
         out.write(f"Total bytes received: {size(received)}\n")
-    if opts.verbose or opts.stats:
+    if shown:
         per_s = (sent + received) / elapsed if elapsed > 0 else 0.0
         speedup = s.total_size / (sent + received) if sent + received else 0.0
         out.write(f"\nsent {size(sent)} bytes  received {size(received)} bytes  {rate(per_s)} bytes/sec\n")

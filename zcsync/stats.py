@@ -291,7 +291,7 @@ class LineFormat:
 
     def deletion_format(self) -> LineFormat:
         """rsync names a deletion with this format only if it has %o or %i, else "deleting %n"."""
-        return self if self.has_o_or_i else _DELETING
+        return self if self.has_o_or_i else DELETING
 
     def render(self, event: Event, op: str) -> str:
         """The line for event; op is "send" or "recv" (what this side did with file data)."""
@@ -341,14 +341,16 @@ def _pad(value: str, left: str, width: str) -> str:
     return value + fill if left else fill + value
 
 
-_DELETING = LineFormat("deleting %n")
+DELETING = LineFormat("deleting %n")
 ITEMIZE_FORMAT = "%i %n%L"  # -i, and rsync's default --log-file-format
 VERBOSE_FORMAT = "%n%L"
 
 
 def stdout_format(opts: Options) -> LineFormat | None:
-    """The format of the lines rsync would print on stdout: --out-format, else -i's, else -v's."""
-    fmt = opts.out_format or (ITEMIZE_FORMAT if opts.itemize else VERBOSE_FORMAT if opts.verbose else None)
+    """The format of the lines rsync would print on stdout: --out-format, else -i's, else the
+    names' (-v, --info=name)."""
+    from .info import level
+    fmt = opts.out_format or (ITEMIZE_FORMAT if opts.itemize else VERBOSE_FORMAT if level(opts, "NAME") else None)
     return LineFormat(fmt) if fmt else None
 
 

@@ -420,3 +420,53 @@ def test_one_operand_listing_matches_rsync_line_for_line(tmp_path, args):
     zc = run_zcsync([*args, "src/"], cwd=tmp_path)
     assert zc.returncode == 0, zc.stderr
     assert zc.stdout.splitlines() == rs.stdout.splitlines() and len(rs.stdout.splitlines()) > 3
+
+
+# -- --info=FLAGS --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra", [
+    ["-v", "--info=name0"],  # the closing lines, no names
+    ["--info=name1"],  # names without -v (deletions too), no closing lines
+    ["-v", "--info=flist0"],
+    ["-v", "--info=stats0"],
+    ["--info=stats1"],
+    ["--info=del1"],  # "deleting X" alone
+    ["-v", "--info=del0"],  # still named: -v's format names deletions
+    ["-v", "--info=NONE"],
+    ["-v", "--info=ALL0,name"],
+    ["--info=NAME,flist", "--info=name0"],  # the later word wins
+    ["-i", "--info=misc0,SKIP2"],
+], ids=lambda words: " ".join(words))
+def test_info_flags_like_rsync(tmp_path, extra):
+    """--info=FLAGS decides, as in rsync, which of the names, deletions, the file-list line and
+    the closing lines a run prints on stdout, on top of (or instead of) -v."""
+    rs, zc = differential(tmp_path, ["-a", "--delete", *extra], seed=41, mutate=True,
+                          tree_kwargs={"hardlinks": False})
+    want, got = output_lines(rs.stdout), output_lines(zc.stdout)
+    assert want == got, f"only rsync: {sorted(set(want) - set(got))}\nonly zcsync: {sorted(set(got) - set(want))}"
+    closing = any(line.startswith("sent ") for line in rs.stdout.splitlines())
+    assert closing == any(line.startswith("sent ") for line in zc.stdout.splitlines())
+
+
+def test_info_stats2_is_the_stats_block_like_rsync(tmp_path):
+    rs, zc = differential(tmp_path, ["-a", "--info=stats2"], seed=42, tree_kwargs={"hardlinks": False})
+    wanted = ("Number of files", "Number of created files", "Total file size", "Literal data")
+    def lines(out: str) -> list[str]:
+        return [line for line in out.splitlines() if line.startswith(wanted)]
+    assert lines(zc.stdout) == lines(rs.stdout) and len(lines(rs.stdout)) == 4
+
+
+def test_info_words_refused_and_help_like_rsync(tmp_path):
+    (tmp_path / "src").mkdir()
+    for word in ("bogus", "name1,nope", "progress2x"):
+        rs = run_rsync(["-a", f"--info={word}", "src/", "dst/"], cwd=tmp_path, check=False)
+        zc = run_zcsync(["-a", f"--info={word}", "src/", "dst/"], cwd=tmp_path)
+        assert rs.returncode == zc.returncode == 1
+        bad = re.search(r'Unknown --info item: "[^"]*"', rs.stderr).group(0)
+        assert bad in zc.stderr
+    assert not (tmp_path / "dst").exists()
+    zc = run_zcsync(["--info=help"], cwd=tmp_path)
+    rs = run_rsync(["--info=help"], cwd=tmp_path, check=False)
+    assert zc.returncode == rs.returncode == 0
+    kinds = lambda out: [line.split()[0] for line in out.splitlines() if re.match(r"[A-Z]+ {2,}", line)]  # noqa: E731
+    assert kinds(zc.stdout) == kinds(rs.stdout)
