@@ -180,6 +180,8 @@ class SyncOptions(TypedDict, total=False):
     bwlimit: str | int
     progress: bool
     info: str
+    stderr: str  # (checked; sync() prints nothing on stdout for it to move)
+    msgs2stderr: bool
     progress_always: bool
     out_format: str
     json: bool

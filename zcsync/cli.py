@@ -319,6 +319,8 @@ def _cmd_options(f: Any) -> Any:
         click.option("-P", "partial_progress", is_flag=True, default=False, help="same as --partial --progress"),
         click.option("--info", metavar="FLAGS", multiple=True, help="fine-grained informational verbosity"),
         click.option("--progress-always", is_flag=True, default=False, help="draw progress even when stderr is not a terminal"),
+        click.option("--stderr", "stderr_mode", metavar="e|a|c", default=None, help="change stderr output mode (default: errors)"),
+        click.option("--msgs2stderr/--no-msgs2stderr", default=None, help="all messages to stderr (--stderr=all) or not"),
         click.option("--out-format", metavar="FORMAT", default=None, help="output updates using the specified FORMAT"),
         click.option("--json", "json_", is_flag=True, default=False, help="print one JSON document with the result on stdout"),
         click.option("--port", type=click.IntRange(1, 65535), default=None, help="specify double-colon alternate port number"),
@@ -396,6 +398,8 @@ def _build_command() -> click.Command:
             sys.exit(0 if kw["human_count"] else errors.USAGE)
         _set_outbuf(kw["outbuf"])
         opts = build_options(ctx, kw)
+        if ctx.meta.get("zcsync.stderr") == "all":
+            sys.stdout = sys.stderr  # rsync's --stderr=all: names, stats, listings, everything
         sys.exit(run_cli(list(paths), opts))
 
     return command
@@ -428,6 +432,20 @@ def _set_outbuf(mode: str | None) -> None:
     if kind not in ("N", "L", "B"):
         raise click.UsageError("Invalid --outbuf setting -- specify N, L, or B.")
     sys.stdout.reconfigure(line_buffering=kind == "L", write_through=kind == "N")  # type: ignore[union-attr]
+
+
+def stderr_mode(mode: str | None, msgs2stderr: bool | None) -> str:
+    """--stderr=errors|all|client (any prefix, as rsync), else --msgs2stderr (all) or
+    --no-msgs2stderr (errors). "errors" and "client" are the same here: every message
+    is written on stderr by the side that has it or, from the remote side, by the client."""
+    import click
+
+    if mode is None:
+        return "all" if msgs2stderr else "errors"
+    for name in ("errors", "all", "client"):
+        if mode and name.startswith(mode):
+            return name
+    raise click.UsageError(f'--stderr mode "{mode}" is not one of errors, all, or client')
 
 
 def rsync_path_as_zcsync(program: str) -> str:
@@ -487,6 +505,7 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
             raise click.UsageError(f"--checksum-choice={word}: zcsync always uses xxh3-128 for the "
                                    "transfer and for -c (give auto or xxh128)")
     values.pop("outbuf", None)  # the command line's alone (_set_outbuf)
+    ctx.meta["zcsync.stderr"] = stderr_mode(values.pop("stderr_mode"), values.pop("msgs2stderr"))
     rsync_path = values.pop("rsync_path")
     if rsync_path is not None and values["zcsync_path"] is None:
         values["zcsync_path"] = rsync_path_as_zcsync(rsync_path)
