@@ -86,6 +86,7 @@ class SyncOptions(TypedDict, total=False):
     copy_dirlinks: bool
     copy_unsafe_links: bool
     keep_dirlinks: bool
+    crtimes: bool  # (refused, as -N is by rsync on Linux)
     safe_links: bool
     perms: bool
     times: bool

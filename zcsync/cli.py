@@ -221,6 +221,8 @@ def _cmd_options(f: Any) -> Any:
         click.option("-k", "--copy-dirlinks", is_flag=True, default=False, help="transform symlink to dir into referent dir"),
         click.option("-K", "--keep-dirlinks", is_flag=True, default=False,
                      help="(refused: zcsync never follows a symlink in the destination)"),
+        click.option("-N", "--crtimes", is_flag=True, default=False,
+                     help="(refused, as by rsync on Linux: no settable creation times)"),
         flag("-p", "--perms/--no-perms", help="preserve permissions"),
         flag("-E", "--executability/--no-executability", help="preserve executability"),
         flag("-t", "--times/--no-times", help="preserve modification times"),
@@ -491,6 +493,9 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
 
     values = dict(kw)
     values["filter_rules"] = filter_specs(ctx.meta.get("zcsync.filters", []), values["from0"])
+    if values.pop("crtimes"):  # rsync's own words on Linux
+        raise click.UsageError("This zcsync does not support --crtimes (-N): Linux has no settable "
+                               "creation times")
     if values.pop("keep_dirlinks"):
         raise click.UsageError("-K/--keep-dirlinks is not supported: zcsync never follows a symlink in the "
                                "destination (make it a real directory, or give its target as DEST)")

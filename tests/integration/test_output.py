@@ -499,3 +499,13 @@ def test_stderr_mode_refused_like_rsync(tmp_path):
     assert rs.returncode == zc.returncode == 1
     assert '--stderr mode "x" is not one of errors, all, or client' in rs.stderr
     assert '--stderr mode "x" is not one of errors, all, or client' in zc.stderr
+
+
+def test_crtimes_refused_as_by_rsync_on_linux(tmp_path):
+    (tmp_path / "src").mkdir()
+    for flag in ("-N", "--crtimes"):
+        rs = run_rsync(["-a", flag, "src/", "dst/"], cwd=tmp_path, check=False)
+        zc = run_zcsync(["-a", flag, "src/", "dst/"], cwd=tmp_path)
+        assert rs.returncode == zc.returncode == 1
+        assert "does not support --crtimes (-N)" in rs.stderr and "does not support --crtimes (-N)" in zc.stderr
+    assert not (tmp_path / "dst").exists()
