@@ -544,7 +544,7 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
         values["info"] = info_words = info_levels(tuple(info))
     except ZcsyncError as exc:
         raise click.UsageError(exc.message) from None
-    shown = dict(info_words).get("PROGRESS")
+    shown = next((int(w[len("PROGRESS"):]) for w in info_words if w.startswith("PROGRESS")), None)
     if shown is not None:
         progress = None if shown == 0 else "file" if shown == 1 else "total"
     values["progress"] = progress
@@ -587,6 +587,7 @@ class _Display:
         self.enabled = self.deletions and not opts.quiet and not opts.json
         # "created directory X" and the like: with names shown, or a format with %i (rsync).
         self.notes = bool(shown["NAME"] or (self.format is not None and self.format.has_i))
+        self.every_change = shown["NAME"] > 1  # attribute-only changes named too (-vv)
 
     def line(self, event: Event) -> str | None:
         """The stdout line for event, or None if rsync would not name it."""
@@ -597,7 +598,7 @@ class _Display:
             return None
         if not event.itemize:
             return event.name if self.notes else None
-        return fmt.render(event, self.op) if fmt.wants(event) else None
+        return fmt.render(event, self.op) if fmt.wants(event) or self.every_change else None
 
     def write(self, text: str) -> None:
         if self.progress is not None:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from . import commit, fastio, fsscan, meta
+from . import commit, fastio, fsscan, info, meta
 from .attrs import AttrPolicy, Wanted, apply_fd, apply_name, type_letter
 from .commit import DestTree
 from .errors import MAX_DELETE, PARTIAL, FileProblem
@@ -79,9 +79,14 @@ class Generator:
         self._plain_final = not (o.hard_links or o.remove_source_files)
         self.writer.on_commit = None if self._plain_final else self._committed
         self._hl_lock = threading.Lock()
+        # Unchanged names get a line too: itemized with -ii (or -i and --info=name2), else
+        # rsync's "X is uptodate" with -vv (--info=name2).
+        names = info.level(o, "NAME")
+        self._all_items = o.itemize and (o.verbose > 1 or names > 1)
+        self._uptodate = names > 1 and not o.itemize
         # May an up-to-date file be recognised from its stat alone?
         self._quick = not (o.checksum or o.size_only or o.ignore_times or o.ignore_existing or o.xattrs or o.acls
-                           or (o.itemize and o.verbose > 1) or self.policy.fake_super)
+                           or self._all_items or self._uptodate or self.policy.fake_super)
         # --link-dest / --compare-dest dirs, which rsync consults for existing files too, up to
         # date or not (_alt_exact): then no file is known to be done from its own stat.
         self._exact_roots = [(kind, fd) for kind, fd in self.basis_roots if kind != "copy"]
@@ -300,8 +305,10 @@ class Generator:
         xchange = self._xattr_differs(entry, name)
         target = " -> " + escape(entry.link) if entry.link is not None else ""
         if changes == "...." and not xchange:
-            if self.opts.itemize and self.opts.verbose > 1:
+            if self._all_items:
                 self._event(prefix + "." * 9, name, entry, target)
+            elif self._uptodate and not entry.is_dir:
+                self.report.notice(f"{escape(name)} is uptodate")
             return
         self._event(prefix + "." + ("." if not entry.is_reg else ".") + changes + ".." +
                     ("x" if xchange else "."), name, entry, target)
@@ -382,7 +389,7 @@ class Generator:
             return prefix + NEW
         changes = self.policy.changes(entry, bst, self.policy.wanted(entry, None))
         size = "s" if entry.is_reg and bst.st_size != entry.size else "."
-        if changes == "...." and size == "." and not (self.opts.itemize and self.opts.verbose > 1):
+        if changes == "...." and size == "." and not self._all_items:
             return None
         return prefix + "." + size + changes + "..."
 
@@ -549,7 +556,7 @@ class Generator:
                 if not self.opts.dry_run:
                     os.link(base, base, src_dir_fd=pfd, dst_dir_fd=self.tree.dir_fd(parent), follow_symlinks=False)
                     self.tree.mark_dirty(parent)
-                if self.opts.verbose > 1 and self.opts.itemize:
+                if self._all_items:
                     self._event("hf" + "." * 9, name, entry)
                 self._final(entry, name)
                 return True
@@ -591,7 +598,7 @@ class Generator:
                     os.unlink(base, dir_fd=pfd)
                 self.tree.mark_dirty(parent)
             if kind == "link":
-                if self.opts.verbose > 1 and self.opts.itemize:
+                if self._all_items:
                     self._event("hf" + "." * 9, name, entry)
                 self._final(entry, name)
             return True

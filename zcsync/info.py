@@ -4,11 +4,11 @@ Each kind has a level (0 = silent). -v and -vv raise a default set, --stats rais
 to 2 and --progress PROGRESS to 1; the --info words, in order, then set what they name,
 whatever -v said (rsync's USER_PRIORITY). A word is a kind with an optional level
 ("name0", "STATS2"; no digits = 1), ALL or NONE (every kind, with the same optional
-level), or help. zcsync acts on NAME (file names: 1 updated, 2 unchanged too),
+level), or help. zcsync acts on NAME (file names: 1 updated, 2 "X is uptodate" for unchanged ones too),
 DEL ("deleting X" lines), FLIST (the "sending incremental file list" line), STATS
 (1 the closing lines, 2 the --stats block), PROGRESS (1 per file, 2 the whole
-transfer) and MISC (the informational log lines of -v); the other kinds, and NAME2's
-"X is uptodate" lines, are accepted as rsync's names and do not change zcsync's output.
+transfer) and MISC (the informational log lines of -v); the other kinds are accepted
+as rsync's names and do not change zcsync's output.
 """
 from __future__ import annotations
 
@@ -70,12 +70,13 @@ def wants_help(values: tuple[str, ...]) -> bool:
     return any(word.lower() == "help" for text in values for word in text.split(","))
 
 
-def user_levels(values: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
-    """The levels the --info values set (in order; a later word wins), for Options.info."""
+def user_levels(values: tuple[str, ...]) -> tuple[str, ...]:
+    """The levels the --info values set (in order; a later word wins), as Options.info's
+    words ("NAME2")."""
     levels: dict[str, int] = {}
     for text in values:
         parse_words(text, levels)
-    return tuple(sorted(levels.items()))
+    return tuple(f"{kind}{level}" for kind, level in sorted(levels.items()))
 
 
 def levels(opts: Options) -> dict[str, int]:
@@ -88,7 +89,7 @@ def levels(opts: Options) -> dict[str, int]:
         out["STATS"] = 3 if opts.verbose > 1 else 2
     if opts.progress is not None:
         out["PROGRESS"] = 2 if opts.progress == "total" else 1
-    out.update(opts.info)
+    parse_words(",".join(opts.info), out)  # (from a client: its words are checked here too)
     return out
 
 

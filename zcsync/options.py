@@ -120,8 +120,9 @@ class Options:
     progress: str | None = None  # None | "file" (--progress) | "total" (--info=progress2)
     progress_always: bool = False  # draw progress even when stderr is not a terminal
     out_format: str | None = None
-    # --info: the levels the user set, by rsync's kind name (info.levels adds -v's and the rest)
-    info: tuple[tuple[str, int], ...] = ()
+    # --info: the levels the user set, as "KIND<level>" words ("NAME2"; info.levels adds
+    # what -v and the rest set); sent to the server, whose generator names unchanged files
+    info: tuple[str, ...] = ()
     want_items: bool = False  # the client shows per-file items: the server sends them (Item)
     # remote transports (client side only; never sent to the server)
     port: int | None = None
@@ -204,7 +205,7 @@ class Options:
 # What only the client acts on: never sent to the server, never accepted from a client.
 CLIENT_ONLY = frozenset({"rsh", "zcsync_path", "ssh_accept_new", "contimeout", "log_file", "log_file_format", "json",
                          "stats", "list_only", "files_from", "quiet", "progress", "progress_always",
-                         "out_format", "info", "port", "password_file", "transport", "ip_version", "address", "stop_at",
+                         "out_format", "port", "password_file", "transport", "ip_version", "address", "stop_at",
                          "remote_options", "fake_super"})
 MAX_WIRE_OPTIONS = 64 * 1024
 
