@@ -15,10 +15,9 @@ from __future__ import annotations
 import re
 
 from .errors import UsageError
+from .options import INFO_KINDS as KINDS
 from .options import Options
 
-KINDS = ("BACKUP", "COPY", "DEL", "FLIST", "MISC", "MOUNT", "NAME", "NONREG", "PROGRESS", "REMOVE",
-         "SKIP", "STATS", "SYMSAFE")
 # rsync's info_verbosity: what -v raises, and what -vv raises on top.
 _VERBOSITY = ("COPY,DEL,FLIST,MISC,NAME,STATS,SYMSAFE", "BACKUP,MISC2,MOUNT,NAME2,REMOVE,SKIP")
 _WORD = re.compile(r"([A-Za-z]+)(\d*)")
@@ -61,7 +60,7 @@ def parse_words(text: str, levels: dict[str, int]) -> None:
         name = m.group(1).upper() if m else ""
         if not m or (name not in KINDS and name not in ("ALL", "NONE")):
             raise UsageError(f'Unknown --info item: "{word}"')
-        level = int(m.group(2)) if m.group(2) else (0 if name == "NONE" else 1)
+        level = min(int(m.group(2)), 99) if m.group(2) else (0 if name == "NONE" else 1)
         for kind in (KINDS if name in ("ALL", "NONE") else (name,)):
             levels[kind] = level
 

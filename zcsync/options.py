@@ -13,6 +13,9 @@ from .errors import UsageError
 from .units import parse_size
 
 MAX_BLOCK_SIZE = 1 << 17  # rsync's MAX_BLOCK_SIZE (protocol >= 30)
+# rsync's --info kinds (zcsync.info); Options.info holds them as "KIND<level>" words
+INFO_KINDS = ("BACKUP", "COPY", "DEL", "FLIST", "MISC", "MOUNT", "NAME", "NONREG", "PROGRESS", "REMOVE",
+              "SKIP", "STATS", "SYMSAFE")
 
 # -a is -rlptgoD: each of these is filled only when the user left it unset.
 ARCHIVE_FLAGS = ("recursive", "links", "perms", "times", "group", "owner", "devices", "specials")
@@ -190,6 +193,10 @@ class Options:
             raise UsageError(f"--compress-choice must be zstd, lz4 or none, not {self.compress_choice!r}")
         if self.write_mode not in ("auto", "direct", "splice", "buffered"):
             raise UsageError(f"--write-mode must be auto, direct, splice or buffered, not {self.write_mode!r}")
+        for word in self.info:  # (a client's too: checked where the options are received)
+            kind = word.rstrip("0123456789")
+            if kind not in INFO_KINDS or not 0 < len(word) - len(kind) <= 2:
+                raise UsageError(f"bad --info word {word!r}")
         if self.bwlimit is not None and self.bwlimit < 0:
             raise UsageError("--bwlimit must not be negative")
         if self.fake_super and self.super_user is not None:

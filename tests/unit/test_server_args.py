@@ -184,3 +184,11 @@ def test_super_goes_to_a_receiving_server_and_fake_super_to_none():
     with pytest.raises(UsageError, match="on remote machine: --fake-super with -A/--acls"):
         parse_server_args(["--server", "--receiver", f"--options={to_wire(Options(acls=True))}",
                            "--fake-super", "--", "d"])
+
+
+@pytest.mark.parametrize("words", [["EVIL2"], ["NAME"], ["NAME999"], ["name2"], ["NAME2", "../x1"]])
+def test_info_words_from_a_client_checked_at_receipt(words):
+    import json
+    with pytest.raises(UsageError, match="bad --info word"):
+        from_wire(json.dumps({"info": words}))
+    assert from_wire(json.dumps({"info": ["NAME2", "STATS0"]})).info == ("NAME2", "STATS0")
