@@ -197,6 +197,9 @@ class SyncOptions(TypedDict, total=False):
     ipv4: bool
     ipv6: bool
     no_motd: bool
+    max_alloc: str  # (checked as rsync checks it; zcsync's buffers stay far below)
+    trust_sender: bool  # (accepted: every name a sender sends is checked anyway)
+    blocking_io: bool  # (accepted: zcsync polls its pipes)
     secluded_args: bool
     checksum_choice: str
 

@@ -338,6 +338,12 @@ def _cmd_options(f: Any) -> Any:
         click.option("-6", "--ipv6", "ip_version", flag_value=6, default=None, help="prefer IPv6"),
         click.option("--no-motd", is_flag=True, default=False,
                      help="suppress daemon-mode MOTD (accepted: a zcsync daemon sends none)"),
+        click.option("--max-alloc", metavar="SIZE", default=None,
+                     help="change a limit relating to memory alloc (checked as rsync; zcsync's stay far below)"),
+        click.option("--trust-sender", is_flag=True, default=False,
+                     help="trust the remote sender's file list (accepted: zcsync checks every name anyway)"),
+        click.option("--blocking-io/--no-blocking-io", default=None,
+                     help="use blocking I/O for the remote shell (accepted: zcsync polls its pipes)"),
         click.option("-s", "--secluded-args", "--protect-args", "secluded_args", is_flag=True, default=False,
                      help="use the protocol to safely send the arguments (zcsync always does)"),
         click.option("--outbuf", metavar="N|L|B", default=None, help="set out buffering to None, Line, or Block"),
@@ -436,6 +442,21 @@ def _set_outbuf(mode: str | None) -> None:
     sys.stdout.reconfigure(line_buffering=kind == "L", write_through=kind == "N")  # type: ignore[union-attr]
 
 
+def check_max_alloc(text: str | None) -> None:
+    """--max-alloc=SIZE, refused as rsync refuses it (not a size; under 1M and not 0). zcsync's
+    buffers are bounded by its frame and batch limits, far below any value it accepts."""
+    import click
+
+    if text is None:
+        return
+    try:
+        size = parse_size(text)
+    except ValueError:
+        raise click.UsageError(f"--max-alloc={text} is invalid") from None
+    if 0 < size < 1 << 20:
+        raise click.UsageError(f"--max-alloc={text} is too small (min: 1.00M or 0 for unlimited)")
+
+
 def stderr_mode(mode: str | None, msgs2stderr: bool | None) -> str:
     """--stderr=errors|all|client (any prefix, as rsync), else --msgs2stderr (all) or
     --no-msgs2stderr (errors). "errors" and "client" are the same here: every message
@@ -503,6 +524,9 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
         values["filter_rules"] += ("-C", ":C")
     values.pop("inc_recursive")
     values.pop("no_motd")
+    check_max_alloc(values.pop("max_alloc"))
+    values.pop("trust_sender")  # zcsync checks every name a sender sends, trusted or not
+    values.pop("blocking_io")
     values.pop("secluded_args")  # zcsync always quotes every argument it gives the remote shell
     values["stop_at"] = stop_time(values.pop("stop_after"), values.pop("stop_at"))
     for word in (values.pop("checksum_choice") or "auto").split(","):

@@ -515,3 +515,22 @@ def test_crtimes_refused_as_by_rsync_on_linux(tmp_path):
         assert rs.returncode == zc.returncode == 1
         assert "does not support --crtimes (-N)" in rs.stderr and "does not support --crtimes (-N)" in zc.stderr
     assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize("extra", [["--max-alloc=100M"], ["--max-alloc=0"], ["--trust-sender"], ["--blocking-io"],
+                                   ["--no-blocking-io"]], ids=lambda words: " ".join(words))
+def test_accepted_rsync_options_change_nothing_like_rsync(tmp_path, extra):
+    """Options rsync scripts pass that change nothing here: the same trees and lines as rsync's."""
+    rs, zc = differential(tmp_path, ["-ai", *extra], seed=44, tree_kwargs={"hardlinks": False})
+    assert output_lines(zc.stdout) == output_lines(rs.stdout)
+
+
+@pytest.mark.parametrize("value", ["bogus", "1", "1023K"])
+def test_max_alloc_refused_like_rsync(tmp_path, value):
+    (tmp_path / "src").mkdir()
+    rs = run_rsync(["-a", f"--max-alloc={value}", "src/", "dst/"], cwd=tmp_path, check=False)
+    zc = run_zcsync(["-a", f"--max-alloc={value}", "src/", "dst/"], cwd=tmp_path)
+    assert rs.returncode == zc.returncode == 1
+    said = re.search(r"--max-alloc=\S+ is (invalid|too small.*)", rs.stderr).group(0)
+    assert said in zc.stderr
+    assert not (tmp_path / "dst").exists()
