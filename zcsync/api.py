@@ -87,6 +87,7 @@ class SyncOptions(TypedDict, total=False):
     copy_unsafe_links: bool
     keep_dirlinks: bool
     crtimes: bool  # (refused, as -N is by rsync on Linux)
+    copy_devices: bool
     safe_links: bool
     perms: bool
     times: bool

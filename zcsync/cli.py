@@ -221,6 +221,7 @@ def _cmd_options(f: Any) -> Any:
         click.option("-k", "--copy-dirlinks", is_flag=True, default=False, help="transform symlink to dir into referent dir"),
         click.option("-K", "--keep-dirlinks", is_flag=True, default=False,
                      help="(refused: zcsync never follows a symlink in the destination)"),
+        click.option("--copy-devices", is_flag=True, default=False, help="copy device contents as a regular file"),
         click.option("-N", "--crtimes", is_flag=True, default=False,
                      help="(refused, as by rsync on Linux: no settable creation times)"),
         flag("-p", "--perms/--no-perms", help="preserve permissions"),

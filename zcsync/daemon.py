@@ -607,6 +607,9 @@ class Session:
         if role == "sender" and opts.copy_links:
             raise _Refuse(errors.USAGE, "--copy-links (-L) is refused by the daemon: links could lead "
                           "out of the module")
+        if role == "sender" and opts.copy_devices:  # (rsync's daemon refuses it by default too)
+            raise _Refuse(errors.USAGE, "--copy-devices is refused by the daemon: a device node would "
+                          "hand out whatever disk it names")
         module_filter = ModuleFilter(module.exclude)
         if module_filter and any(_is_clear_rule(rule) for rule in opts.filter_rules):
             raise _Refuse(errors.USAGE, "a '!' (clear) filter rule is refused on a module with excludes")

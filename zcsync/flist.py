@@ -6,6 +6,7 @@ import logging
 import operator
 import os
 import stat
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -114,6 +115,26 @@ class SourceArg:
     anchor: bytes | None = None
 
 
+def device_size(path: bytes, fd: int | None = None, follow: bool = False) -> int | None:
+    """Where a device's contents end (rsync's get_device_size: lseek to the end), from path
+    (through a final symlink only if follow) or an open fd; None if it cannot be opened."""
+    own = fd is None
+    if own:
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY | (0 if follow else os.O_NOFOLLOW)
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            return None
+    assert fd is not None
+    try:
+        return max(os.lseek(fd, 0, os.SEEK_END), 0)
+    except OSError:
+        return 0
+    finally:
+        if own:
+            os.close(fd)
+
+
 def sort_key(entry: FileEntry) -> tuple[bool, bytes]:
     """rsync's order inside a directory: non-directories first, then directories, by name."""
     return (entry.is_dir, entry.name)
@@ -136,6 +157,8 @@ class ScanState:
     tops: dict[int, bytes] = field(default_factory=dict)
     # Symlinks listed as what they point to (-k, --copy-unsafe-links): opened through the link.
     followed: set[bytes] = field(default_factory=set)
+    # Devices listed as regular files of their contents (--copy-devices).
+    devices: set[bytes] = field(default_factory=set)
 
     def path_of(self, entry: FileEntry) -> bytes:
         """The source path of an entry of the scan."""
@@ -286,6 +309,8 @@ class Scanner:
             if referent is not None:
                 self.state.followed.add(name)
                 st, mode = referent, referent.st_mode
+        if opts.copy_devices and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+            return self._device_as_file(name, path, st)
         if stat.S_ISLNK(mode):
             if not opts.links:
                 self.state.notice(f"skipping non-regular file {quote(name)}")
@@ -382,6 +407,22 @@ class Scanner:
             self.state.io_error = True
             return None
         return target
+
+    def _device_as_file(self, name: bytes, path: bytes, st: os.stat_result | Stat) -> FileEntry | None:
+        """--copy-devices: a device as a regular file of its contents, as rsync lists it: the
+        size is where the device ends (0 for a character device without one), the time is
+        now, in whole seconds (a device's own time says nothing about its contents, so the
+        quick check never takes an old copy for up to date)."""
+        size = device_size(path, follow=self.opts.copy_links or name in self.state.followed)
+        if size is None:
+            self.state.problem(path, f"cannot read device {quote(path)}")
+            self.state.io_error = True
+            return None
+        self.state.devices.add(name)
+        index = self.state.next_index
+        self.state.next_index = index + 1
+        return FileEntry(index, name, stat.S_IFREG | stat.S_IMODE(st.st_mode), size,
+                         int(time.time()) * 1_000_000_000, st.st_uid, st.st_gid)
 
     # -- walking ------------------------------------------------------------
     def _excluded(self, name: bytes, is_dir: bool, rules: FilterRules) -> bool:

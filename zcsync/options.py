@@ -92,6 +92,7 @@ class Options:
     compare_dest: tuple[str, ...] = ()
     copy_dest: tuple[str, ...] = ()
     numeric_ids: bool = False
+    copy_devices: bool = False  # the sender lists a device as a regular file of its contents
     # rsync's am_root on the receiver: --fake-super keeps owners, special modes and device
     # numbers in the user.rsync.%stat xattr (and reads them back when sending); --super
     # (True) acts as root even when not, --no-super (False) does not even as root.

@@ -7,10 +7,12 @@ import os
 import stat
 from collections.abc import Iterator
 
+import xxhash
+
 from . import fastio, fsscan
 from .errors import PARTIAL, VANISHED
 from .filters import FilterRules
-from .flist import DirBatch, FileEntry, Scanner, ScanState, SourceArg, prune_empty_dirs, quote
+from .flist import DirBatch, FileEntry, Scanner, ScanState, SourceArg, device_size, prune_empty_dirs, quote
 from .options import Options
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,11 @@ class Sender:
         except OSError as exc:
             raise self._unreadable(path, exc.errno or 0) from None
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
+        if entry.name in self.state.devices and (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+            same = device_size(path, fd) == entry.size  # --copy-devices: its contents, to their end
+        else:
+            same = stat.S_ISREG(st.st_mode) and st.st_size == entry.size
+        if not same:
             os.close(fd)
             raise self._unreadable(path, None)
         return fd
@@ -68,11 +74,27 @@ class Sender:
     def read(self, entry: FileEntry) -> tuple[bytes, bytes]:
         """A small requested file's bytes and their xxh3-128, with open's checks, in one call
         that releases the GIL once (fsscan.read_file). Short if it shrank while read."""
+        if entry.name in self.state.devices:
+            return self._read_device(entry)
         path = self.path(entry)
         got = fsscan.read_file(path, entry.size, self._follows(entry), self.opts.open_noatime)
         if got is None or isinstance(got, int):
             raise self._unreadable(path, None if got is None else -got)
         return got
+
+    def _read_device(self, entry: FileEntry) -> tuple[bytes, bytes]:
+        """read() of a small device listed with --copy-devices (C read_file takes regular files only)."""
+        fd = self.open(entry)
+        try:
+            data = bytearray()
+            while len(data) < entry.size:
+                chunk = os.pread(fd, entry.size - len(data), len(data))
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(fd)
+        return bytes(data), xxhash.xxh3_128_digest(data)
 
     def _follows(self, entry: FileEntry) -> bool:
         """Is entry opened through a symlink (-L; -k or --copy-unsafe-links for this one)?"""

@@ -515,6 +515,13 @@ def test_copy_links_refused_when_daemon_sends(zd, tmp_path):
     assert code == 1 and "--copy-links" in msg
 
 
+def test_copy_devices_refused_when_daemon_sends(zd, tmp_path):
+    """As rsync's daemon by default: a client may not read the daemon's device nodes."""
+    code, msg, _ = run_client([zd.url("rw", ""), str(tmp_path / "o")], archive=True, copy_devices=True)
+    assert code == 1 and "--copy-devices" in msg
+    assert not (tmp_path / "o").exists()
+
+
 # -- the oracle: rsync --daemon on the same trees ---------------------------------------
 
 def _pair(tmp_path: Path, extra: str = "") -> tuple[ZcsyncDaemon, RsyncDaemon, Path, Path]:
