@@ -1,16 +1,80 @@
-"""-y/--fuzzy: the choice of a basis, against rsync's own numbers (its --debug=fuzzy2 lines)."""
+"""-y/--fuzzy against rsync: a missing file's delta basis is a similar file of its directory.
+
+rsync is the oracle twice over: its --debug=fuzzy2 lines give the name distances that
+zcsync.fuzzy must compute, and differential runs (local --no-whole-file, push and pull
+over a real sshd) must leave the same trees with the same "Literal data" / "Matched
+data" in --stats, which shows that both took the same basis.
+"""
 from __future__ import annotations
 
 import os
+import pathlib
 import random
 import re
+import shutil
 
 import pytest
 
-from tests.oracle import run_rsync
+from tests.oracle import differential, output_lines, run_rsync, run_zcsync
 from zcsync import fuzzy
 
-OLD = 1_500_000_000
+from .sshd import direction_paths, remote_zcsync_path
+
+OLD = 1_500_000_000  # the destination's files: older than the sources, so never up to date
+SIZE = 1 << 20
+
+
+def stat_of(out: str, what: str) -> int:
+    m = re.search(rf"^{what}: ([\d,]+)", out, re.M)
+    assert m, f"no {what!r} in:\n{out}"
+    return int(m.group(1).replace(",", ""))
+
+
+def _same_stats(rs, zc) -> int:
+    """Literal and matched data equal in both runs; returns the matched bytes."""
+    for what in ("Literal data", "Matched data"):
+        theirs, ours = stat_of(rs.stdout, what), stat_of(zc.stdout, what)
+        assert ours == theirs, f"{what}: zcsync {ours}, rsync {theirs}\n{zc.stdout}\n{rs.stdout}"
+    return stat_of(zc.stdout, "Matched data")
+
+
+def _edit(data: bytes, rnd: random.Random) -> bytes:
+    out = bytearray(data)
+    for i in range(8):
+        pos = (i * len(data)) // 8 + rnd.randrange(len(data) // 16)
+        out[pos:pos + 64] = rnd.randbytes(64)
+    return bytes(out) + rnd.randbytes(len(data) // 20)
+
+
+def rotated(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """A differential prepare(): the destination has yesterday's files under other names.
+
+    - log.1 -> log.2: a rotated log, edited and grown (found by name: log.1 is nearest);
+    - data.csv -> archive-2024-01-01.bin: same content, size and mtime, a far name (found
+      by size and time only);
+    - notes.txt: new, nothing like it (no basis);
+    - unrelated, far-named files that must not be chosen.
+    """
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(dst, ignore_errors=True)
+    (src / "sub").mkdir(parents=True)
+    (dst / "sub").mkdir(parents=True)
+    rnd = random.Random("rotated")
+    old_log = rnd.randbytes(SIZE)
+    (dst / "log.1").write_bytes(old_log)
+    (src / "log.2").write_bytes(_edit(old_log, rnd))
+    data = rnd.randbytes(SIZE // 2)
+    (dst / "sub" / "archive-2024-01-01.bin").write_bytes(data)
+    (src / "sub" / "data.csv").write_bytes(data)
+    os.utime(src / "sub" / "data.csv", (OLD + 5, OLD + 5))
+    os.utime(dst / "sub" / "archive-2024-01-01.bin", (OLD + 5, OLD + 5))
+    (src / "notes.txt").write_bytes(rnd.randbytes(SIZE // 4))
+    (dst / "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzz.q").write_bytes(rnd.randbytes(SIZE // 4))
+    for path in dst.rglob("*"):
+        if path.is_file() and path.name != "archive-2024-01-01.bin":
+            os.utime(path, (OLD, OLD))
+    for d in (src / "sub", src):
+        os.utime(d, (OLD + 7, OLD + 7))
 
 
 # -- the name distance, against rsync's own numbers ------------------------------------
@@ -90,3 +154,175 @@ def test_size_and_time_match_first_like_rsync():
     found = fuzzy.choose(b"f.2", 1, 0, [[fuzzy.Candidate.of(b"f.1", 5, 1)], [fuzzy.Candidate.of(b"f.3", 5, 1)]],
                          lambda a, b: False)
     assert found[0] == 1 and found[1].name == b"f.3"
+
+
+# -- local --no-whole-file -------------------------------------------------------------
+
+def test_local_fuzzy_like_rsync(tmp_path):
+    """The rotated log is rebuilt from log.1, the renamed file from its same-size-and-time
+    twin: rsync's literal and matched bytes, and its -i lines (a fuzzy basis shows as new)."""
+    rs, zc = differential(tmp_path, ["-a", "--no-W", "-y", "--stats", "-i"], seed=1, prepare=rotated)
+    matched = _same_stats(rs, zc)
+    assert matched > SIZE  # most of log.2 and all of data.csv
+    assert output_lines(rs.stdout) == output_lines(zc.stdout)
+
+
+@pytest.mark.parametrize("options", [["-a", "--no-W"], ["-a", "-y"], ["-a", "-W", "-y"], ["-a", "--no-W", "-y", "--no-fuzzy"],
+                                     ["-a", "--no-W", "-yyy", "--no-y"]],
+                         ids=["no-y", "whole-default", "whole", "no-fuzzy", "no-y-short"])
+def test_local_no_fuzzy_basis_without_delta_or_y(tmp_path, options):
+    """Without -y (or with whole files, the local default) nothing is matched, as in rsync."""
+    rs, zc = differential(tmp_path, [*options, "--stats"], seed=1, prepare=rotated)
+    assert _same_stats(rs, zc) == 0
+
+
+def test_local_fuzzy_append_takes_no_basis(tmp_path):
+    """--append -y: new files come whole, with the source's content. (rsync appends onto the
+    fuzzy basis as if it were the file's start, and skips a file whose basis is not
+    shorter: log.2 would end up as log.1 plus the source's tail, data.csv missing.)"""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    rotated(src, dst)
+    res = run_zcsync(["-a", "--no-W", "-y", "--append", "--stats", f"{src}/", f"{dst}/"])
+    assert res.returncode == 0, res.stderr
+    assert stat_of(res.stdout, "Matched data") == 0
+    for rel in ("log.2", "sub/data.csv", "notes.txt"):
+        assert (dst / rel).read_bytes() == (src / rel).read_bytes()
+
+
+@pytest.mark.parametrize("delete", ["--delete", "--delete-before", "--delete-after", "--delete-delay"])
+def test_local_fuzzy_with_delete_like_rsync(tmp_path, delete):
+    """--delete (during) and --delete-before remove the extraneous files before they can be
+    a basis, --delete-after and --delete-delay after: as rsync's manual warns."""
+    rs, zc = differential(tmp_path, ["-a", "--no-W", "-y", "--stats", delete], seed=1, prepare=rotated)
+    matched = _same_stats(rs, zc)
+    assert (matched == 0) == (delete in ("--delete", "--delete-before"))
+
+
+def test_local_fuzzy_with_delete_protected_like_rsync(tmp_path):
+    """A file the filter rules protect from --delete stays a basis."""
+    rs, zc = differential(tmp_path, ["-a", "--no-W", "-y", "--stats", "--delete", "--filter=P log.*"],
+                          seed=1, prepare=rotated)
+    assert _same_stats(rs, zc) > SIZE // 2
+
+
+def test_local_fuzzy_dry_run_like_rsync(tmp_path):
+    rs, zc = differential(tmp_path, ["-a", "--no-W", "-y", "-n", "-i"], seed=1, prepare=rotated)
+    assert output_lines(rs.stdout) == output_lines(zc.stdout)
+
+
+def _symlinked(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """log.1 in the destination is a symlink to a file outside it, the only near name."""
+    rotated(src, dst)
+    outside = dst.parent / "outside.log"
+    os.rename(dst / "log.1", outside)
+    os.symlink("../outside.log", dst / "log.1")
+    os.remove(dst / "sub" / "archive-2024-01-01.bin")
+
+
+def test_local_symlink_is_no_basis_like_rsync(tmp_path):
+    """A symlink is never a basis (rsync lstats the directory's names; zcsync never follows one)."""
+    rs, zc = differential(tmp_path, ["-a", "--no-W", "-y", "--stats"], seed=1, prepare=_symlinked)
+    assert _same_stats(rs, zc) == 0
+
+
+def _updated_first(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """a.1 is both updated and the nearest name to the new a.2; b.1 -> b.2 as a control."""
+    rotated(src, dst)
+    rnd = random.Random("first")
+    old = rnd.randbytes(SIZE // 2)
+    (dst / "a.1").write_bytes(old)
+    (src / "a.1").write_bytes(rnd.randbytes(SIZE // 2))  # replaced by the run, before a.2
+    (src / "a.2").write_bytes(_edit(old, rnd))
+    for p in (dst / "a.1", src):
+        os.utime(p, (OLD, OLD))
+
+
+@pytest.mark.parametrize("where", ["local", "push"])
+def test_updated_file_is_no_basis(tmp_path, sshd, where):
+    """A file the run replaces before it gets to the missing one is not its basis (rsync's
+    FLAG_FILE_SENT; rsync may still use it when it read the directory first), so that a.2
+    is not rebuilt from blocks that are gone: the same tree as rsync's."""
+    remote = {"env": sshd.env(), "paths": direction_paths("push"),
+              "zcsync_extra": ["--zcsync-path", remote_zcsync_path()]} if where == "push" else {}
+    differential(tmp_path, ["-a", "--no-W", "-y", "--stats"], seed=1, prepare=_updated_first, **remote)
+
+
+# -- -yy: the --*-dest dirs too ----------------------------------------------------------
+
+def _in_compare_dir(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """The old files are in ../prev (a --compare-dest / --link-dest dir), dst is empty."""
+    rotated(src, dst)
+    prev = dst.parent / "prev"
+    shutil.rmtree(prev, ignore_errors=True)
+    os.rename(dst, prev)
+    dst.mkdir()
+
+
+@pytest.mark.parametrize("kind", ["--compare-dest=../prev", "--copy-dest=../prev", "--link-dest=../prev"])
+@pytest.mark.parametrize("level", ["-y", "-yy"])
+def test_local_fuzzy_in_basis_dirs_like_rsync(tmp_path, kind, level):
+    """-yy finds the basis in the --*-dest dir's copy of the directory; -y does not look there."""
+    rs, zc = differential(tmp_path, ["-a", "--no-W", level, "--stats", kind], seed=1, prepare=_in_compare_dir)
+    matched = _same_stats(rs, zc)
+    assert (matched > SIZE) == (level == "-yy")
+
+
+# -- over ssh ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_ssh_fuzzy_like_rsync(tmp_path, sshd, direction):
+    """Delta is the default over ssh: -y finds the same bases at the receiving end, remote
+    (push) or local (pull)."""
+    rs, zc = differential(tmp_path, ["-a", "-y", "--stats", "-i"], seed=1, prepare=rotated, env=sshd.env(),
+                          paths=direction_paths(direction), zcsync_extra=["--zcsync-path", remote_zcsync_path()])
+    assert _same_stats(rs, zc) > SIZE
+    assert output_lines(rs.stdout) == output_lines(zc.stdout)
+
+
+def test_ssh_without_fuzzy_matches_nothing(tmp_path, sshd):
+    rs, zc = differential(tmp_path, ["-a", "--stats"], seed=1, prepare=rotated, env=sshd.env(),
+                          paths=direction_paths("push"), zcsync_extra=["--zcsync-path", remote_zcsync_path()])
+    assert _same_stats(rs, zc) == 0
+
+
+def test_ssh_fuzzy_symlink_is_no_basis(tmp_path, sshd):
+    rs, zc = differential(tmp_path, ["-a", "-y", "--stats"], seed=1, prepare=_symlinked, env=sshd.env(),
+                          paths=direction_paths("push"), zcsync_extra=["--zcsync-path", remote_zcsync_path()])
+    assert _same_stats(rs, zc) == 0
+
+
+# -- through the daemon ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    """A zcsync daemon with two modules: [open], and [hiding], which excludes log.1."""
+    if os.geteuid() != 0:
+        pytest.skip("the daemon switches uid/gid: need root")
+    from .daemon_fixture import ZcsyncDaemon
+    root = tmp_path_factory.mktemp("fuzzy-daemon")
+    common = "    read only = no\n    uid = root\n    gid = root\n"
+    zd = ZcsyncDaemon(root / "zdaemon")
+    zd.write_config(f"[open]\n    path = {root / 'open'}\n{common}"
+                    f"[hiding]\n    path = {root / 'hiding'}\n    exclude = log.1\n{common}")
+    for module in ("open", "hiding"):
+        (root / module).mkdir()
+    zd.start()
+    try:
+        yield zd, root
+    finally:
+        zd.stop()
+
+
+@pytest.mark.parametrize("module", ["open", "hiding"])
+def test_daemon_push_never_uses_an_excluded_basis(tmp_path, daemon, module):
+    """Through the daemon -y finds log.1 for log.2, unless the module excludes log.1: a
+    basis's signature goes to the client, and nothing the module hides may reach it."""
+    zd, root = daemon
+    src, dst = tmp_path / "src", root / module / "dst"
+    rotated(src, dst)
+    os.remove(dst / "sub" / "archive-2024-01-01.bin")
+    res = run_zcsync(["-a", "-y", "--stats", f"{src}/", zd.url(module, "dst/")])
+    assert res.returncode == 0, res.stderr
+    assert (dst / "log.2").read_bytes() == (src / "log.2").read_bytes()
+    matched = stat_of(res.stdout, "Matched data")
+    assert (matched > SIZE // 2) == (module == "open"), res.stdout
