@@ -99,10 +99,11 @@ class Generator:
         if self._exact_roots:
             self._quick = False
         # Will a new file's data come as a delta (so that a basis other than its own old
-        # copy is worth looking for)? Not in a dry run, nor with --append (rsync would skip
-        # a new file whose basis is longer).
+        # copy is worth looking for)? Not in a dry run, nor with --append (rsync would append
+        # onto that basis, or skip a new file whose basis is not shorter).
         whole = o.whole_file is not False if self.whole_default else o.whole_file is True
-        self._fuzzy = bool(o.fuzzy) and not (whole or o.dry_run or o.append)
+        self._other_basis = not (whole or o.dry_run or o.append)
+        self._fuzzy = bool(o.fuzzy) and self._other_basis
 
     # -- per batch ------------------------------------------------------------
     def process(self, batch: DirBatch) -> Iterator[Request]:
@@ -519,10 +520,14 @@ class Generator:
             return None
         partial = self.writer.partial_stat(name)
         basis = None
-        if self._fuzzy:
-            # rsync: a kept partial file is the basis before any fuzzy one.
-            if partial is None and entry.size and (st is None or not stat.S_ISREG(st.st_mode)):
+        # No file of this name to rebuild from: as rsync, a basis dir's copy of it, else (-y)
+        # a similar file; a kept partial file comes before either.
+        if self._other_basis and partial is None and entry.size and (st is None or not stat.S_ISREG(st.st_mode)):
+            if self.basis_roots and self.basis_hidden is None:
+                basis = self._alt_delta_basis(name)
+            if basis is None and self._fuzzy:
                 basis = self._fuzzy_basis(entry, name)
+        if self._fuzzy:
             parent, base = split(name)
             self._fuzzy_spent.setdefault(parent, set()).add(base)
         return Request(entry, name, st, itemize, partial, basis)
@@ -653,6 +658,27 @@ class Generator:
                 finally:
                     os.close(pfd)
         return out
+
+    def _alt_delta_basis(self, name: bytes) -> tuple[int, bytes] | None:
+        """The delta basis of a missing file from the --*-dest dirs, as rsync's try_dests_reg:
+        the first one that has a regular file of this name (one that differs: _alt_basis
+        settled those that match); none if that file is empty. (i for the i-th dir, name).
+        Not in a daemon module with excludes (basis_hidden), whose paths there it cannot judge."""
+        parent, base = split(name)
+        for i, (_, root_fd) in enumerate(self.basis_roots, 1):
+            try:
+                pfd = commit.open_beneath(root_fd, parent)
+            except OSError:
+                continue
+            try:
+                st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+            except OSError:
+                continue
+            finally:
+                os.close(pfd)
+            if stat.S_ISREG(st.st_mode):
+                return (i, name) if st.st_size else None
+        return None
 
     def _size_skipped(self, entry: FileEntry) -> bool:
         """--max-size / --min-size: the receiver leaves this file alone."""

@@ -267,6 +267,25 @@ def test_local_fuzzy_in_basis_dirs_like_rsync(tmp_path, kind, level):
     assert (matched > SIZE) == (level == "-yy")
 
 
+def _same_name_in_compare_dir(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """dst has log.1 (log.2's old version); ../prev has an unrelated file named log.2."""
+    rotated(src, dst)
+    prev = dst.parent / "prev"
+    shutil.rmtree(prev, ignore_errors=True)
+    prev.mkdir()
+    (prev / "log.2").write_bytes(random.Random("unrelated").randbytes(SIZE))
+    os.utime(prev / "log.2", (OLD, OLD))
+
+
+@pytest.mark.parametrize("level", ["-y", "-yy"])
+def test_local_basis_dir_copy_before_fuzzy_like_rsync(tmp_path, level):
+    """A --*-dest dir's file of the same name is the basis, however unlike: no fuzzy search then."""
+    rs, zc = differential(tmp_path, ["-a", "--no-W", level, "--stats", "-i", "--compare-dest=../prev"], seed=1,
+                          prepare=_same_name_in_compare_dir)
+    _same_stats(rs, zc)
+    assert output_lines(rs.stdout) == output_lines(zc.stdout)
+
+
 # -- over ssh ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("direction", ["push", "pull"])
