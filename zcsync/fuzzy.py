@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Candidate", "UNIT", "choose", "distance", "filename_suffix"]
+__all__ = ["Candidate", "UNIT", "choose", "distance", "filename_suffix", "py_scan", "scan"]
 
 UNIT = 1 << 16
 LIMIT = 25 * UNIT  # rsync ignores a distance greater than 25 units
@@ -117,6 +117,34 @@ def distance(s1: bytes, s2: bytes, limit: int = _SUFFIX_LIMIT) -> int:
     return a[-1]
 
 
+def py_scan(names: Sequence[bytes], suffixes: Sequence[bytes], name: bytes, suffix: bytes,
+            lowest: int) -> tuple[int, int]:
+    """The name pass over one list: (index of the last candidate whose suffix distance x10
+    plus name distance is <= the running lowest, or -1; the new lowest). zcsync._fuzzy.scan
+    does the same in C."""
+    best = -1
+    for i, (cand, cand_suffix) in enumerate(zip(names, suffixes)):
+        # rsync adds the suffix distance (x10) to the name distance; computed first here,
+        # it tightens the limit the name must keep to (the same names qualify).
+        extra = distance(cand_suffix, suffix) * 10
+        if extra > lowest:
+            continue
+        dist = distance(cand, name, lowest - extra)
+        if dist >= _SUFFIX_LIMIT:
+            continue
+        dist += extra
+        if dist <= lowest:
+            lowest = dist
+            best = i
+    return best, lowest
+
+
+try:
+    from ._fuzzy import scan
+except ImportError:  # not built (a source checkout without build_ext): the same in Python
+    scan = py_scan
+
+
 def choose(name: bytes, size: int, mtime_ns: int, lists: Sequence[Sequence[Candidate]],
            same_time: Callable[[int, int], bool]) -> tuple[int, Candidate] | None:
     """The basis for a missing file `name` (a base name) of this size and mtime: (which
@@ -129,17 +157,9 @@ def choose(name: bytes, size: int, mtime_ns: int, lists: Sequence[Sequence[Candi
     lowest = LIMIT
     best: tuple[int, Candidate] | None = None
     for i, files in enumerate(lists):
-        for cand in files:
-            # rsync adds the suffix distance (x10) to the name distance; computed first here,
-            # it tightens the limit the name must keep to (the same names qualify).
-            extra = distance(cand.suffix, suffix) * 10
-            if extra > lowest:
-                continue
-            dist = distance(cand.name, name, lowest - extra)
-            if dist >= _SUFFIX_LIMIT:
-                continue
-            dist += extra
-            if dist <= lowest:
-                lowest = dist
-                best = i, cand
+        if not files:
+            continue
+        j, lowest = scan([c.name for c in files], [c.suffix for c in files], name, suffix, lowest)
+        if j >= 0:
+            best = i, files[j]
     return best
