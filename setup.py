@@ -12,5 +12,6 @@ setup(
         Extension("zcsync._fsscan", ["zcsync/_fsscan.c"], depends=["zcsync/delta/xxhash.h"],
                   extra_compile_args=["-O2"]),
         Extension("zcsync._commit", ["zcsync/_commit.c"], extra_compile_args=["-O2"]),
+        Extension("zcsync._fuzzy", ["zcsync/_fuzzy.c"], extra_compile_args=["-O2"]),
     ],
 )

@@ -149,6 +149,8 @@ class SyncOptions(TypedDict, total=False):
     link_dest: Paths
     compare_dest: Paths
     copy_dest: Paths
+    fuzzy: int
+    no_fuzzy: bool
     numeric_ids: bool
     super: bool
     fake_super: bool

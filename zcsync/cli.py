@@ -65,7 +65,7 @@ _SHORT_NEGATIONS = {
     "X": ["--no-xattrs"], "S": ["--no-sparse"], "x": ["--no-one-file-system"],
     "R": ["--no-relative"], "W": ["--no-whole-file"], "O": ["--no-omit-dir-times"],
     "J": ["--no-omit-link-times"], "h": ["--no-human-readable"],
-    "E": ["--no-executability"],
+    "E": ["--no-executability"], "y": ["--no-fuzzy"],
 }
 
 
@@ -286,6 +286,9 @@ def _cmd_options(f: Any) -> Any:
         click.option("--link-dest", multiple=True, metavar="DIR", help="hardlink to files in DIR when unchanged"),
         click.option("--compare-dest", multiple=True, metavar="DIR", help="also compare destination files relative to DIR"),
         click.option("--copy-dest", multiple=True, metavar="DIR", help="... and include copies of unchanged files"),
+        click.option("-y", "--fuzzy", count=True,
+                     help="find similar file for basis if no dest file (-yy: in --*-dest dirs too)"),
+        click.option("--no-fuzzy", is_flag=True, default=False, help="turn off -y, wherever it is given"),
         click.option("--numeric-ids", is_flag=True, default=False, help="don't map uid/gid values by user/group name"),
         flag("--super/--no-super", "super_user", help="receiver attempts super-user activities"),
         click.option("--fake-super", is_flag=True, default=False, help="store/recover privileged attrs using xattrs"),
@@ -575,6 +578,8 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     values["progress"] = progress
     if kw.get("itemize", 0) > 1:
         values["verbose"] = max(values["verbose"], 2)
+    if values.pop("no_fuzzy"):
+        values["fuzzy"] = 0
     values["link_dest"] = tuple(values["link_dest"])
     values["compare_dest"] = tuple(values["compare_dest"])
     values["copy_dest"] = tuple(values["copy_dest"])

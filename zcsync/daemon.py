@@ -712,8 +712,12 @@ def run_role(stream: Stream, role: str, opts: Options, paths: list[str], module_
             if module_filter.excluded(_module_relative(raw), False):
                 raise UsageError(f"--files-from file {path!r} refused: the module excludes it")
             return read_list_file(os.fsdecode(raw), from0, MAX_FILES_FROM, nofollow=True)
+        hidden = None
+        if role == "receiver" and module_filter:
+            def hidden(name: bytes) -> bool:
+                return module_filter.excluded(_module_relative(_join(dest_rel, name)), False)
         return Job(role, opts, tuple(paths), tuple(prefix), tuple(problems), make_sender, check_path,
-                   read_list)
+                   read_list, hidden)
 
     return serve_job(conn, plan, logger=log, peer=peer)
 

@@ -360,8 +360,11 @@ class Receiver:
 
 def make_receiver(dest: str, opts: Options, top: DirBatch, report: Report, filters: FilterRules,
                   io_error: Callable[[], bool], source_digest: Callable[[FileEntry], bytes | None],
-                  remove_source: Callable[[FileEntry], None] | None = None) -> Receiver:
-    """Open the destination (as the top batch decides) and build generator and writer for it."""
+                  remove_source: Callable[[FileEntry], None] | None = None, local: bool = False,
+                  basis_hidden: Callable[[bytes], bool] | None = None) -> Receiver:
+    """Open the destination (as the top batch decides) and build generator and writer for it
+    (local: for a local copy, whose files are whole unless --no-whole-file; basis_hidden:
+    destination names that no -y basis may be)."""
     tree, rename = open_destination(dest, top, opts)
     try:
         chmod = meta.ChmodRules.parse(opts.chmod) if opts.chmod else None
@@ -369,11 +372,13 @@ def make_receiver(dest: str, opts: Options, top: DirBatch, report: Report, filte
         xread, xapply = xattr_functions(opts)
         writer = Writer(opts, tree, policy, report, xattr_apply=xapply)
         basis_roots = _basis_roots(dest, opts)
+        writer.basis_fds = [fd for _, fd in basis_roots]
         generator = Generator(opts, tree, policy, report, writer, filters,
                               io_error=io_error, source_digest=source_digest,
                               dest_digest=fastio.file_digest, rename_root=rename,
                               basis_roots=basis_roots, xattr_apply=xapply, xattr_read=xread,
-                              remove_source=remove_source, root_created=tree.created)
+                              remove_source=remove_source, root_created=tree.created, whole_default=local,
+                              basis_hidden=basis_hidden)
         writer.backup = generator.backup if opts.backup else None
     except BaseException:
         tree.close()
@@ -405,7 +410,7 @@ def run_local(sources_text: list[str], dest: str, opts: Options,
         return RunResult(report.exit_code, report, report.problems)
     receiver = make_receiver(dest, receiving, top, report, filters, io_error=lambda: sender.io_error,
                              source_digest=lambda e: e.digest if e.digest is not None else sender.digest(e),
-                             remove_source=sender.remove if opts.remove_source_files else None)
+                             remove_source=sender.remove if opts.remove_source_files else None, local=True)
     try:
         local.run(sender, receiver.generator, receiver.writer, report, itertools.chain([top], batches))
     except BaseException:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from . import commit, fastio, fsscan, info, meta
+from . import commit, fastio, fsscan, fuzzy, info, meta
 from .attrs import AttrPolicy, Wanted, apply_fd, apply_name, type_letter
 from .commit import DestTree
 from .errors import MAX_DELETE, PARTIAL, FileProblem
@@ -64,6 +64,10 @@ class Generator:
     deleted: int = 0
     delete_skipped: int = 0
     root_created: bool = False  # the destination directory was made by this run
+    whole_default: bool = False  # files are copied whole unless --no-whole-file (a local run)
+    # Destination names that no -y basis may be (a daemon module's excludes: a basis's
+    # signature goes to the client); with it, -yy looks in the destination only.
+    basis_hidden: Callable[[bytes], bool] | None = None
     _virtual_dirs: set[bytes] = field(default_factory=set)  # created only in a dry run
     _pending_dirs: dict[bytes, FileEntry] = field(default_factory=dict)
     _dir_rules: dict[bytes, FilterRules] = field(default_factory=dict)
@@ -72,6 +76,12 @@ class Generator:
     _dest_digests: dict[int, bytes] = field(default_factory=dict)
     _after: list[tuple[bytes, frozenset[bytes]]] = field(default_factory=list)
     _delayed: list[tuple[bytes, list[tuple[bytes, bool]]]] = field(default_factory=list)  # --delete-delay
+    # -y, per batch: each directory's candidate lists (read at its first missing file), and
+    # the names requested so far in each (being replaced: no basis for another file).
+    _fuzzy_lists: dict[bytes, list[list[fuzzy.Candidate]]] = field(default_factory=dict)
+    _fuzzy_spent: dict[bytes, set[bytes]] = field(default_factory=dict)
+    _batch_dir: bytes | None = None
+    _batch_names: frozenset[bytes] = frozenset()
 
     def __post_init__(self) -> None:
         o = self.opts
@@ -93,6 +103,12 @@ class Generator:
         self._size_limits = o.max_size is not None or o.min_size is not None
         if self._exact_roots:
             self._quick = False
+        # Will a new file's data come as a delta (so that a basis other than its own old
+        # copy is worth looking for)? Not in a dry run, nor with --append (rsync would append
+        # onto that basis, or skip a new file whose basis is not shorter).
+        whole = o.whole_file is not False if self.whole_default else o.whole_file is True
+        self._other_basis = not (whole or o.dry_run or o.append)
+        self._fuzzy = bool(o.fuzzy) and self._other_basis
 
     # -- per batch ------------------------------------------------------------
     def process(self, batch: DirBatch) -> Iterator[Request]:
@@ -120,10 +136,16 @@ class Generator:
         if prefetched is not None:
             self._prefetch_dir, rows, self._dest_digests = prefetched
             self._prefetched = dict(zip((e.basename for e in batch.entries), rows))
+        if self._fuzzy:
+            self._batch_dir = batch.dir_name
+            self._batch_names = frozenset(e.basename for e in batch.entries)
         try:
             yield from self._entries(batch, rows)
         finally:
             self._prefetch_dir, self._prefetched, self._dest_digests = None, {}, {}
+            if self._fuzzy:
+                self._fuzzy_lists.clear()
+                self._fuzzy_spent.clear()
         if missing:
             self.delete_missing(missing, listed)
         if batch.dir_name is not None and self.opts.delete:
@@ -503,7 +525,19 @@ class Generator:
         if self.opts.dry_run:
             self.hl_done[entry.index] = name
             return None
-        return Request(entry, name, st, itemize, self.writer.partial_stat(name))
+        partial = self.writer.partial_stat(name)
+        basis = None
+        # No file of this name to rebuild from: as rsync, a basis dir's copy of it, else (-y)
+        # a similar file; a kept partial file comes before either.
+        if self._other_basis and partial is None and entry.size and (st is None or not stat.S_ISREG(st.st_mode)):
+            if self.basis_roots and self.basis_hidden is None:
+                basis = self._alt_delta_basis(name)
+            if basis is None and self._fuzzy:
+                basis = self._fuzzy_basis(entry, name)
+        if self._fuzzy:
+            parent, base = split(name)
+            self._fuzzy_spent.setdefault(parent, set()).add(base)
+        return Request(entry, name, st, itemize, partial, basis)
 
     def _committed(self, entry: FileEntry, name: bytes) -> None:
         """The writer committed entry: finish what waited on it."""
@@ -571,6 +605,87 @@ class Generator:
             self._final(entry, name)
             return True
         return False
+
+    # -- fuzzy basis (-y) -------------------------------------------------------
+    def _fuzzy_basis(self, entry: FileEntry, name: bytes) -> tuple[int, bytes] | None:
+        """-y: the basis for entry, whose destination `name` has no regular file, from the
+        files of its directory (and with -yy of that directory in the --*-dest dirs), by
+        rsync's rule (zcsync.fuzzy); (0 for the destination or i for the i-th basis dir, the
+        name there), or None. A name requested earlier in the directory is being replaced
+        and is no basis (rsync's FLAG_FILE_SENT)."""
+        parent, base = split(name)
+        lists = self._fuzzy_lists.get(parent)
+        if lists is None:
+            lists = self._fuzzy_lists[parent] = self._fuzzy_candidates(parent)
+        spent = self._fuzzy_spent.get(parent)
+        if spent:
+            lists = [[c for c in lists[0] if c.name not in spent], *lists[1:]]
+        found = fuzzy.choose(base, entry.size, entry.mtime_ns, lists, self._fuzzy_same_time)
+        if found is None:
+            return None
+        root, cand = found
+        log.debug("fuzzy basis selected for %s: %s", escape(name), escape(cand.name))
+        return root, join(parent, cand.name)
+
+    def _fuzzy_same_time(self, a_ns: int, b_ns: int) -> bool:
+        """rsync's same_time for the fuzzy size+mtime match: seconds, within --modify-window."""
+        return abs(a_ns // 1_000_000_000 - b_ns // 1_000_000_000) <= self.opts.modify_window
+
+    def _fuzzy_candidates(self, parent: bytes) -> list[list[fuzzy.Candidate]]:
+        """The regular, non-empty files of destination directory `parent` (then, with -yy, of
+        `parent` in each basis dir), each list sorted by name. Not our temp files, nor
+        (--delete-during) the names this directory's deletion will remove: rsync deletes them
+        before it looks for a basis. Symlinks are no candidates; directories are reached
+        without following one."""
+        out: list[list[fuzzy.Candidate]] = []
+        try:
+            rows = fsscan.list_dir(self.tree.dir_fd(parent))
+        except OSError:
+            rows = []
+        exclude: set[bytes] = set()
+        o = self.opts
+        if o.delete and o.delete_mode == "during" and self._batch_dir is not None \
+                and self.rename_root.get(self._batch_dir, self._batch_dir) == parent:
+            exclude = {b for b, _ in self._extraneous(self._batch_dir, self._batch_names)}
+        hidden = self.basis_hidden
+        if hidden is not None:
+            exclude.update(row[0] for row in rows if hidden(join(parent, row[0])))
+        out.append(_candidates(rows, exclude))
+        if o.fuzzy > 1 and hidden is None:
+            for _, root_fd in self.basis_roots:
+                try:
+                    pfd = commit.open_beneath(root_fd, parent)
+                except OSError:
+                    out.append([])
+                    continue
+                try:
+                    out.append(_candidates(fsscan.list_dir(pfd), set()))
+                except OSError:
+                    out.append([])
+                finally:
+                    os.close(pfd)
+        return out
+
+    def _alt_delta_basis(self, name: bytes) -> tuple[int, bytes] | None:
+        """The delta basis of a missing file from the --*-dest dirs, as rsync's try_dests_reg:
+        the first one that has a regular file of this name (one that differs: _alt_basis
+        settled those that match); none if that file is empty. (i for the i-th dir, name).
+        Not in a daemon module with excludes (basis_hidden), whose paths there it cannot judge."""
+        parent, base = split(name)
+        for i, (_, root_fd) in enumerate(self.basis_roots, 1):
+            try:
+                pfd = commit.open_beneath(root_fd, parent)
+            except OSError:
+                continue
+            try:
+                st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+            except OSError:
+                continue
+            finally:
+                os.close(pfd)
+            if stat.S_ISREG(st.st_mode):
+                return (i, name) if st.st_size else None
+        return None
 
     def _size_skipped(self, entry: FileEntry) -> bool:
         """--max-size / --min-size: the receiver leaves this file alone."""
@@ -1088,6 +1203,14 @@ def _copy_fake_stat(src: int, dst: int) -> None:
     except OSError as exc:
         if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
+
+
+def _candidates(rows: list, exclude: set[bytes]) -> list[fuzzy.Candidate]:
+    """fsscan.list_dir rows as fuzzy candidates: regular non-empty files, by name."""
+    return sorted((fuzzy.Candidate.of(row[0], row[2], row[3]) for row in rows
+                   if row[1] > 0 and stat.S_ISREG(row[1]) and row[2] > 0
+                   and not row[0].endswith(commit.TEMP_SUFFIX) and row[0] not in exclude),
+                  key=lambda c: c.name)
 
 
 def _read_beneath(dir_fd: int, name: bytes) -> bytes | None:

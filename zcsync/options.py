@@ -91,6 +91,9 @@ class Options:
     link_dest: tuple[str, ...] = ()
     compare_dest: tuple[str, ...] = ()
     copy_dest: tuple[str, ...] = ()
+    # -y: a missing file's delta basis is a similar file of its directory (2, -yy: or of the
+    # same directory in a --*-dest dir)
+    fuzzy: int = 0
     numeric_ids: bool = False
     copy_devices: bool = False  # the sender lists a device as a regular file of its contents
     # rsync's am_root on the receiver: --fake-super keeps owners, special modes and device
@@ -181,6 +184,10 @@ class Options:
                 if given:
                     raise UsageError(f"--append cannot be used with --{name}")
             object.__setattr__(self, "inplace", True)  # rsync: --append implies --inplace
+        if self.fuzzy < 0:
+            raise UsageError("--fuzzy must not be negative")
+        if self.fuzzy > 2:
+            object.__setattr__(self, "fuzzy", 2)  # rsync: more than -yy is -yy
         if self.block_size == 0:
             object.__setattr__(self, "block_size", None)  # rsync: 0 is the automatic size
         if self.block_size is not None and not 0 <= self.block_size <= MAX_BLOCK_SIZE:

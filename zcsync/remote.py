@@ -729,9 +729,10 @@ class ReceivingSide:
     """Builds the destination from the peer's file list and file data."""
 
     def __init__(self, conn: Connection, dest: str, opts: Options, report: Report,
-                 filters: FilterRules) -> None:
+                 filters: FilterRules, basis_hidden: Callable[[bytes], bool] | None = None) -> None:
         self.conn = conn
         self.dest = dest
+        self.basis_hidden = basis_hidden  # names no -y basis may be (a daemon module's excludes)
         self.opts = opts
         self.report = report
         self.filters = filters
@@ -837,14 +838,19 @@ class ReceivingSide:
         st = request.existing
         return self.opts.inplace and st is not None and stat.S_ISREG(st.st_mode)
 
-    def _open_basis(self, name: bytes) -> int:
-        """The basis of destination `name` for reading: the partial file its signature was made
-        from (--partial), else the destination file, opened beneath the destination root."""
+    def _open_basis(self, request: WriteRequest, partial: bool | None = None) -> int:
+        """The basis of a request for reading: the partial file its signature was made from
+        (--partial; None: as recorded), else the similar file the generator chose (-y), else
+        the destination file, opened beneath the destination root."""
         assert self.receiver is not None
-        with self._lock:
-            partial = name in self._partial_bases
+        name = request.dest_name
+        if partial is None:
+            with self._lock:
+                partial = name in self._partial_bases
         if partial:
             return self.receiver.writer.open_partial(name)
+        if request.basis is not None:
+            return self.receiver.writer.open_basis(request.basis)
         parent, base = split(name)
         pfd = self.receiver.writer.tree.dir_fd(parent)
         fd = fsscan.open_read(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
@@ -858,20 +864,21 @@ class ReceivingSide:
         """Request.signature for a file with a basis, or None for the whole file.
 
         The basis is a partial file an interrupted run kept (--partial, --partial-dir), as
-        rsync does, else the file it replaces. --block-size fixes the block length (never
-        below what a sender accepts from a peer).
+        rsync does, else the similar file the generator chose for a missing one (-y), else
+        the file it replaces. --block-size fixes the block length (never below what a
+        sender accepts from a peer).
         """
         st = request.existing
         if not self._delta_wanted():
             return None
         inplace = self._inplace(request)
         partial = request.partial is not None and not inplace
-        if not partial and (st is None or not stat.S_ISREG(st.st_mode) or st.st_size == 0):
+        if not partial and request.basis is None and (st is None or not stat.S_ISREG(st.st_mode)
+                                                      or st.st_size == 0):
             return None
         assert self.receiver is not None
         try:
-            fd = self.receiver.writer.open_partial(request.dest_name) if partial \
-                else self._open_basis(request.dest_name)
+            fd = self._open_basis(request, partial)
         except OSError:
             return None
         try:
@@ -945,7 +952,7 @@ class ReceivingSide:
         self.receiver = make_receiver(self.dest, self.opts, top, self.report, self.filters,
                                       io_error=lambda: self.io_error,
                                       source_digest=lambda e: self.digests.get(e.index),
-                                      remove_source=remove)
+                                      remove_source=remove, basis_hidden=self.basis_hidden)
         self.receiver.tree.shared = True  # the generator thread and this one both use it
         if self.receiver.writer.on_commit is None:  # nothing waits for a commit: they can queue
             self.receiver.writer.commit_in_background()
@@ -972,7 +979,7 @@ class ReceivingSide:
             source = StreamFile(self.conn, begin.index, begin.size, self._flist_or_common, self.opts.write_mode)
         else:
             source = DeltaFile(self.conn, begin.index, begin.size, self._flist_or_common, basis,
-                               lambda: self._open_basis(request.dest_name))
+                               lambda: self._open_basis(request))
         try:
             ok = self.receiver.writer.write(request, source)
         except _Redo:

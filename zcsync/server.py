@@ -162,6 +162,9 @@ class Job:
     #: Reads a --files-from file on this host (the client gave host:FILE or :FILE): its
     #: names from (path, from0). None: this server end reads no list files (the daemon).
     read_list: Callable[[str, bool], list[bytes]] | None = None
+    #: A receiver's names (relative to the destination) never to read as a -y basis, whose
+    #: signature would reach the client (a daemon module's excludes).
+    basis_hidden: Callable[[bytes], bool] | None = None
 
 
 def check_files_from(names: list[bytes], paths: Sequence[str], check: Callable[[bytes], None] | None) -> None:
@@ -245,7 +248,8 @@ def serve_job(conn: Connection, plan: Callable[[Report], Job], *, logger: loggin
                     names = _own_list(job, opts)
                     check_files_from(names, (), None)
                     send_files_from(conn, names)
-                side = ReceivingSide(conn, job.paths[0] or ".", opts, report, filters)
+                side = ReceivingSide(conn, job.paths[0] or ".", opts, report, filters,
+                                     basis_hidden=job.basis_hidden)
                 try:
                     side.run()
                 finally:

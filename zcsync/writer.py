@@ -11,7 +11,7 @@ from typing import Protocol
 
 import xxhash
 
-from . import commit, fastio
+from . import commit, fastio, fsscan
 from .attrs import AttrPolicy, apply_fd
 from .commit import DestTree
 from .errors import FileIOError, FileProblem, UsageError
@@ -59,6 +59,9 @@ class Request:
     # A partial file of this name kept by an interrupted run (--partial, --partial-dir): the
     # delta basis instead of the old destination, as in rsync; removed once the file commits.
     partial: os.stat_result | None = None
+    # The delta basis when the destination has no file of this name (-y, --fuzzy): (0, a
+    # name in the destination) or (i, a name in the i-th --compare/copy/link-dest dir).
+    basis: tuple[int, bytes] | None = None
 
 
 def _preallocate(fd: int, size: int) -> None:
@@ -83,6 +86,16 @@ def _copy_to_temp(src_fd: int, dfd: int, base: bytes, size: int) -> tuple[int, b
         commit.unlink_quietly(dfd, tmp)
         raise
     return fd, tmp
+
+
+def _open_regular(base: bytes, dir_fd: int, noatime: bool) -> int:
+    """Open base in dir_fd for reading if it is a regular file (not a symlink, nor a fifo
+    that would block the open); raises OSError."""
+    fd = fsscan.open_read(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, noatime, dir_fd=dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EISDIR, "basis is not a regular file")
+    return fd
 
 
 def open_temp_dir(tree: DestTree, temp_dir: str) -> int:
@@ -117,6 +130,7 @@ class Writer:
         # _in_temp_dir names those that still are (the rest are in their file's directory).
         self.temp_fd = open_temp_dir(tree, opts.temp_dir) if opts.temp_dir else None
         self._in_temp_dir: set[bytes] = set()
+        self.basis_fds: list[int] = []  # the --*-dest dirs a Request.basis may name (not ours to close)
 
     @property
     def partial_dir(self) -> bytes:
@@ -154,6 +168,23 @@ class Writer:
             os.close(fd)
             raise OSError(errno.EINVAL, "partial file is not a regular file")
         return fd
+
+    def open_basis(self, basis: tuple[int, bytes]) -> int:
+        """Open a Request.basis for reading: a regular file of the destination or of a
+        --*-dest dir, reached through directories only, never through a symlink; raises OSError."""
+        root, name = basis
+        parent, base = split(name)
+        if root == 0:
+            pfd = self.tree.pin(parent)  # (the generator thread may evict it meanwhile)
+            try:
+                return _open_regular(base, pfd, self.opts.open_noatime)
+            finally:
+                self.tree.unpin(pfd)
+        dfd = commit.open_beneath(self.basis_fds[root - 1], parent)
+        try:
+            return _open_regular(base, dfd, self.opts.open_noatime)
+        finally:
+            os.close(dfd)
 
     def _drop_partial(self, pfd: int, base: bytes) -> None:
         """The file committed: its partial file is spent; so is the partial dir once empty."""

@@ -400,6 +400,42 @@ def test_alt_dest(tmp_path, kind):
     _itemize_same(rs, zc)
 
 
+def changed_snapshot(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """dst/prev holds an earlier copy of src, with an older version of src/big.bin (512 KiB,
+    since grown and edited) and an empty one of src/empty-there; dst/new, the destination,
+    does not exist yet."""
+    import random
+    rnd = random.Random("changed-snapshot")
+    old = rnd.randbytes(512 << 10)
+    (src / "big.bin").write_bytes(old[:100_000] + rnd.randbytes(300) + old[100_000:] + rnd.randbytes(5000))
+    (src / "empty-there").write_bytes(rnd.randbytes(50_000))
+    subprocess.run(["rsync", "-a", "--mkpath", f"{src}/", f"{dst}/prev/"], check=True)
+    (dst / "prev" / "big.bin").write_bytes(old)
+    (dst / "prev" / "empty-there").write_bytes(b"")
+    _age(src, dst / "prev" / "big.bin", dst / "prev" / "empty-there")
+
+
+def stat_of(out: str, what: str) -> int:
+    import re
+    m = re.search(rf"^{what}: ([\d,]+)", out, re.M)
+    assert m, f"no {what!r} in:\n{out}"
+    return int(m.group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize("kind", ["link", "compare", "copy"])
+def test_alt_dest_copy_is_the_delta_basis(tmp_path, kind):
+    """A file a --*-dest dir holds in another version is rebuilt from it (--no-whole-file), as
+    rsync's try_dests_reg makes it the basis; an empty one there is no basis."""
+    rs, zc = differential(tmp_path, ["-a", "-i", "--no-W", "--stats", f"--{kind}-dest=../prev"], seed=13,
+                          prepare=changed_snapshot, paths=["src/", "dst/new"])
+    # (Not the created count: with --copy-dest rsync counts none of the copies, zcsync all.)
+    assert [line for line in output_lines(rs.stdout) if not line.startswith("Number of created")] == \
+        [line for line in output_lines(zc.stdout) if not line.startswith("Number of created")]
+    for what in ("Literal data", "Matched data"):
+        assert stat_of(rs.stdout, what) == stat_of(zc.stdout, what), what
+    assert stat_of(zc.stdout, "Matched data") > 400_000
+
+
 @pytest.mark.parametrize("seed", [15, 16])
 def test_checksum(tmp_path, seed):
     rs, zc = differential(tmp_path, ["-a", "-c", "-i"], seed=seed, mutate=True)

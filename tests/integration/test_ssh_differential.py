@@ -222,6 +222,18 @@ def test_push_backup_and_link_dest(tmp_path, sshd):
                  paths=["src/", f"{ALIAS}:{{run}}/dst/new"], zcsync_extra=_extra())
 
 
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_link_dest_copy_is_the_delta_basis(tmp_path, sshd, direction):
+    """A file the --link-dest dir holds in another version is the delta basis, as in rsync."""
+    from .test_local_differential import changed_snapshot, stat_of
+    paths = ["src/", f"{ALIAS}:{{run}}/dst/new"] if direction == "push" else [f"{ALIAS}:{{run}}/src/", "dst/new"]
+    rs, zc = differential(tmp_path, ["-a", "--stats", "--link-dest=../prev"], seed=13, prepare=changed_snapshot,
+                          env=sshd.env(), paths=paths, zcsync_extra=_extra())
+    for what in ("Literal data", "Matched data"):
+        assert stat_of(rs.stdout, what) == stat_of(zc.stdout, what), what
+    assert stat_of(zc.stdout, "Matched data") > 400_000
+
+
 def test_remote_missing_source(tmp_path, sshd):
     rs, zc = differential(tmp_path, ["-a"], seed=8, env=sshd.env(),
                           paths=[f"{ALIAS}:{{run}}/src/nonexistent", "dst"], zcsync_extra=_extra())

@@ -56,6 +56,19 @@ def test_delete_modes():
     assert parse("--delete-excluded").delete
 
 
+def test_fuzzy_levels():
+    assert parse().fuzzy == 0
+    assert parse("-y").fuzzy == 1 and parse("--fuzzy").fuzzy == 1
+    assert parse("-avyy").fuzzy == 2 and parse("-yyy").fuzzy == 2  # rsync: more is -yy
+    assert parse("-y", "--no-fuzzy").fuzzy == 0 and parse("-yy", "--no-y").fuzzy == 0
+
+
+def test_fuzzy_goes_to_the_server():
+    from zcsync.options import from_wire, to_wire
+    assert from_wire(to_wire(parse("-yy"))).fuzzy == 2
+    assert "fuzzy" not in to_wire(parse("-a"))
+
+
 def test_backup_without_dir_omits_dir_times():
     assert parse("-a", "-b").omit_dir_times
     assert not parse("-a", "-b", "--backup-dir=x").omit_dir_times

@@ -115,8 +115,9 @@ class LocalBytes:
 
 
 class LocalDelta:
-    """A DataSource rebuilt from a basis -- the old destination, or a partial file an
-    interrupted run kept -- and the source's differing bytes (local --no-whole-file).
+    """A DataSource rebuilt from a basis -- the old destination, a partial file an
+    interrupted run kept, or (-y) a similar file -- and the source's differing bytes
+    (local --no-whole-file).
 
     The same code as a remote delta: a signature of the basis, the C scan of the source
     against it (in place: keeping to blocks not yet overwritten), and delta.Rebuild,
@@ -271,7 +272,7 @@ def _whole(writer: Writer, request: Request) -> bool:
         return True
     if in_place:
         return not st.st_size  # type: ignore[union-attr]
-    if request.partial is not None:
+    if request.partial is not None or request.basis is not None:
         return False
     return not (st is not None and stat.S_ISREG(st.st_mode) and st.st_size)
 
@@ -292,6 +293,9 @@ def local_source(writer: Writer, request: Request, fd: int,
         return LocalDelta(fd, size, None, opts.block_size, pace)
     if request.partial is not None:
         return LocalDelta(fd, size, lambda: writer.open_partial(request.dest_name), opts.block_size, pace)
+    if request.basis is not None:  # -y: a similar file of the directory
+        basis = request.basis
+        return LocalDelta(fd, size, lambda: writer.open_basis(basis), opts.block_size, pace)
     return LocalDelta(fd, size, lambda: _open_dest(writer, request.dest_name), opts.block_size, pace)
 
 
