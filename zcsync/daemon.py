@@ -613,6 +613,14 @@ class Session:
         module_filter = ModuleFilter(module.exclude)
         if module_filter and any(_is_clear_rule(rule) for rule in opts.filter_rules):
             raise _Refuse(errors.USAGE, "a '!' (clear) filter rule is refused on a module with excludes")
+        if module_filter and role == "receiver":
+            # Files there are read (a basis, a copy, a link) or written (a backup) by names the
+            # module's excludes are not checked against: an excluded file could be copied or
+            # linked to a visible name, or replaced by a backup.
+            for name in ("compare_dest", "copy_dest", "link_dest", "backup_dir"):
+                if getattr(opts, name):
+                    raise _Refuse(errors.USAGE, f"--{name.replace('_', '-')} is refused on a module with "
+                                  "excludes (an excluded file could be read or replaced through it)")
         if role == "receiver" and len(request.paths) != 1:
             raise _Refuse(errors.USAGE, "a push names one destination path")
         try:

@@ -615,6 +615,35 @@ def test_xattrs_push_and_pull_match_rsync_daemon(tmp_path):
         rd.stop()
 
 
+@pytest.mark.parametrize("option", [{"copy_dest": "../secret"}, {"link_dest": "../secret"},
+                                    {"compare_dest": "../secret"}, {"backup": True, "backup_dir": "../secret"}],
+                         ids=lambda o: next(iter(o.items()))[0] if "backup" not in o else "backup_dir")
+def test_basis_and_backup_dirs_refused_on_a_module_with_excludes(tmp_path, option):
+    """An excluded file must not be reached through a --*-dest dir (a file of the same size
+    and time would take it as its copy, then be pulled) nor replaced by a backup."""
+    zd = ZcsyncDaemon(tmp_path / "zdaemon")
+    mod = tmp_path / "mod"
+    (mod / "secret").mkdir(parents=True)
+    (mod / "dst").mkdir()
+    key = mod / "secret" / "x"
+    key.write_bytes(b"the secret key")
+    os.utime(key, (1_600_000_000, 1_600_000_000))
+    (mod / "dst" / "x").write_bytes(b"an old dst file")
+    zd.write_config(f"[m]\n    path = {mod}\n    read only = no\n    exclude = /secret/\n")
+    zd.start()
+    try:
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "x").write_bytes(b"same size: 14")  # 14 bytes, like the key
+        os.utime(src / "x", (1_600_000_000, 1_600_000_000))
+        code, msg, _ = run_client([f"{src}/", zd.url("m", "dst/")], archive=True, ignore_times=True, **option)
+        assert code == 1 and "refused on a module with excludes" in msg, msg
+        assert key.read_bytes() == b"the secret key"
+        assert (mod / "dst" / "x").read_bytes() == b"an old dst file"
+    finally:
+        zd.stop()
+
+
 def test_module_exclude_matches_rsync_daemon(tmp_path):
     zd, rd, zmod, rmod = _pair(tmp_path, "    exclude = *.tmp /top-secret\n")
     try:
