@@ -972,6 +972,11 @@ def _paced_runs(tmp_path: pathlib.Path, args: list[str], prepare) -> dict[str, t
     base = tmp_path / "base"
     (base / "src").mkdir(parents=True)
     prepare(base / "src", base / "dst")
+    # Directories dated well before the run: rsync leaves a directory's time alone when it
+    # is within the same second as the source's (its time check is in whole seconds here).
+    for d in (base / "src", base / "dst"):
+        if d.is_dir():
+            os.utime(d, (1_600_000_000, 1_600_000_000))
     runners = {"rsync": run_rsync, "zcsync": run_zcsync}
     for tool in runners:
         shutil.copytree(base, tmp_path / tool, symlinks=True)
@@ -1004,7 +1009,7 @@ def test_bwlimit_paces_a_local_copy_like_rsync(tmp_path):
     want = size / _RATE
     assert rs >= 0.6 * want, f"rsync took {rs:.2f} s: the oracle did not pace"
     assert zc >= 0.6 * want, f"zcsync took {zc:.2f} s for {want:.2f} s of data"
-    assert zc <= 1.5 * rs + 0.5, f"zcsync {zc:.2f} s, rsync {rs:.2f} s"
+    assert zc <= 1.5 * rs + 1.0, f"zcsync {zc:.2f} s, rsync {rs:.2f} s"
 
 
 def _stat_bytes(out: str, label: str) -> int:
@@ -1030,5 +1035,6 @@ def test_bwlimit_paces_the_literal_data_of_a_local_delta_like_rsync(tmp_path):
     literal = _stat_bytes(zc_proc.stdout, "Literal data")
     assert literal == _stat_bytes(rs_proc.stdout, "Literal data") and changed <= literal < 2 * changed
     for tool, took in (("rsync", rs), ("zcsync", zc)):
-        assert 0.6 * literal / _RATE <= took < 0.7 * size / _RATE, f"{tool} took {took:.2f} s"
-    assert zc <= 1.5 * rs + 0.5, f"zcsync {zc:.2f} s, rsync {rs:.2f} s"
+        # (pacing the whole file would take size / _RATE; start-up on a busy machine adds some)
+        assert 0.6 * literal / _RATE <= took < 0.9 * size / _RATE, f"{tool} took {took:.2f} s"
+    assert zc <= 1.5 * rs + 1.0, f"zcsync {zc:.2f} s, rsync {rs:.2f} s"
