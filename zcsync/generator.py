@@ -416,20 +416,27 @@ class Generator:
         return prefix + "." + size + changes + "..."
 
     def _basis_stat(self, name: bytes) -> os.stat_result | None:
+        for _, pfd, base, st in self._in_basis_roots(name):
+            return self._faked(pfd, base, name, st) if self.policy.fake_super else st
+        return None
+
+    def _in_basis_roots(self, name: bytes) -> Iterator[tuple[int, int, bytes, os.stat_result]]:
+        """(i, parent fd, base name, lstat) of name in each --*-dest dir that has it (i from
+        1), reached through directories only; the parent fd is closed when the loop goes on."""
         parent, base = split(name)
-        for _, root_fd in self.basis_roots:
+        for i, (_, root_fd) in enumerate(self.basis_roots, 1):
             try:
                 pfd = commit.open_beneath(root_fd, parent)
             except OSError:
                 continue
             try:
-                st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
-                return self._faked(pfd, base, name, st) if self.policy.fake_super else st
-            except OSError:
-                continue
+                try:
+                    st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                yield i, pfd, base, st
             finally:
                 os.close(pfd)
-        return None
 
     def _dir(self, entry: FileEntry, name: bytes, st: os.stat_result | None) -> None:
         if name == ROOT and self.root_created:
@@ -671,18 +678,7 @@ class Generator:
         the first one that has a regular file of this name (one that differs: _alt_basis
         settled those that match); none if that file is empty. (i for the i-th dir, name).
         Not in a daemon module with excludes (basis_hidden), whose paths there it cannot judge."""
-        parent, base = split(name)
-        for i, (_, root_fd) in enumerate(self.basis_roots, 1):
-            try:
-                pfd = commit.open_beneath(root_fd, parent)
-            except OSError:
-                continue
-            try:
-                st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
-            except OSError:
-                continue
-            finally:
-                os.close(pfd)
+        for i, _, _, st in self._in_basis_roots(name):
             if stat.S_ISREG(st.st_mode):
                 return (i, name) if st.st_size else None
         return None
