@@ -339,6 +339,8 @@ class Generator:
         parent, base = split(name)
         pfd = self.tree.dir_fd(parent)
         if entry.is_dir:
+            if xchange:
+                self.xattr_apply(self.tree.dir_fd(name), entry.xattrs)
             self.dir_fixes.append(_DirFix(name, want))
             return
         if entry.is_reg or self.policy.fake_super:  # (what stands for a link or device is a file)
@@ -508,7 +510,8 @@ class Generator:
                 changes = "T" + changes[1:]
             size = "s" if st.st_size != entry.size else "."
             csum = "c" if opts.checksum else "."
-            return self._request(entry, name, st, ">f" + csum + size + changes + "...")
+            xattrs = "x" if self._xattr_differs(entry, name) else "."  # (the old file's, as rsync)
+            return self._request(entry, name, st, ">f" + csum + size + changes + ".." + xattrs)
         if st is None:
             if self.basis_roots and self._alt_basis(entry, name):
                 return None

@@ -580,6 +580,14 @@ def test_xattrs_and_acls(tmp_path):
     differential(tmp_path, ["-aAX"], seed=33, prepare=prepare, compare_kwargs={"xattrs": True})
 
 
+def test_xattrs_resync_onto_a_copy_without_them_like_rsync(tmp_path):
+    """-aX over a copy made without -X: every name gets its xattrs (directories, read-only
+    ones too), and the lines name them with an x, as rsync's (a changed file's too)."""
+    rs, zc = differential(tmp_path, ["-aX", "-i"], seed=7, mutate=True, compare_kwargs={"xattrs": True})
+    _itemize_same(rs, zc)
+    assert any(line.startswith(".d") and line[10] == "x" for line in zc.stdout.splitlines())
+
+
 OWNER_MAPS = [
     ["-a", "--usermap=1000:daemon,nobody:bin,1200-1300:sys,*:backup",
      "--groupmap=nog*:daemon,4321:bin", "-i"],  # id, name, range, wildcard: the first match wins

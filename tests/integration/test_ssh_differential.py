@@ -552,6 +552,14 @@ def _xattrs_and_acls(src: pathlib.Path, dst: pathlib.Path) -> None:
 
 
 @pytest.mark.parametrize("direction", ["push", "pull"])
+def test_xattrs_resync_onto_a_copy_without_them(tmp_path, sshd, via, direction):
+    """-aX over a copy made without -X, as rsync: directories get theirs too, x in the lines."""
+    rs, zc = differential(tmp_path, ["-aX", "-i", *via], seed=7, mutate=True, env=sshd.env(),
+                          paths=direction_paths(direction), zcsync_extra=_extra(), compare_kwargs={"xattrs": True})
+    _same_items(rs, zc)
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
 def test_xattrs_and_acls(tmp_path, sshd, via, direction):
     """-aAX over ssh leaves the xattrs and ACLs rsync's does, both ways (before, the remote
     sender of a pull and the local one of a push sent none, silently)."""
