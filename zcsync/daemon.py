@@ -593,7 +593,7 @@ class Session:
         role = request.role
         assert role is not None
         try:
-            opts = from_wire(request.options)
+            opts = _max_verbosity(from_wire(request.options))
         except UsageError as exc:
             raise _Refuse(errors.USAGE, exc.message) from None
         if role == "receiver" and read_only:
@@ -659,6 +659,15 @@ class Session:
         self.stream.timeout = float(module.timeout) if module.timeout else None
         return run_role(self.stream, role, opts, paths, module_filter, problems, peer=self.addr,
                         module_name=module.name)
+
+
+def _max_verbosity(opts: Options) -> Options:
+    """A daemon's session is told no more than level 1 of names (rsync's "max verbosity",
+    1 by default): no "X is uptodate" lines from a push, no unchanged names itemized."""
+    info = tuple(w for w in opts.info if not (w.startswith("NAME") and int(w[len("NAME"):]) > 1))
+    if opts.verbose <= 1 and info == opts.info:
+        return opts
+    return opts.replace(verbose=min(opts.verbose, 1), info=info)
 
 
 def _is_clear_rule(rule: str) -> bool:

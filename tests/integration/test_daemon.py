@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.oracle import compare_kwargs_for, run_rsync
+from tests.oracle import compare_kwargs_for, run_rsync, run_zcsync
 from tests.treecmp import assert_same_tree
 from tests.treegen import copy_tree, make_tree, mutate_tree
 from zcsync import auth, daemon
@@ -562,6 +562,28 @@ def test_push_matches_rsync_daemon(tmp_path):
         code, msg, _ = run_client([f"{src}/", zd.url("m", "dst/")], archive=True, delete=True)
         assert rs.returncode == code, (rs.stderr, msg)
         assert_same_tree(rmod / "dst", zmod / "dst", **compare_kwargs_for(["-a"]))
+    finally:
+        zd.stop()
+        rd.stop()
+
+
+def test_push_names_no_unchanged_files_like_rsync_daemon(tmp_path):
+    """A daemon tells a client no more than level 1 of names (rsync's "max verbosity" of 1):
+    --info=name2 or -vv gets no "X is uptodate" lines from a push, as from rsync's daemon."""
+    zd, rd, zmod, rmod = _pair(tmp_path)
+    try:
+        src = tmp_path / "src"
+        make_tree(src, 14, max_size=16 << 10)
+        for words in (["--info=name2"], ["-vv"]):
+            run_rsync(["-a", f"{src}/", rd.url("m", "dst/")])
+            run_client([f"{src}/", zd.url("m", "dst/")], archive=True)
+            rs = run_rsync(["-a", *words, f"{src}/", rd.url("m", "dst/")])
+            zc = run_zcsync(["-a", *words, f"{src}/", zd.url("m", "dst/")])
+            assert rs.returncode == zc.returncode == 0, zc.stderr
+            assert "is uptodate" not in rs.stdout and "is uptodate" not in zc.stdout
+            # (locally the same words do name them)
+            local = run_zcsync(["-a", *words, f"{src}/", str(zmod / "dst") + "/"])
+            assert "is uptodate" in local.stdout
     finally:
         zd.stop()
         rd.stop()
