@@ -576,8 +576,10 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     if shown is not None:
         progress = None if shown == 0 else "file" if shown == 1 else "total"
     values["progress"] = progress
-    if kw.get("itemize", 0) > 1:
-        values["verbose"] = max(values["verbose"], 2)
+    if kw.get("itemize", 0) > 1 and not any(w.startswith("NAME") for w in values["info"]):
+        # -ii itemizes the unchanged names too (rsync's stdout_format_has_i of 2), which is
+        # what --info=name2 does with -i; it makes no more verbose than that.
+        values["info"] = tuple(sorted((*values["info"], "NAME2")))
     if values.pop("no_fuzzy"):
         values["fuzzy"] = 0
     values["link_dest"] = tuple(values["link_dest"])

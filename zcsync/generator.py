@@ -417,6 +417,13 @@ class Generator:
             return None
         return prefix + "." + size + changes + "..."
 
+    def _count_created(self, entry: FileEntry, itemize: str | None) -> None:
+        """--stats: a new symlink or special is created, unless a --copy-dest dir had it
+        (rsync's local copy of it; a --link-dest or --compare-dest one still counts)."""
+        from_copy = itemize is None or not itemize.endswith(NEW)
+        if not (from_copy and self.basis_roots and self.basis_roots[0][0] == "copy"):
+            self.report.stats.created(entry.mode)
+
     def _basis_stat(self, name: bytes) -> os.stat_result | None:
         for _, pfd, base, st in self._in_basis_roots(name):
             return self._faked(pfd, base, name, st) if self.policy.fake_super else st
@@ -606,10 +613,14 @@ class Generator:
                 return True
             if not entry.is_reg:
                 return False  # made afresh, like any new symlink or device
-            if not same_attrs:
-                self._event(">f.." + self.policy.changes(entry, st, self.policy.wanted(entry, None))
-                            + "...", name, entry)
-            self.report.stats.created(entry.mode)
+            changes = self.policy.changes(entry, st, self.policy.wanted(entry, None))
+            if kind == "copy":  # rsync's copy_altdest_file: a local copy ("cf"), not a created file
+                if not same_attrs or self._all_items:
+                    self._event("cf.." + changes + "...", name, entry)
+            else:
+                if not same_attrs:
+                    self._event(">f.." + changes + "...", name, entry)
+                self.report.stats.created(entry.mode)
             if not self.opts.dry_run:
                 self._copy_local(entry, name, pfd, base, st)
             self._final(entry, name)
@@ -816,7 +827,7 @@ class Generator:
                 if not self.make_way(entry, name, st):
                     return
                 st = None
-            self.report.stats.created(entry.mode)
+            self._count_created(entry, itemize)
         if itemize is not None:
             self._event(itemize, name, entry, " -> " + escape(entry.link))
         if self.opts.dry_run:
@@ -841,7 +852,7 @@ class Generator:
                     return
                 st = None
             itemize = self._new_itemize(entry, name, "c" + type_letter(entry.mode))
-            self.report.stats.created(entry.mode)
+            self._count_created(entry, itemize)
         if itemize is not None:
             self._event(itemize, name, entry)
         if self.opts.dry_run:
