@@ -15,9 +15,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 from . import __version__, errors, info
 from .errors import ZcsyncError
 from .filters import FilterRules
-from .info import HELP as INFO_HELP
-from .info import user_levels as info_levels
-from .info import wants_help as info_help
 from .options import MAX_BLOCK_SIZE, Options, from_mapping
 from .stats import (
     DELETING,
@@ -402,8 +399,8 @@ def _build_command() -> click.Command:
         if kw.pop("version"):
             click.echo(f"zcsync version {__version__}  (rsync-compatible command line)")
             sys.exit(0)
-        if info_help(kw["info"]):  # rsync prints its table of --info words and stops
-            click.echo(INFO_HELP, nl=False)
+        if info.wants_help(kw["info"]):  # rsync prints its table of --info words and stops
+            click.echo(info.HELP, nl=False)
             sys.exit(0)
         if not paths:  # rsync: -h alone asks for the help; nothing at all is a usage error
             click.echo(ctx.get_help())
@@ -560,16 +557,16 @@ def build_options(ctx: click.Context, kw: dict[str, Any]) -> Options:
     # rsync itemizes when stdout does: -i, or an --out-format with %i (the format wins for the lines).
     out_format = values["out_format"]
     values["itemize"] = bool(values["itemize"]) or bool(out_format and LineFormat(out_format).has_i)
-    progress_flag, partial_progress, info = (values.pop("progress_flag"), values.pop("partial_progress"),
-                                             values.pop("info"))
+    progress_flag, partial_progress, info_values = (values.pop("progress_flag"), values.pop("partial_progress"),
+                                                    tuple(values.pop("info")))
     values["json"] = values.pop("json_")
     if partial_progress:
         values["partial"] = True
     progress = "file" if progress_flag or partial_progress else None
-    if info_help(tuple(info)):  # (the command line prints the table before it gets here)
+    if info.wants_help(info_values):  # (the command line prints the table before it gets here)
         raise click.UsageError("--info=help lists the --info words; it is for the command line")
     try:
-        values["info"] = info_words = info_levels(tuple(info))
+        values["info"] = info_words = info.user_levels(info_values)
     except ZcsyncError as exc:
         raise click.UsageError(exc.message) from None
     shown = next((int(w[len("PROGRESS"):]) for w in info_words if w.startswith("PROGRESS")), None)
