@@ -62,7 +62,8 @@ class Sender:
         except OSError as exc:
             raise self._unreadable(path, exc.errno or 0) from None
         st = os.fstat(fd)
-        if entry.name in self.state.devices and (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+        device = self.state.devices and entry.name in self.state.devices  # (--copy-devices only)
+        if device and (stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)):
             same = device_size(path, fd) == entry.size  # --copy-devices: its contents, to their end
         else:
             same = stat.S_ISREG(st.st_mode) and st.st_size == entry.size
@@ -74,7 +75,7 @@ class Sender:
     def read(self, entry: FileEntry) -> tuple[bytes, bytes]:
         """A small requested file's bytes and their xxh3-128, with open's checks, in one call
         that releases the GIL once (fsscan.read_file). Short if it shrank while read."""
-        if entry.name in self.state.devices:
+        if self.state.devices and entry.name in self.state.devices:  # (--copy-devices only)
             return self._read_device(entry)
         path = self.path(entry)
         got = fsscan.read_file(path, entry.size, self._follows(entry), self.opts.open_noatime)

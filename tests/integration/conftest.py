@@ -25,6 +25,13 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
         server.stop()
 
 
+@pytest.fixture(params=["paramiko", "rsh"])
+def via(request: pytest.FixtureRequest, sshd: Sshd) -> list[str]:
+    """How zcsync reaches the test sshd: its own paramiko client (no option), or OpenSSH
+    through -e (as rsync)."""
+    return [] if request.param == "paramiko" else ["-e", sshd.rsh]
+
+
 @pytest.fixture
 def zcsync_remote_path() -> str:
     """--zcsync-path that runs this checkout on the ssh side."""

@@ -203,11 +203,6 @@ def _extra() -> list[str]:
     return ["--zcsync-path", remote_zcsync_path()]
 
 
-@pytest.fixture(params=["paramiko", "rsh"])
-def via(request, sshd):
-    return [] if request.param == "paramiko" else ["-e", sshd.rsh]
-
-
 def test_ssh_push_with_remote_fake_super(tmp_path, sshd, via):
     """rsync -a -M--fake-super src/ host:dst/: the remote receiver keeps what it cannot set."""
     rs, zc = differential(tmp_path, ["-a", "-i", "-M--fake-super", *via], seed=46, prepare=_privileged,

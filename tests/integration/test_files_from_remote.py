@@ -27,12 +27,6 @@ from .daemon_fixture import RsyncDaemon, ZcsyncDaemon, rsync_available
 from .sshd import ALIAS, REPO_ROOT, remote_zcsync_path
 
 
-@pytest.fixture(params=["paramiko", "rsh"])
-def via(request, sshd):
-    """How zcsync reaches the server: its own paramiko client, or OpenSSH through -e (as rsync)."""
-    return [] if request.param == "paramiko" else ["-e", sshd.rsh]
-
-
 def _extra(program: str | None = None) -> list[str]:
     return ["--zcsync-path", program or remote_zcsync_path()]
 

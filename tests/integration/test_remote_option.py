@@ -16,11 +16,6 @@ def _extra() -> list[str]:
     return ["--zcsync-path", remote_zcsync_path()]
 
 
-@pytest.fixture(params=["paramiko", "rsh"])
-def via(request, sshd):
-    return [] if request.param == "paramiko" else ["-e", sshd.rsh]
-
-
 def _same_items(rs, zc) -> None:
     assert output_lines(rs.stdout) == output_lines(zc.stdout)
 

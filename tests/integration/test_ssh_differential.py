@@ -40,12 +40,6 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-@pytest.fixture(params=["paramiko", "rsh"])
-def via(request, sshd):
-    """How zcsync reaches the server: its own paramiko client, or OpenSSH through -e (as rsync)."""
-    return [] if request.param == "paramiko" else ["-e", sshd.rsh]
-
-
 def _extra() -> list[str]:
     return ["--zcsync-path", remote_zcsync_path()]
 

@@ -18,12 +18,6 @@ from zcsync import bootstrap
 from .sshd import ALIAS, remote_zcsync_path
 
 
-@pytest.fixture(params=["paramiko", "rsh"])
-def via(request, sshd):
-    """How the listener is started: zcsync's own ssh client, or OpenSSH through -e."""
-    return [] if request.param == "paramiko" else ["-e", sshd.rsh]
-
-
 def _extra() -> list[str]:
     return ["--transport=tcp", "--zcsync-path", remote_zcsync_path()]
 
